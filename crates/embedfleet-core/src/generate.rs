@@ -1,0 +1,219 @@
+//! The generate stage: questions for every chunk from a [`QuestionGenerator`], then the dataset.
+//! The CLI, `embedfleet run` and the fleet's coordinator and generator workers all go through here.
+
+use crate::chunk::Chunk;
+use crate::dataset::QaDataset;
+use crate::ids::{ChunkId, QueryId};
+use crate::progress::Progress;
+use crate::split::{SplitConfig, SplitError, split_chunks};
+use futures::StreamExt;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Something that writes questions a chunk answers: the offline span cropper or an LLM.
+pub trait QuestionGenerator: Send + Sync {
+    /// How many chunks may be in flight at once.
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    /// Up to `n` questions whose right answer is `chunk`.
+    fn questions(&self, chunk: &Chunk, n: usize) -> impl Future<Output = Result<Vec<String>, GenerateError>> + Send;
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum GenerateError {
+    /// Nothing more can succeed (a wrong API key, the budget spent): stop starting chunks.
+    #[error("{0}")]
+    Fatal(String),
+    /// This chunk failed after its retries; others may still succeed.
+    #[error("{0}")]
+    ChunkFailed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkFailure {
+    pub chunk_id: ChunkId,
+    pub error: String,
+}
+
+#[derive(Debug, Default)]
+pub struct GenerationOutcome {
+    /// Questions per chunk, in chunk order; a chunk that failed or was not started is absent.
+    pub questions: IndexMap<ChunkId, Vec<String>>,
+    pub failures: Vec<ChunkFailure>,
+    /// Why the run stopped early, when a generator said nothing more can succeed.
+    pub stopped: Option<String>,
+}
+
+/// Asks `generator` for `n` questions per chunk, `generator.concurrency()` chunks at a time.
+/// A chunk failure is recorded and the others go on; a fatal error stops new chunks from starting
+/// while those in flight finish, so no answer already paid for is lost.
+pub async fn generate_questions<G: QuestionGenerator>(
+    generator: &G,
+    chunks: &[Chunk],
+    n: usize,
+    progress: &dyn Progress,
+) -> GenerationOutcome {
+    progress.start("questions", Some(chunks.len() as u64));
+    let stop = AtomicBool::new(false);
+    let stopped = Mutex::new(None::<String>);
+    let results: Vec<(usize, Option<Result<Vec<String>, GenerateError>>)> = futures::stream::iter(chunks.iter().enumerate())
+        .map(|(i, chunk)| {
+            let (stop, stopped) = (&stop, &stopped);
+            async move {
+                if stop.load(Ordering::SeqCst) {
+                    return (i, None);
+                }
+                let result = generator.questions(chunk, n).await;
+                if let Err(GenerateError::Fatal(reason)) = &result {
+                    stop.store(true, Ordering::SeqCst);
+                    stopped.lock().expect("not poisoned").get_or_insert_with(|| reason.clone());
+                }
+                progress.advance(1);
+                (i, Some(result))
+            }
+        })
+        .buffer_unordered(generator.concurrency().max(1))
+        .collect()
+        .await;
+    progress.finish();
+
+    let mut ordered: Vec<Option<Result<Vec<String>, GenerateError>>> = vec![None; chunks.len()];
+    for (i, r) in results {
+        ordered[i] = r;
+    }
+    let mut outcome = GenerationOutcome { stopped: stopped.into_inner().expect("not poisoned"), ..Default::default() };
+    for (chunk, result) in chunks.iter().zip(ordered) {
+        match result {
+            Some(Ok(questions)) => {
+                outcome.questions.insert(chunk.id.clone(), questions);
+            }
+            Some(Err(GenerateError::ChunkFailed(error))) => {
+                outcome.failures.push(ChunkFailure { chunk_id: chunk.id.clone(), error })
+            }
+            Some(Err(GenerateError::Fatal(_))) | None => {}
+        }
+    }
+    outcome
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSummary {
+    pub documents: usize,
+    pub chunks: usize,
+    pub questions: usize,
+    pub train_chunks: usize,
+    pub train_queries: usize,
+    pub val_chunks: usize,
+    pub val_queries: usize,
+}
+
+/// Splits the chunks and builds both datasets. Every chunk of a side is in its corpus (it is a
+/// retrieval candidate even without questions); each question's only relevant chunk is its own.
+pub fn assemble_dataset(
+    chunks: &[Chunk],
+    questions: &IndexMap<ChunkId, Vec<String>>,
+    split: &SplitConfig,
+) -> Result<(QaDataset, QaDataset, DatasetSummary), SplitError> {
+    let sides = split_chunks(chunks, split)?;
+    let build = |indices: &[usize]| {
+        let mut dataset = QaDataset::new();
+        for &i in indices {
+            let chunk = &chunks[i];
+            dataset.corpus.insert(chunk.id.to_string(), chunk.text.clone());
+            for (k, q) in questions.get(&chunk.id).into_iter().flatten().enumerate() {
+                let qid = QueryId::new(&chunk.id, k).to_string();
+                dataset.queries.insert(qid.clone(), q.clone());
+                dataset.relevant_docs.insert(qid, vec![chunk.id.to_string()]);
+            }
+        }
+        dataset
+    };
+    let (train, val) = (build(&sides.train), build(&sides.val));
+    let documents = chunks.iter().map(|c| &c.doc_id).collect::<std::collections::HashSet<_>>().len();
+    let summary = DatasetSummary {
+        documents,
+        chunks: chunks.len(),
+        questions: train.queries.len() + val.queries.len(),
+        train_chunks: train.corpus.len(),
+        train_queries: train.queries.len(),
+        val_chunks: val.corpus.len(),
+        val_queries: val.queries.len(),
+    };
+    Ok((train, val, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::{ChunkConfig, chunk_documents};
+    use crate::ids::DocId;
+    use crate::ingest::Document;
+    use crate::progress::NoProgress;
+
+    /// Fails on chunks whose index is in `fail`, and fatally at `fatal`.
+    struct Scripted {
+        fail: Vec<usize>,
+        fatal: Option<usize>,
+    }
+
+    impl QuestionGenerator for Scripted {
+        async fn questions(&self, chunk: &Chunk, n: usize) -> Result<Vec<String>, GenerateError> {
+            let index: usize = chunk.id.as_str().rsplit('-').next().unwrap().parse().unwrap();
+            if self.fatal == Some(index) {
+                return Err(GenerateError::Fatal("budget spent".into()));
+            }
+            if self.fail.contains(&index) {
+                return Err(GenerateError::ChunkFailed("HTTP 500".into()));
+            }
+            Ok((0..n).map(|k| format!("q{k} about {}?", chunk.id)).collect())
+        }
+    }
+
+    fn chunks() -> Vec<Chunk> {
+        let doc = Document {
+            id: DocId::from_identity("a"),
+            text: "word ".repeat(400),
+            url: None,
+            title: None,
+            source: "a".into(),
+        };
+        chunk_documents(&[doc], &ChunkConfig { size: 100, overlap: 20 }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn failures_are_recorded_and_fatal_stops_new_work() {
+        let chunks = chunks();
+        let out = generate_questions(&Scripted { fail: vec![2], fatal: None }, &chunks, 2, &NoProgress).await;
+        assert_eq!(out.questions.len(), chunks.len() - 1);
+        assert_eq!(out.failures, vec![ChunkFailure { chunk_id: chunks[2].id.clone(), error: "HTTP 500".into() }]);
+        assert!(out.questions.values().all(|q| q.len() == 2));
+
+        let out = generate_questions(&Scripted { fail: vec![], fatal: Some(5) }, &chunks, 1, &NoProgress).await;
+        assert_eq!(out.stopped.as_deref(), Some("budget spent"));
+        assert_eq!(out.questions.len(), 5, "chunks before the fatal one are kept, none after it start");
+    }
+
+    #[test]
+    fn every_question_points_at_its_own_chunk() {
+        let chunks = chunks();
+        let mut questions = IndexMap::new();
+        for c in &chunks {
+            questions.insert(c.id.clone(), vec![format!("about {}?", c.id)]);
+        }
+        let split = SplitConfig { by: crate::split::SplitBy::Chunk, ..Default::default() };
+        let (train, val, summary) = assemble_dataset(&chunks, &questions, &split).unwrap();
+        assert_eq!(summary.chunks, chunks.len());
+        assert_eq!(summary.questions, chunks.len());
+        for d in [&train, &val] {
+            d.validate("t").unwrap();
+            for (qid, docs) in &d.relevant_docs {
+                assert_eq!(d.queries[qid], format!("about {}?", docs[0]));
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Everything the embedfleet stages share: ids, ingestion, chunking, the train/validation split,
+//! the dataset files of the reference layout, the question-generator seam, and the artifact store.
+//!
+//! Stage functions here are plain inputs → outputs so that `embedfleet run` (one process) and the
+//! fleet workers call exactly the same code.
+
+pub mod chunk;
+pub mod dataset;
+pub mod generate;
+pub mod html;
+pub mod ids;
+pub mod ingest;
+pub mod offline;
+pub mod progress;
+pub mod split;
+pub mod store;
+
+pub use chunk::{Chunk, ChunkConfig};
+pub use dataset::{DatasetError, DatasetSplit, QaDataset};
+pub use generate::{GenerateError, GenerationOutcome, QuestionGenerator};
+pub use ids::{ChunkId, DocId, QueryId};
+pub use ingest::{Document, IngestError, IngestOptions};
+pub use offline::OfflineGenerator;
+pub use progress::Progress;
+pub use split::{SplitBy, SplitConfig};
+pub use store::{ArtifactStore, StoreError, StoreOptions};

@@ -1,0 +1,260 @@
+//! One artifact store over `object_store`: a local directory or `s3://bucket/prefix` on any
+//! S3-compatible server (AWS, MinIO, R2, SeaweedFS). Keys are `/`-separated and relative to the root.
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings for `s3://` locations; unset fields fall back to the usual `AWS_*` variables.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// `http://127.0.0.1:8333` for a local server; None means AWS (or `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid storage location '{location}': {reason}")]
+    BadLocation { location: String, reason: String },
+    #[error("{location} not found")]
+    NotFound { location: String },
+    #[error(
+        "storage {op} of {location} failed: {message}. Check the S3 endpoint, bucket and credentials (--s3-endpoint, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or that the directory is writable"
+    )]
+    Backend { op: &'static str, location: String, message: String },
+}
+
+#[derive(Clone)]
+pub struct ArtifactStore {
+    inner: Arc<dyn ObjectStore>,
+    /// Prefix inside the bucket (S3) or empty (local directory root).
+    prefix: String,
+    /// `s3://bucket/prefix` or the absolute directory, for messages.
+    base: String,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArtifactStore({})", self.base)
+    }
+}
+
+impl ArtifactStore {
+    /// `s3://bucket[/prefix]` or a local path (`file://` accepted).
+    pub fn open(location: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(StoreError::BadLocation { location: location.into(), reason: "no bucket name".into() });
+            }
+            return Self::s3(bucket, prefix.trim_matches('/'), options);
+        }
+        if location.contains("://") && !location.starts_with("file://") {
+            return Err(StoreError::BadLocation {
+                location: location.into(),
+                reason: "use a local path or s3://bucket/prefix".into(),
+            });
+        }
+        Self::local(Path::new(location.trim_start_matches("file://")))
+    }
+
+    /// A local directory, created if missing.
+    pub fn local(dir: &Path) -> Result<Self, StoreError> {
+        let bad = |reason: String| StoreError::BadLocation { location: dir.display().to_string(), reason };
+        std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create the directory: {e}")))?;
+        let abs: PathBuf = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
+        let fs = LocalFileSystem::new_with_prefix(&abs).map_err(|e| bad(e.to_string()))?;
+        Ok(Self { inner: Arc::new(fs), prefix: String::new(), base: abs.display().to_string() })
+    }
+
+    fn s3(bucket: &str, prefix: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            // Local servers (MinIO, SeaweedFS) want path-style requests, and speak plain HTTP.
+            .with_virtual_hosted_style_request(false)
+            .with_allow_http(true)
+            .with_retry(object_store::RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(20),
+                backoff: object_store::BackoffConfig::default(),
+            });
+        if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+            builder = builder.with_region("us-east-1");
+        }
+        if let Some(endpoint) = &options.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &options.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(key) = &options.access_key_id {
+            builder = builder.with_access_key_id(key);
+        }
+        if let Some(secret) = &options.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        let store = builder.build().map_err(|e| StoreError::BadLocation {
+            location: format!("s3://{bucket}/{prefix}"),
+            reason: e.to_string(),
+        })?;
+        let base = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
+        Ok(Self { inner: Arc::new(store), prefix: prefix.to_owned(), base })
+    }
+
+    /// The same store rooted at `base/sub`.
+    pub fn child(&self, sub: &str) -> Self {
+        let sub = sub.trim_matches('/');
+        Self {
+            inner: self.inner.clone(),
+            prefix: join(&self.prefix, sub),
+            base: format!("{}/{}", self.base.trim_end_matches('/'), sub),
+        }
+    }
+
+    /// A human-readable location for `key`, for messages.
+    pub fn describe(&self, key: &str) -> String {
+        format!("{}/{}", self.base.trim_end_matches('/'), key)
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        ObjectPath::from(join(&self.prefix, key))
+    }
+
+    /// Writes atomically: readers see the old object or the new one, never a part.
+    pub async fn put(&self, key: &str, bytes: impl Into<Bytes>) -> Result<(), StoreError> {
+        let bytes: Bytes = bytes.into();
+        self.inner
+            .put(&self.path(key), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.backend("write", key, e))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        match self.get_opt(key).await? {
+            Some(bytes) => Ok(bytes),
+            None => Err(StoreError::NotFound { location: self.describe(key) }),
+        }
+    }
+
+    pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        match self.inner.get(&self.path(key)).await {
+            Ok(result) => result.bytes().await.map(Some).map_err(|e| self.backend("read", key, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.backend("read", key, e)),
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.inner.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.backend("stat", key, e)),
+        }
+    }
+
+    /// Keys (relative to the store root) under `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let root = self.path(prefix);
+        let objects: Vec<_> =
+            self.inner.list(Some(&root)).try_collect().await.map_err(|e| self.backend("list", prefix, e))?;
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let mut keys: Vec<String> = objects
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .map(|k| k.strip_prefix(&strip).map(str::to_owned).unwrap_or(k))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.backend("delete", key, e)),
+        }
+    }
+
+    /// Copies every object under `from` to the same relative key under `to`.
+    pub async fn copy_prefix(&self, from: &str, to: &str) -> Result<usize, StoreError> {
+        let keys = self.list(from).await?;
+        let from_root = format!("{}/", from.trim_end_matches('/'));
+        for key in &keys {
+            let rel = key.strip_prefix(&from_root).unwrap_or(key);
+            let bytes = self.get(key).await?;
+            self.put(&join(to, rel), bytes).await?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Uploads a local directory tree under `prefix`.
+    pub async fn put_dir(&self, dir: &Path, prefix: &str) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+            let entry = entry.map_err(|e| self.backend("read", &dir.display().to_string(), e))?;
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let rel = entry.path().strip_prefix(dir).expect("walkdir stays inside").to_string_lossy().replace('\\', "/");
+            let bytes = std::fs::read(entry.path()).map_err(|e| self.backend("read", &rel, e))?;
+            self.put(&join(prefix, &rel), bytes).await?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Downloads every object under `prefix` into a local directory.
+    pub async fn get_dir(&self, prefix: &str, dir: &Path) -> Result<usize, StoreError> {
+        let keys = self.list(prefix).await?;
+        let root = format!("{}/", prefix.trim_end_matches('/'));
+        for key in &keys {
+            let rel = key.strip_prefix(&root).unwrap_or(key);
+            let target = dir.join(rel);
+            let bytes = self.get(key).await?;
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| self.backend("write", rel, e))?;
+            }
+            std::fs::write(&target, &bytes).map_err(|e| self.backend("write", rel, e))?;
+        }
+        Ok(keys.len())
+    }
+
+    fn backend(&self, op: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Backend { op, location: self.describe(key), message: e.to_string() }
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.trim_matches('/'), b.trim_matches('/')) {
+        ("", b) => b.to_owned(),
+        (a, "") => a.to_owned(),
+        (a, b) => format!("{a}/{b}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unknown_schemes_and_empty_buckets() {
+        assert!(matches!(ArtifactStore::open("gs://x", &StoreOptions::default()), Err(StoreError::BadLocation { .. })));
+        assert!(matches!(ArtifactStore::open("s3://", &StoreOptions::default()), Err(StoreError::BadLocation { .. })));
+    }
+
+    #[test]
+    fn keys_join_cleanly() {
+        assert_eq!(join("", "a/b"), "a/b");
+        assert_eq!(join("runs/", "/x"), "runs/x");
+        assert_eq!(join("p", ""), "p");
+    }
+}
