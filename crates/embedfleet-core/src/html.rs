@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(out.title.as_deref(), Some("The Title"));
         assert_eq!(
             out.text,
-            "Heading\nFirst paragraph with bold text.\none\ntwo\nfn main() {\nx();\n}"
+            "Heading\nFirst paragraph with bold text.\n\none\ntwo\n\nfn main() {\nx();\n}"
         );
     }
 }

@@ -1,0 +1,50 @@
+//! The `embedfleet` command. `main.rs` only parses arguments; everything else starts here.
+
+mod commands;
+mod logging;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+pub use commands::generate::GenerateArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "embedfleet", version, about = "Fine-tune embedding models on your own documents")]
+pub struct Cli {
+    /// Log format: text for people, json for log collectors.
+    #[arg(long, global = true, env = "EMBEDFLEET_LOG_FORMAT", default_value = "text")]
+    pub log_format: logging::LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Chunk documents, write questions for each chunk, split, and write the 8 dataset files.
+    Generate(GenerateArgs),
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Generate(args) => commands::generate::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
