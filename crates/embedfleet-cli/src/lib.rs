@@ -24,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Chunk documents, write questions for each chunk, split, and write the 8 dataset files.
     Generate(GenerateArgs),
+    /// Embed texts (one per line) with a sentence-transformers model.
+    Encode(commands::encode::EncodeArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -38,6 +40,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Generate(args) => commands::generate::run(args).await,
+            Command::Encode(args) => commands::encode::run(args).await,
         }
     });
     match result {

@@ -13,10 +13,11 @@ pub struct StorageArgs {
 }
 
 impl StorageArgs {
+    pub fn options(&self) -> StoreOptions {
+        StoreOptions { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone(), ..Default::default() }
+    }
+
     pub fn open(&self, location: &str) -> Result<ArtifactStore, embedfleet_core::StoreError> {
-        ArtifactStore::open(
-            location,
-            &StoreOptions { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone(), ..Default::default() },
-        )
+        ArtifactStore::open(location, &self.options())
     }
 }

@@ -1,0 +1,31 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model file {path} is missing or unreadable: {source}")]
+    MissingFile { path: PathBuf, source: std::io::Error },
+    #[error("unsupported architecture '{model_type}'; embedfleet runs: {supported}")]
+    UnsupportedArchitecture { model_type: String, supported: String },
+    #[error("invalid model configuration: {0}")]
+    InvalidConfig(String),
+    #[error("weights in {path} are corrupt or do not fit the config: {message}")]
+    BadWeights { path: PathBuf, message: String },
+    #[error("the tokenizer ({tokenizer_vocab} tokens) does not match the model's vocabulary ({model_vocab})")]
+    TokenizerMismatch { tokenizer_vocab: usize, model_vocab: i64 },
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+    #[error(
+        "model '{id}' is not in the local Hugging Face cache and the hub cannot be reached ({reason}); pass a local sentence-transformers folder with --model, or download it where the hub is reachable"
+    )]
+    NotCached { id: String, reason: String },
+    #[error("model location '{0}' is neither a folder, an s3:// prefix nor a hub id")]
+    BadLocation(String),
+    #[error("CUDA was asked for but is not available; use --device cpu")]
+    NoCuda,
+    #[error("libtorch error: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] embedfleet_core::StoreError),
+}

@@ -1,0 +1,25 @@
+//! Sentence-embedding models on libtorch: a BERT encoder built from `config.json`, the
+//! sentence-transformers pipeline around it (tokenizer, pooling, normalization, prompts), and the
+//! folder layout Python's `SentenceTransformer(path)` reads.
+
+mod bert;
+pub mod config;
+mod encoder;
+mod error;
+pub mod pooling;
+mod precision;
+pub mod resolve;
+pub mod tokenize;
+
+pub use config::{BertConfig, PoolingMode};
+pub use encoder::{LoadOptions, ModelCard, SentenceEncoder};
+pub use error::ModelError;
+pub use precision::{Precision, parse_device};
+pub use resolve::resolve_model;
+pub use tch::{Device, Kind, Tensor};
+
+/// Uses every core for intra-op parallelism unless `threads` says otherwise.
+pub fn set_threads(threads: Option<usize>) {
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    tch::set_num_threads(n as i32);
+}

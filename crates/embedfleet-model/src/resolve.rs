@@ -1,0 +1,79 @@
+//! Where a model comes from: a local folder, an `s3://` prefix (downloaded once into a cache), or a
+//! Hugging Face hub id (through hf-hub's cache, `HF_HOME`, and `HF_HUB_OFFLINE`).
+
+use crate::error::ModelError;
+use embedfleet_core::{ArtifactStore, StoreOptions};
+use std::path::{Path, PathBuf};
+
+/// Files a sentence-transformers folder needs; the others are optional.
+const REQUIRED: &[&str] = &["config.json", "tokenizer.json", "model.safetensors"];
+const OPTIONAL: &[&str] = &[
+    "modules.json",
+    "1_Pooling/config.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+];
+
+pub async fn resolve_model(spec: &str, store: &StoreOptions) -> Result<PathBuf, ModelError> {
+    let local = Path::new(spec);
+    if local.is_dir() {
+        return Ok(local.to_owned());
+    }
+    if spec.starts_with("s3://") {
+        let cache = cache_dir().join("s3").join(embedfleet_core::DocId::from_identity(spec).as_str());
+        if !cache.join("config.json").exists() {
+            let src = ArtifactStore::open(spec, store)?;
+            let tmp = cache.with_extension("partial");
+            let _ = std::fs::remove_dir_all(&tmp);
+            let n = src.get_dir("", &tmp).await?;
+            if n == 0 {
+                return Err(ModelError::BadLocation(format!("{spec} holds no files")));
+            }
+            std::fs::rename(&tmp, &cache).map_err(|e| ModelError::Write { path: cache.clone(), source: e })?;
+        }
+        return Ok(cache);
+    }
+    if spec.starts_with('.') || spec.starts_with('/') || spec.contains("://") || spec.split('/').count() > 2 {
+        return Err(ModelError::BadLocation(format!("{spec} (no such folder)")));
+    }
+    let id = spec.to_owned();
+    tokio::task::spawn_blocking(move || from_hub(&id)).await.map_err(|e| ModelError::BadLocation(e.to_string()))?
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("EMBEDFLEET_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/embedfleet")))
+        .unwrap_or_else(|| PathBuf::from(".embedfleet-cache"))
+        .join("models")
+}
+
+fn from_hub(id: &str) -> Result<PathBuf, ModelError> {
+    let cache = hf_hub::Cache::from_env();
+    let repo = cache.model(id.to_owned());
+    if let Some(config) = REQUIRED.iter().map(|f| repo.get(f)).collect::<Option<Vec<_>>>() {
+        return Ok(config[0].parent().expect("a cached file has a folder").to_owned());
+    }
+    let offline = std::env::var("HF_HUB_OFFLINE").map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false);
+    if offline {
+        return Err(ModelError::NotCached { id: id.to_owned(), reason: "HF_HUB_OFFLINE is set".into() });
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(false)
+        .build()
+        .map_err(|e| ModelError::NotCached { id: id.to_owned(), reason: e.to_string() })?;
+    let remote = api.model(id.to_owned());
+    let mut folder = None;
+    for file in REQUIRED {
+        let path = remote.get(file).map_err(|e| ModelError::NotCached { id: id.to_owned(), reason: e.to_string() })?;
+        folder.get_or_insert_with(|| path.parent().expect("a downloaded file has a folder").to_owned());
+    }
+    for file in OPTIONAL {
+        // Absent optional files are normal (bare transformers repos have no modules.json).
+        let _ = remote.get(file);
+    }
+    Ok(folder.expect("REQUIRED is not empty"))
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: setup (cached), then every crate's tests against the
+# real parts (libtorch, MiniLM weights, SeaweedFS, nats-server).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+scripts/setup.sh
+# The fleet tests start their own nats-server; the shared one on :4222 is for local use.
+if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+  nats=$(command -v nats-server || echo /usr/sbin/nats-server)
+  mkdir -p "${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}/nats"
+  "$nats" -a 127.0.0.1 -p 4222 -js -sd "${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}/nats" >/dev/null 2>&1 &
+fi
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}/target}
+cargo test --workspace --locked "$@"
