@@ -14,6 +14,8 @@ pub mod offline;
 pub mod progress;
 pub mod split;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use chunk::{Chunk, ChunkConfig};
 pub use dataset::{DatasetError, DatasetSplit, QaDataset};

@@ -75,10 +75,8 @@ impl CostMeter {
     pub fn reserve(&self, prompt_tokens: u64, max_completion_tokens: u64) -> Result<Reservation<'_>, BudgetReached> {
         let next = self.pricing.cost(prompt_tokens, max_completion_tokens);
         let mut ledger = self.ledger.lock().expect("not poisoned");
-        if let Some(budget) = self.budget {
-            if ledger.spent + ledger.reserved + next > budget {
-                return Err(BudgetReached { budget, spent: ledger.spent, reserved: ledger.reserved, next });
-            }
+        if let Some(budget) = self.budget.filter(|&b| ledger.spent + ledger.reserved + next > b) {
+            return Err(BudgetReached { budget, spent: ledger.spent, reserved: ledger.reserved, next });
         }
         ledger.reserved += next;
         Ok(Reservation { meter: self, amount: next })

@@ -146,10 +146,8 @@ impl LlmConfig {
         if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
             return bad(format!("prices must be non-negative numbers, got {:?}", self.pricing));
         }
-        if let Some(max) = self.max_cost_usd {
-            if !max.is_finite() || max < 0.0 {
-                return bad(format!("the maximum cost must be a non-negative number, got {max}"));
-            }
+        if let Some(max) = self.max_cost_usd.filter(|m| !m.is_finite() || *m < 0.0) {
+            return bad(format!("the maximum cost must be a non-negative number, got {max}"));
         }
         Ok(())
     }

@@ -79,7 +79,7 @@ impl LocalRateLimiter {
         };
         let requests = limits
             .requests_per_minute
-            .map(|rpm| quota(rpm, limits.request_burst, "requests").map(|q| governor::RateLimiter::direct(q)))
+            .map(|rpm| quota(rpm, limits.request_burst, "requests").map(governor::RateLimiter::direct))
             .transpose()?;
         let tokens = limits
             .tokens_per_minute

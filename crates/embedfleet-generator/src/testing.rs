@@ -363,7 +363,8 @@ fn context_of(prompt: &str) -> &str {
 
 /// "… 3 questions …" in the instructions (not in the context).
 fn asked_count(prompt: &str, context: &str) -> Option<usize> {
-    let instructions = prompt.replacen(context, " ", 1);
+    // Without dashed rules the context is the whole prompt; then search all of it.
+    let instructions = if context.len() < prompt.len() { prompt.replacen(context, " ", 1) } else { prompt.to_owned() };
     let words: Vec<&str> = instructions.split_whitespace().collect();
     words.windows(2).find_map(|w| {
         w[1].to_lowercase().starts_with("question").then(|| w[0].parse().ok()).flatten()

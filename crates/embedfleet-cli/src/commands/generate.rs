@@ -129,10 +129,10 @@ pub async fn build_dataset(input: &PathBuf, args: &DatasetArgs, progress: &dyn P
 
 pub async fn run(args: GenerateArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    // Open (and for a directory, create) the destination first: a bad location fails before any work.
-    let store = args.storage.open(&args.output_dir)?;
     let progress = crate::progress::for_terminal();
     let built = build_dataset(&args.input, &args.dataset, progress.as_ref()).await?;
+    // Opened only now, so bad input leaves no empty output directory behind.
+    let store = args.storage.open(&args.output_dir)?;
     write_dataset(&store, "", &built.train, &built.val, args.overwrite)
         .await
         .with_context(|| format!("writing the dataset to {}", args.output_dir))?;

@@ -1,0 +1,111 @@
+//! Real servers for integration tests, started on free loopback ports and stopped on Drop (the
+//! pattern of nats.rs's test-server crate). Enabled by the `testing` feature.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port that is free now, and whose +10000 gRPC twin is free too (SeaweedFS uses both).
+pub fn free_port_pair() -> u16 {
+    for _ in 0..200 {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
+        if (10_000..55_000).contains(&port)
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port pair on 127.0.0.1");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A SeaweedFS `weed mini` (master, volume, filer, S3) with one identity and one bucket.
+pub struct SeaweedFs {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub s3_port: u16,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl SeaweedFs {
+    pub fn start() -> Self {
+        let weed = std::env::var_os("EMBEDFLEET_WEED").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".deps/weed"));
+        assert!(weed.exists(), "{} is missing: run scripts/setup.sh first", weed.display());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (access_key, secret_key) = ("embedfleet-test".to_owned(), "embedfleet-test-secret".to_owned());
+        let config = dir.path().join("s3.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"identities":[{{"name":"test","credentials":[{{"accessKey":"{access_key}","secretKey":"{secret_key}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .expect("write s3 config");
+        let bucket = "embedfleet".to_owned();
+        let ports: Vec<u16> = (0..6).map(|_| free_port_pair()).collect();
+        let s3_port = ports[3];
+        let child = Command::new(&weed)
+            .arg("mini")
+            .arg(format!("-dir={}", dir.path().join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false"])
+            .arg(format!("-s3.config={}", config.display()))
+            .arg(format!("-bucket={bucket}"))
+            .arg(format!("-master.port={}", ports[0]))
+            .arg(format!("-volume.port={}", ports[1]))
+            .arg(format!("-filer.port={}", ports[2]))
+            .arg(format!("-s3.port={s3_port}"))
+            .arg(format!("-admin.port={}", ports[4]))
+            .arg(format!("-webdav.port={}", ports[5]))
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start weed mini");
+        let server = SeaweedFs { child, _dir: dir, s3_port, bucket, access_key, secret_key };
+        assert!(wait_for_port(s3_port, Duration::from_secs(60)), "SeaweedFS S3 did not start on {s3_port}");
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    pub fn store_options(&self) -> crate::StoreOptions {
+        crate::StoreOptions {
+            endpoint: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some(self.access_key.clone()),
+            secret_access_key: Some(self.secret_key.clone()),
+        }
+    }
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
