@@ -1,0 +1,186 @@
+//! Retrieval evaluation: embed the validation queries and corpus, rank exactly, and score with the
+//! metrics of sentence-transformers' InformationRetrievalEvaluator.
+
+pub mod csv;
+pub mod metrics;
+pub mod rank;
+pub mod report;
+
+use embedfleet_core::QaDataset;
+use embedfleet_model::{ModelError, SentenceEncoder};
+use indexmap::IndexMap;
+use metrics::{HitRate, MetricsConfig, RetrievalMetrics, compute_metrics, hit_rate};
+use rank::{Blocks, ScoreFunction, top_k};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::time::Instant;
+use tch::Tensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("the validation set has no query with a relevant document; nothing to evaluate")]
+    NoQueries,
+    #[error("the validation corpus is empty")]
+    EmptyCorpus,
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("cannot write results to {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub metrics: MetricsConfig,
+    pub functions: Vec<ScoreFunction>,
+    /// The k of the hit-rate table (the reference scripts' `--top_k`).
+    pub hit_rate_k: usize,
+    pub batch_size: usize,
+    pub blocks: Blocks,
+    /// Put before every query (an instruction such as bge's); passages get none.
+    pub query_prompt: Option<String>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            metrics: MetricsConfig::default(),
+            functions: vec![ScoreFunction::Cosine],
+            hit_rate_k: 5,
+            batch_size: 32,
+            blocks: Blocks::default(),
+            query_prompt: None,
+        }
+    }
+}
+
+/// The validation set in the evaluator's order: queries with at least one relevant document, in
+/// file order; the corpus in file order.
+#[derive(Debug, Clone)]
+pub struct PreparedDataset {
+    pub query_ids: Vec<String>,
+    pub queries: Vec<String>,
+    pub corpus_ids: Vec<String>,
+    pub corpus: Vec<String>,
+    pub relevant: Vec<HashSet<String>>,
+    /// Queries dropped for having no relevant document, as the reference drops them.
+    pub dropped_queries: usize,
+}
+
+impl PreparedDataset {
+    pub fn new(dataset: &QaDataset) -> Result<Self, EvalError> {
+        let mut p = PreparedDataset {
+            query_ids: Vec::new(),
+            queries: Vec::new(),
+            corpus_ids: dataset.corpus.keys().cloned().collect(),
+            corpus: dataset.corpus.values().cloned().collect(),
+            relevant: Vec::new(),
+            dropped_queries: 0,
+        };
+        for (qid, text) in &dataset.queries {
+            match dataset.relevant_docs.get(qid).filter(|r| !r.is_empty()) {
+                Some(rel) => {
+                    p.query_ids.push(qid.clone());
+                    p.queries.push(text.clone());
+                    p.relevant.push(rel.iter().cloned().collect());
+                }
+                None => p.dropped_queries += 1,
+            }
+        }
+        if p.query_ids.is_empty() {
+            return Err(EvalError::NoQueries);
+        }
+        if p.corpus_ids.is_empty() {
+            return Err(EvalError::EmptyCorpus);
+        }
+        Ok(p)
+    }
+}
+
+/// Where the right chunk landed for one query, for `per_query.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryOutcome {
+    pub query_id: String,
+    /// 1-based rank of the first relevant document within the top `max_k`, else None.
+    pub rank: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub encode_s: f64,
+    pub rank_s: f64,
+    pub metrics_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub metrics: Vec<(ScoreFunction, RetrievalMetrics)>,
+    pub hit_rate: HitRate,
+    pub per_query: Vec<QueryOutcome>,
+    pub dropped_queries: usize,
+    pub timings: Timings,
+}
+
+impl Evaluation {
+    /// A metric such as `cosine-NDCG@10` (or `NDCG@10` for the first score function).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (function, metric) = match name.split_once('-') {
+            Some((f, m)) => (f.parse::<ScoreFunction>().ok()?, m),
+            None => (self.metrics.first()?.0, name),
+        };
+        self.metrics.iter().find(|(f, _)| *f == function)?.1.get(metric)
+    }
+}
+
+/// Scores fixed embeddings; `evaluate_model` embeds and calls this.
+pub fn evaluate_embeddings(data: &PreparedDataset, queries: &Tensor, corpus: &Tensor, options: &EvalOptions) -> Evaluation {
+    let ids: Vec<&str> = data.corpus_ids.iter().map(String::as_str).collect();
+    let relevant: Vec<HashSet<&str>> = data.relevant.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+    let max_k = options.metrics.max_k().max(options.hit_rate_k);
+    let mut metrics = Vec::new();
+    let mut timings = Timings::default();
+    let mut primary: Option<Vec<Vec<&str>>> = None;
+    for &function in &options.functions {
+        let started = Instant::now();
+        let hits = top_k(queries, corpus, &ids, function, max_k, options.blocks);
+        timings.rank_s += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let ranked: Vec<Vec<&str>> = hits.iter().map(|h| h.iter().map(|hit| ids[hit.corpus_index]).collect()).collect();
+        metrics.push((function, compute_metrics(&ranked, &relevant, &options.metrics)));
+        timings.metrics_s += started.elapsed().as_secs_f64();
+        primary.get_or_insert(ranked);
+    }
+    let ranked = primary.expect("at least one score function");
+    let per_query = data
+        .query_ids
+        .iter()
+        .zip(&ranked)
+        .zip(&relevant)
+        .map(|((qid, hits), rel)| QueryOutcome {
+            query_id: qid.clone(),
+            rank: hits.iter().position(|id| rel.contains(id)).map(|r| r + 1),
+        })
+        .collect();
+    Evaluation {
+        hit_rate: hit_rate(&ranked, &relevant, options.hit_rate_k),
+        metrics,
+        per_query,
+        dropped_queries: data.dropped_queries,
+        timings,
+    }
+}
+
+/// Embeds the queries (with the query prompt) and the corpus with `model`, then scores.
+pub fn evaluate_model(model: &SentenceEncoder, data: &PreparedDataset, options: &EvalOptions) -> Result<Evaluation, EvalError> {
+    let started = Instant::now();
+    let q: Vec<&str> = data.queries.iter().map(String::as_str).collect();
+    let c: Vec<&str> = data.corpus.iter().map(String::as_str).collect();
+    let queries = model.encode(&q, options.batch_size, options.query_prompt.as_deref())?;
+    let corpus = model.encode(&c, options.batch_size, None)?;
+    let encode_s = started.elapsed().as_secs_f64();
+    let mut evaluation = evaluate_embeddings(data, &queries, &corpus, options);
+    evaluation.timings.encode_s = encode_s;
+    Ok(evaluation)
+}
+
+/// Evaluations of several models by name, in the order given.
+pub type Comparison = IndexMap<String, Evaluation>;
