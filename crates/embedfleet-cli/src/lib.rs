@@ -26,6 +26,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Embed texts (one per line) with a sentence-transformers model.
     Encode(commands::encode::EncodeArgs),
+    /// Score models on a validation set and compare them (hit rate, NDCG, MRR, MAP, …).
+    Evaluate(commands::evaluate::EvaluateArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -41,6 +43,7 @@ pub fn run(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Generate(args) => commands::generate::run(args).await,
             Command::Encode(args) => commands::encode::run(args).await,
+            Command::Evaluate(args) => commands::evaluate::run(args).await,
         }
     });
     match result {

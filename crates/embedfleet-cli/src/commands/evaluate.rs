@@ -1,0 +1,122 @@
+//! `embedfleet evaluate`: the base and the fine-tuned model (or any list) on the validation set,
+//! side by side, with the reference's CSV per model, report.json, a chart and per-query ranks.
+
+use super::model_args::RuntimeArgs;
+use super::storage::StorageArgs;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use embedfleet_core::QaDataset;
+use embedfleet_evaluator::csv::append_csv;
+use embedfleet_evaluator::metrics::MetricsConfig;
+use embedfleet_evaluator::rank::ScoreFunction;
+use embedfleet_evaluator::report::{hit_rate_table, metric_table, verdict, write_report};
+use embedfleet_evaluator::{Comparison, EvalOptions, PreparedDataset, evaluate_model};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, Args)]
+pub struct EvaluateArgs {
+    /// The model before fine-tuning: folder, s3:// prefix or hub id.
+    #[arg(long, env = "EMBEDFLEET_BASE_MODEL", alias = "base_model", default_value = "BAAI/bge-small-en")]
+    pub base_model: String,
+    /// The fine-tuned model folder.
+    #[arg(long, env = "EMBEDFLEET_FINETUNED_MODEL", alias = "finetuned_model", default_value = "exp_finetune")]
+    pub finetuned_model: String,
+    /// Compare these instead of base and fine-tuned: NAME=MODEL or MODEL, repeatable.
+    #[arg(long = "model", env = "EMBEDFLEET_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// The validation set (`val_dataset.json`).
+    #[arg(long, env = "EMBEDFLEET_VAL_DATASET", alias = "val_dataset", default_value = "data/val_dataset.json")]
+    pub val_dataset: PathBuf,
+    /// The k of the hit-rate table.
+    #[arg(long, env = "EMBEDFLEET_TOP_K", alias = "top_k", default_value_t = 5)]
+    pub top_k: usize,
+    /// Where CSVs, report.json, metrics.svg and per_query.jsonl go.
+    #[arg(long, env = "EMBEDFLEET_RESULTS_DIR", alias = "results_dir", default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Score functions, in CSV column order.
+    #[arg(long, env = "EMBEDFLEET_SCORE_FUNCTIONS", value_delimiter = ',', default_value = "cosine")]
+    pub score_functions: Vec<ScoreFunction>,
+    /// Instruction put before every query; `query` picks the model's own query prompt.
+    #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT")]
+    pub query_prompt: Option<String>,
+    #[arg(long, env = "EMBEDFLEET_BATCH_SIZE", alias = "batch_size", default_value_t = 32)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+fn named_models(args: &EvaluateArgs) -> Vec<(String, String)> {
+    if args.models.is_empty() {
+        return vec![("base".into(), args.base_model.clone()), ("finetuned".into(), args.finetuned_model.clone())];
+    }
+    args.models
+        .iter()
+        .map(|m| match m.split_once('=') {
+            Some((name, spec)) => (name.to_owned(), spec.to_owned()),
+            None => (Path::new(m).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(m.clone()), m.clone()),
+        })
+        .collect()
+}
+
+/// Fails early, before minutes of encoding, when results cannot be written.
+fn check_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("results directory {} cannot be created", dir.display()))?;
+    let probe = dir.join(".embedfleet-write-probe");
+    std::fs::write(&probe, b"").with_context(|| format!("results directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
+    let dataset = QaDataset::load(&args.val_dataset)?;
+    let data = PreparedDataset::new(&dataset)?;
+    let models = named_models(&args);
+    if models.is_empty() {
+        bail!("no model to evaluate");
+    }
+    check_writable(&args.results_dir)?;
+    let options = EvalOptions {
+        metrics: MetricsConfig::default(),
+        functions: args.score_functions.clone(),
+        hit_rate_k: args.top_k,
+        batch_size: args.batch_size,
+        query_prompt: None,
+        ..Default::default()
+    };
+    let progress = crate::progress::for_terminal();
+    let mut comparison = Comparison::new();
+    progress.start("evaluate", Some(models.len() as u64));
+    for (name, spec) in &models {
+        progress.message(name);
+        let model = args.runtime.load(spec, &args.storage.options()).await.with_context(|| format!("loading model {name} ({spec})"))?;
+        let mut opts = options.clone();
+        opts.query_prompt = args.query_prompt.as_deref().map(|p| model.named_prompt(p).unwrap_or(p).to_owned());
+        let data = data.clone();
+        let evaluation = tokio::task::spawn_blocking(move || evaluate_model(&model, &data, &opts)).await??;
+        comparison.insert(name.clone(), evaluation);
+        progress.advance(1);
+    }
+    progress.finish();
+    // Everything is computed before the first write, so a failure leaves no half report.
+    for (name, evaluation) in &comparison {
+        append_csv(&args.results_dir, name, -1, -1, &options.metrics, &evaluation.metrics)
+            .with_context(|| format!("writing the CSV for {name}"))?;
+    }
+    write_report(&args.results_dir, &comparison).with_context(|| format!("writing the report to {}", args.results_dir.display()))?;
+
+    if data.dropped_queries > 0 {
+        println!("{} queries without relevant documents were skipped", data.dropped_queries);
+    }
+    println!("{} queries, {} corpus chunks\n", data.query_ids.len(), data.corpus_ids.len());
+    println!("{}", hit_rate_table(&comparison));
+    println!("{}", metric_table(&comparison));
+    let verdict = verdict(&comparison);
+    if !verdict.is_empty() {
+        println!("{verdict}");
+    }
+    println!("results in {}", args.results_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
