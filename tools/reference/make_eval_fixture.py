@@ -575,10 +575,13 @@ def generate_dataset(embedfleet: Path, python_docs: Path, work: Path) -> tuple[d
     assert n > 400, f"only {n} html pages under {python_docs}"
     args = ["generate", "--input", str(html), "--output-dir", str(work / "data"),
             "--generator", "offline", "--seed", str(MINILM_SEED)]
-    subprocess.run([str(embedfleet), *args], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "EMBEDFLEET_LOG_FORMAT": "json"})
+    proc = subprocess.run([str(embedfleet), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"embedfleet generate failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     with open(work / "data" / "val_dataset.json", encoding="utf-8") as f:
-        return json.load(f), ["embedfleet", *[a if a != str(html) else "<python3.11-doc html pages>" for a in args]]
+        val = json.load(f)
+    shown = {str(html): "<python3.11-doc *.html pages>", str(work / "data"): "<dir>"}
+    return val, ["embedfleet", *[shown.get(a, a) for a in args]]
 
 
 def subsample(val: dict) -> dict:

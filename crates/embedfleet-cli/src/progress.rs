@@ -4,11 +4,11 @@
 use embedfleet_core::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub fn for_terminal() -> Box<dyn Progress> {
-    if std::io::stderr().is_terminal() { Box::new(Bars::default()) } else { Box::new(LogLines::default()) }
+pub fn for_terminal() -> Arc<dyn Progress> {
+    if std::io::stderr().is_terminal() { Arc::new(Bars::default()) } else { Arc::new(LogLines::default()) }
 }
 
 #[derive(Default)]

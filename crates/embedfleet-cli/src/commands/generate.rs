@@ -1,6 +1,11 @@
 //! `embedfleet generate`: documents → chunks → questions → train/val split → the 8 dataset files.
 
+use super::llm_args::LlmArgs;
 use super::storage::StorageArgs;
+use embedfleet_core::generate::{ChunkFailure, GenerationOutcome};
+use embedfleet_core::Chunk;
+use embedfleet_generator::{GeneratorStats, LlmGenerator, write_failures};
+use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use embedfleet_core::chunk::chunk_documents;
@@ -18,6 +23,8 @@ pub enum GeneratorKind {
     Auto,
     /// Pseudo-queries cropped from each chunk's own text; needs nothing.
     Offline,
+    /// Questions written by an OpenAI-compatible LLM.
+    Llm,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -69,6 +76,8 @@ pub struct DatasetArgs {
     /// Seed for the split and the offline generator.
     #[arg(long, env = "EMBEDFLEET_SEED", default_value_t = 42)]
     pub seed: u64,
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -95,26 +104,33 @@ pub struct BuiltDataset {
     pub train: QaDataset,
     pub val: QaDataset,
     pub summary: DatasetSummary,
+    /// Chunks the LLM could not answer; the dataset holds the others.
+    pub failures: Vec<ChunkFailure>,
+    pub llm_stats: Option<GeneratorStats>,
 }
 
 /// Everything of `generate` short of writing files, so `run` shares it.
-pub async fn build_dataset(input: &PathBuf, args: &DatasetArgs, progress: &dyn Progress) -> Result<BuiltDataset> {
+pub async fn build_dataset(input: &PathBuf, args: &DatasetArgs, progress: Arc<dyn Progress>) -> Result<BuiltDataset> {
     if args.questions_per_chunk == 0 {
         bail!("--questions-per-chunk must be at least 1");
     }
     let docs = load_documents(input, &IngestOptions { text_field: args.text_field.clone() })?;
     let chunks = chunk_documents(&docs, &args.chunk_config())?;
     tracing::info!(documents = docs.len(), chunks = chunks.len(), "chunked");
-    let outcome = match args.generator {
-        GeneratorKind::Auto | GeneratorKind::Offline => {
-            generate_questions(&OfflineGenerator::new(args.seed), &chunks, args.questions_per_chunk, progress).await
-        }
+    let use_llm = match args.generator {
+        GeneratorKind::Llm => true,
+        GeneratorKind::Offline => false,
+        GeneratorKind::Auto => args.llm.configured(),
+    };
+    let (outcome, llm_stats) = if use_llm {
+        let (outcome, stats) = ask_llm(&chunks, args, progress).await?;
+        (outcome, Some(stats))
+    } else {
+        let offline = OfflineGenerator::new(args.seed);
+        (generate_questions(&offline, &chunks, args.questions_per_chunk, progress.as_ref()).await, None)
     };
     if let Some(reason) = &outcome.stopped {
-        bail!("question generation stopped: {reason}");
-    }
-    if !outcome.failures.is_empty() {
-        bail!("{} chunk(s) got no questions; first: {}: {}", outcome.failures.len(), outcome.failures[0].chunk_id, outcome.failures[0].error);
+        bail!("question generation stopped: {reason}. Answers so far are kept in the resume cache; fix the cause and run again");
     }
     let (train, val, summary) = assemble_dataset(&chunks, &outcome.questions, &args.split_config())?;
     if train.queries.is_empty() || val.queries.is_empty() {
@@ -124,20 +140,84 @@ pub async fn build_dataset(input: &PathBuf, args: &DatasetArgs, progress: &dyn P
             val.queries.len()
         );
     }
-    Ok(BuiltDataset { train, val, summary })
+    Ok(BuiltDataset { train, val, summary, failures: outcome.failures, llm_stats })
+}
+
+/// Runs the LLM generator with a live line of requests, 429s and cost on the progress bar.
+async fn ask_llm(chunks: &[Chunk], args: &DatasetArgs, progress: Arc<dyn Progress>) -> Result<(GenerationOutcome, GeneratorStats)> {
+    let generator = Arc::new(LlmGenerator::new(args.llm.config()?)?);
+    let ticker = {
+        let (generator, progress) = (generator.clone(), progress.clone());
+        let started = Instant::now();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let s = generator.stats();
+                progress.message(&format!(
+                    "{:.1} req/s, {} x 429, ${:.4}",
+                    s.requests as f64 / started.elapsed().as_secs_f64().max(1e-3),
+                    s.rate_limited,
+                    s.cost_usd
+                ));
+            }
+        })
+    };
+    let outcome = generate_questions(generator.as_ref(), chunks, args.questions_per_chunk, progress.as_ref()).await;
+    ticker.abort();
+    Ok((outcome, generator.stats()))
 }
 
 pub async fn run(args: GenerateArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let progress = crate::progress::for_terminal();
-    let built = build_dataset(&args.input, &args.dataset, progress.as_ref()).await?;
+    let built = build_dataset(&args.input, &args.dataset, progress).await?;
     // Opened only now, so bad input leaves no empty output directory behind.
     let store = args.storage.open(&args.output_dir)?;
     write_dataset(&store, "", &built.train, &built.val, args.overwrite)
         .await
         .with_context(|| format!("writing the dataset to {}", args.output_dir))?;
     print_summary(&built.summary, &store.describe(""), started.elapsed().as_secs_f64());
-    Ok(ExitCode::SUCCESS)
+    if let Some(stats) = &built.llm_stats {
+        print_llm_stats(stats);
+    }
+    report_failures(&built.failures)
+}
+
+/// Failed chunks go to a file next to where the command runs; the exit status counts them.
+pub fn report_failures(failures: &[ChunkFailure]) -> Result<ExitCode> {
+    if failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = PathBuf::from("generation_failures.jsonl");
+    write_failures(&path, failures)?;
+    eprintln!(
+        "error: {} chunk(s) got no questions (first: {}: {}); listed in {}. Run again to retry only those",
+        failures.len(),
+        failures[0].chunk_id,
+        failures[0].error,
+        path.display()
+    );
+    Ok(ExitCode::from(failures.len().min(100) as u8 + 1))
+}
+
+pub fn print_llm_stats(s: &GeneratorStats) {
+    println!(
+        "  llm        {} requests ({} retries, {} x 429, {} x 5xx, {} timeouts), {} chunks from the resume cache",
+        s.requests, s.retries, s.rate_limited, s.server_errors, s.timeouts, s.chunks_cached
+    );
+    println!(
+        "  tokens     {} prompt + {} completion = ${:.4}",
+        s.prompt_tokens, s.completion_tokens, s.cost_usd
+    );
+    println!(
+        "  filtered   {} questions dropped (preamble {}, not a question {}, copied {}, duplicate {}), {} short chunks",
+        s.filtered.total(),
+        s.filtered.preamble,
+        s.filtered.not_a_question,
+        s.filtered.copied_from_chunk,
+        s.filtered.duplicate_in_chunk + s.filtered.duplicate_in_corpus,
+        s.chunks_short
+    );
 }
 
 pub fn print_summary(s: &DatasetSummary, location: &str, seconds: f64) {
