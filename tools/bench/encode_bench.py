@@ -276,7 +276,8 @@ def main():
         wall=wall, t=ref["encode_s"], load=ref["load_s"], la=(la0, la1))
     log.append(f"reference: torch {ref['torch']} threads={ref['torch_threads']} "
                f"cpu_capability={ref['cpu_capability']}; load {ref['load_s']:.2f} s, "
-               f"encode {ref['encode_s']:.2f} s; process wall {wall:.1f} s, CPU {ru.ru_utime + ru.ru_stime:.1f} s; "
+               f"encode {ref['encode_s']:.2f} s; process wall {wall:.1f} s, CPU {ru.ru_utime + ru.ru_stime:.1f} s "
+               f"(= {(ru.ru_utime + ru.ru_stime) / wall:.2f} cores busy of {T}, load included); "
                f"loadavg(1m) {la0:.2f} -> {la1:.2f}")
 
     # ---- embedfleet ----
@@ -317,7 +318,8 @@ def main():
             wall=tf, t=adj_t, load=t32, la=(la0, la1))
         log.append(f"embedfleet {prec}: 32-text runs {', '.join(f'{x[0]:.2f}' for x in smalls)} s "
                    f"(median {t32:.2f} s, RSS {fmt_mib(ru32.ru_maxrss)}), "
-                   f"{n}-text run {tf:.2f} s, CPU {ruf.ru_utime + ruf.ru_stime:.1f} s; "
+                   f"{n}-text run {tf:.2f} s, CPU {ruf.ru_utime + ruf.ru_stime:.1f} s "
+                   f"(= {(ruf.ru_utime + ruf.ru_stime) / tf:.2f} cores busy of {T}); "
                    f"loadavg(1m) {la0:.2f} -> {la1:.2f}; cmd: {' '.join(cmd)}")
 
     # ---- accuracy ----

@@ -409,7 +409,9 @@ def build_fixed_case():
         picks = rng.sample(pool, min(n_rel, len(pool)))
         if rng.random() < 0.3:  # one relevant doc from far down the ranking
             picks[-1] = order[rng.randrange(30, len(order))]
-        relevant_docs[qid] = sorted({cids[j] for j in picks}, key=lambda c: rng.random())
+        rel = list(dict.fromkeys(cids[j] for j in picks))  # no sets: their order varies per process
+        rng.shuffle(rel)
+        relevant_docs[qid] = rel
     return queries, corpus, relevant_docs, table, qids, cids
 
 

@@ -1,0 +1,1 @@
+include!("../../build/libtorch_rpath.rs");

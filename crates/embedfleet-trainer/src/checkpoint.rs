@@ -1,0 +1,58 @@
+//! Resume checkpoints: model and optimizer tensors plus where training stood, under
+//! `<output>/checkpoints/step-<n>/`. Every step reseeds libtorch's RNG from the run seed and the
+//! step number, so position and tensors are all a resumed run needs to repeat the rest exactly.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogRow {
+    pub step: usize,
+    pub epoch: usize,
+    pub loss: f64,
+    pub lr: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalRow {
+    pub epoch: i64,
+    pub step: i64,
+    pub metrics: Vec<(embedfleet_evaluator::rank::ScoreFunction, embedfleet_evaluator::metrics::RetrievalMetrics)>,
+    pub value: f64,
+}
+
+/// Where training stood when a checkpoint was written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    pub global_step: usize,
+    pub epoch: usize,
+    /// Batches of `epoch` already trained on.
+    pub batch_in_epoch: usize,
+    pub total_steps: usize,
+    pub base_value: Option<f64>,
+    pub best_value: Option<f64>,
+    pub best_step: Option<usize>,
+    pub log: Vec<LogRow>,
+    pub evals: Vec<EvalRow>,
+    /// The settings that must not change across a resume.
+    pub fingerprint: String,
+}
+
+pub fn checkpoint_dir(output: &Path, step: usize) -> PathBuf {
+    output.join("checkpoints").join(format!("step-{step}"))
+}
+
+/// The newest complete checkpoint (one with its state.json written last).
+pub fn latest(output: &Path) -> Option<PathBuf> {
+    let dir = output.join("checkpoints");
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("state.json").exists())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("step-")?.parse::<usize>().ok().map(|n| (n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
+}

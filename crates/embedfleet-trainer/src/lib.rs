@@ -1,0 +1,15 @@
+//! Fine-tuning a sentence encoder on (question, chunk) pairs with MultipleNegativesRankingLoss:
+//! batches without in-batch false negatives, AdamW with warm-up and decay, evaluation every N steps
+//! with the best checkpoint kept, GradCache for big batches in small memory, and exact resume.
+
+pub mod batching;
+pub mod checkpoint;
+pub mod loss;
+pub mod optim;
+pub mod plot;
+pub mod train;
+
+pub use batching::TrainPair;
+pub use loss::MnrlLoss;
+pub use optim::AdamWConfig;
+pub use train::{TrainConfig, TrainError, TrainOutcome, train};

@@ -1,0 +1,433 @@
+//! The training loop. `embedfleet finetune`, `embedfleet run` and the fleet's trainer worker all
+//! call [`train`].
+
+use crate::batching::{TrainPair, epoch_batches};
+use crate::checkpoint::{EvalRow, LogRow, TrainState, checkpoint_dir, latest};
+use crate::loss::MnrlLoss;
+use crate::optim::{AdamW, AdamWConfig, linear_schedule};
+use embedfleet_core::{Progress, QaDataset};
+use embedfleet_evaluator::csv::{csv_file_name, csv_header, csv_row};
+use embedfleet_evaluator::{EvalOptions, PreparedDataset, evaluate_model};
+use embedfleet_model::{ModelCard, SentenceEncoder};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// GradCache: embed the batch in mini-batches of this size, so memory follows it, not the batch.
+    pub mini_batch_size: Option<usize>,
+    pub loss: MnrlLoss,
+    pub optim: AdamWConfig,
+    pub warmup_ratio: f64,
+    /// Evaluate every this many steps (and at every epoch end); 0 evaluates at epoch ends only.
+    pub evaluation_steps: usize,
+    /// Write a resume checkpoint every this many steps; 0 never.
+    pub checkpoint_every: usize,
+    pub seed: u64,
+    /// The metric that picks the best checkpoint, e.g. `cosine-NDCG@10`.
+    pub metric: String,
+    pub eval: EvalOptions,
+    /// Stop after this many steps in this process (a deliberate interruption, for tests).
+    pub stop_after: Option<usize>,
+    /// Base model id for the model card.
+    pub base_model: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 2,
+            batch_size: 10,
+            mini_batch_size: None,
+            loss: MnrlLoss::default(),
+            optim: AdamWConfig::default(),
+            warmup_ratio: 0.1,
+            evaluation_steps: 50,
+            checkpoint_every: 0,
+            seed: 42,
+            metric: "cosine-NDCG@10".into(),
+            eval: EvalOptions::default(),
+            stop_after: None,
+            base_model: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("the training set has {pairs} pairs, fewer than one batch of {batch}; lower --batch-size or generate more questions")]
+    TooFewPairs { pairs: usize, batch: usize },
+    #[error("{0} already holds something that is not an embedfleet output; pass --overwrite or choose another --output-path")]
+    OutputInUse(PathBuf),
+    #[error("--resume: no checkpoint under {0}/checkpoints; train with --checkpoint-every N first")]
+    NoCheckpoint(PathBuf),
+    #[error("--resume: the checkpoint was written with other settings ({0}); resume with the same settings")]
+    ResumeMismatch(String),
+    #[error("out of memory at step {step} ({detail}); lower --batch-size, or set --mini-batch-size (GradCache) to keep the batch and bound memory")]
+    OutOfMemory { step: usize, detail: String },
+    #[error("training failed at step {step}: {detail}")]
+    Step { step: usize, detail: String },
+    #[error(transparent)]
+    Model(#[from] embedfleet_model::ModelError),
+    #[error(transparent)]
+    Eval(#[from] embedfleet_evaluator::EvalError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("checkpoint {path} is unreadable: {detail}")]
+    BadCheckpoint { path: PathBuf, detail: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub steps: usize,
+    pub base_value: Option<f64>,
+    pub best_value: Option<f64>,
+    /// None when no checkpoint beat the base model (the output holds the base).
+    pub best_step: Option<usize>,
+    pub pairs_per_epoch: usize,
+    pub seconds: f64,
+    pub pairs_per_second: f64,
+    pub log: Vec<LogRow>,
+}
+
+impl TrainOutcome {
+    pub fn improved(&self) -> bool {
+        self.best_step.is_some()
+    }
+}
+
+/// Marker that says a folder is embedfleet's output, so `--overwrite` is not needed to reuse it.
+const MARKER: &str = "training_log.csv";
+
+/// Fine-tunes `model` in place on `train_set`; the best model by `config.metric` on `val` is saved
+/// to `output` as a sentence-transformers folder, with `training_log.csv`, the evaluation CSV
+/// (`eval/`) and `training.svg`.
+pub fn train(
+    model: &mut SentenceEncoder,
+    train_set: &QaDataset,
+    val: Option<&PreparedDataset>,
+    config: &TrainConfig,
+    output: &Path,
+    resume: bool,
+    overwrite: bool,
+    progress: &dyn Progress,
+) -> Result<TrainOutcome, TrainError> {
+    let pairs: Vec<TrainPair> = train_set
+        .pairs()
+        .into_iter()
+        .map(|(c, q, p)| TrainPair { chunk_id: c.into(), question: q.into(), passage: p.into() })
+        .collect();
+    if pairs.len() < config.batch_size {
+        return Err(TrainError::TooFewPairs { pairs: pairs.len(), batch: config.batch_size });
+    }
+    if resume && latest(output).is_none() {
+        return Err(TrainError::NoCheckpoint(output.to_owned()));
+    }
+    prepare_output(output, resume, overwrite)?;
+    let batches_per_epoch: Vec<Vec<Vec<usize>>> =
+        (0..config.epochs).map(|e| epoch_batches(&pairs, config.batch_size, config.seed, e)).collect();
+    let total_steps: usize = batches_per_epoch.iter().map(Vec::len).sum();
+    let warmup = (total_steps as f64 * config.warmup_ratio).ceil() as usize;
+    let fingerprint = format!(
+        "pairs={} batch={} epochs={} seed={} lr={} mini={:?}",
+        pairs.len(),
+        config.batch_size,
+        config.epochs,
+        config.seed,
+        config.optim.lr,
+        config.mini_batch_size
+    );
+
+    let named: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+    let mut optimizer = AdamW::new(named, config.optim);
+    let mut state = TrainState {
+        global_step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        total_steps,
+        base_value: None,
+        best_value: None,
+        best_step: None,
+        log: Vec::new(),
+        evals: Vec::new(),
+        fingerprint: fingerprint.clone(),
+    };
+    let card = |value: Option<f64>| ModelCard {
+        base_model: config.base_model.clone(),
+        training_data: format!("{} (question, passage) pairs", pairs.len()),
+        metrics: value.map(|v| vec![(config.metric.clone(), v)]).unwrap_or_default(),
+    };
+
+    if resume {
+        let dir = latest(output).ok_or_else(|| TrainError::NoCheckpoint(output.to_owned()))?;
+        state = load_checkpoint(model, &mut optimizer, &dir)?;
+        if state.fingerprint != fingerprint {
+            return Err(TrainError::ResumeMismatch(state.fingerprint));
+        }
+        tracing::info!(step = state.global_step, checkpoint = %dir.display(), "resumed");
+    } else if let Some(val) = val {
+        // The base model is the bar to beat, and the output holds it until something beats it.
+        let (value, row) = evaluate(model, val, config, 0, 0)?;
+        state.base_value = Some(value);
+        state.best_value = Some(value);
+        state.evals.push(row);
+        write_eval_csv(output, config, &state.evals)?;
+        model.save(output, &card(Some(value)))?;
+        tracing::info!(metric = %config.metric, value, "base model evaluated");
+    }
+
+    let started = Instant::now();
+    let start_step = state.global_step;
+    progress.start("train", Some(total_steps as u64));
+    progress.advance(start_step as u64);
+    let mut stopped_early = false;
+    'epochs: for epoch in state.epoch..config.epochs {
+        let batches = &batches_per_epoch[epoch];
+        let first = if epoch == state.epoch { state.batch_in_epoch } else { 0 };
+        for (b, batch) in batches.iter().enumerate().skip(first) {
+            if config.stop_after.is_some_and(|n| state.global_step - start_step >= n) {
+                stopped_early = true;
+                break 'epochs;
+            }
+            let lr = config.optim.lr * linear_schedule(state.global_step, warmup, total_steps);
+            // A fixed RNG stream per step makes dropout, and so a resumed run, reproducible.
+            tch::manual_seed((config.seed as i64).wrapping_mul(1_000_003).wrapping_add(state.global_step as i64));
+            let loss = run_step(model, &pairs, batch, config, state.global_step)?;
+            optimizer.step(lr);
+            optimizer.zero_grad();
+            state.global_step += 1;
+            state.epoch = epoch;
+            state.batch_in_epoch = b + 1;
+            state.log.push(LogRow { step: state.global_step, epoch, loss, lr });
+            progress.advance(1);
+            progress.message(&format!("loss {loss:.4} lr {lr:.2e}"));
+
+            let end_of_epoch = b + 1 == batches.len();
+            let eval_now = config.evaluation_steps > 0 && state.global_step % config.evaluation_steps == 0;
+            if let Some(val) = val.filter(|_| eval_now || end_of_epoch) {
+                let (value, row) = evaluate(model, val, config, epoch as i64, state.global_step as i64)?;
+                state.evals.push(row);
+                write_eval_csv(output, config, &state.evals)?;
+                if state.best_value.is_none_or(|best| value > best) {
+                    state.best_value = Some(value);
+                    state.best_step = Some(state.global_step);
+                    model.save(output, &card(Some(value)))?;
+                    tracing::info!(step = state.global_step, value, "new best checkpoint");
+                }
+            }
+            if end_of_epoch {
+                state.epoch = epoch + 1;
+                state.batch_in_epoch = 0;
+            }
+            if config.checkpoint_every > 0 && state.global_step % config.checkpoint_every == 0 {
+                save_checkpoint(model, &optimizer, output, &state)?;
+                write_log(output, &state.log)?;
+            }
+        }
+    }
+    progress.finish();
+    if val.is_none() && !stopped_early {
+        model.save(output, &card(None))?;
+    }
+    write_log(output, &state.log)?;
+    if !state.evals.is_empty() && !state.log.is_empty() {
+        let chart = output.join("training.svg");
+        crate::plot::training_chart(&chart, &state.log, &state.evals, &config.metric)
+            .map_err(|e| TrainError::Write { path: chart, source: e })?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // Steps are numbered across epochs, so the batches trained in this process are a contiguous run.
+    let trained_pairs: usize =
+        batches_per_epoch.iter().flatten().skip(start_step).take(state.global_step - start_step).map(Vec::len).sum();
+    Ok(TrainOutcome {
+        steps: state.global_step,
+        base_value: state.base_value,
+        best_value: state.best_value,
+        best_step: state.best_step,
+        pairs_per_epoch: pairs.len(),
+        seconds,
+        pairs_per_second: trained_pairs as f64 / seconds.max(1e-9),
+        log: state.log,
+    })
+}
+
+fn prepare_output(output: &Path, resume: bool, overwrite: bool) -> Result<(), TrainError> {
+    let occupied = output.exists() && std::fs::read_dir(output).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if occupied && !resume && !overwrite && !output.join(MARKER).exists() {
+        return Err(TrainError::OutputInUse(output.to_owned()));
+    }
+    if occupied && !resume {
+        // Old checkpoints from another run must not be resumed into this one.
+        let _ = std::fs::remove_dir_all(output.join("checkpoints"));
+        let _ = std::fs::remove_dir_all(output.join("eval"));
+    }
+    std::fs::create_dir_all(output).map_err(|e| TrainError::Write { path: output.to_owned(), source: e })?;
+    // Claim the folder at once, so a crash before the first log still leaves it recognisable.
+    if !output.join(MARKER).exists() {
+        write_log(output, &[])?;
+    }
+    Ok(())
+}
+
+/// One optimisation step's forward and backward; returns the loss. A libtorch failure (out of
+/// memory above all) becomes an error that says what to lower.
+fn run_step(model: &SentenceEncoder, pairs: &[TrainPair], batch: &[usize], config: &TrainConfig, step: usize) -> Result<f64, TrainError> {
+    let questions: Vec<&str> = batch.iter().map(|&i| pairs[i].question.as_str()).collect();
+    let passages: Vec<&str> = batch.iter().map(|&i| pairs[i].passage.as_str()).collect();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<f64, embedfleet_model::ModelError> {
+        match config.mini_batch_size.filter(|&m| m < batch.len()) {
+            Some(mini) => cached_step(model, &questions, &passages, mini, &config.loss, config.seed, step),
+            None => {
+                let q = model.forward(&model.tokenizer().batch(&questions, model.device())?, true);
+                let p = model.forward(&model.tokenizer().batch(&passages, model.device())?, true);
+                let loss = config.loss.compute(&q, &p);
+                loss.backward();
+                Ok(f64::try_from(&loss).unwrap_or(f64::NAN))
+            }
+        }
+    }));
+    match result {
+        Ok(Ok(loss)) if loss.is_finite() => Ok(loss),
+        Ok(Ok(loss)) => Err(TrainError::Step { step, detail: format!("loss is {loss}; lower --learning-rate") }),
+        Ok(Err(e)) => Err(TrainError::Model(e)),
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "libtorch error".into());
+            let first_line = detail.lines().next().unwrap_or_default().to_owned();
+            if detail.contains("out of memory") || detail.contains("can't allocate memory") {
+                Err(TrainError::OutOfMemory { step, detail: first_line })
+            } else {
+                Err(TrainError::Step { step, detail: first_line })
+            }
+        }
+    }
+}
+
+/// GradCache: embed everything without gradients, take the loss's gradient with respect to the
+/// embeddings, then re-embed each mini-batch with gradients and push that gradient through it.
+/// Each mini-batch replays its own RNG seed, so dropout masks are the same in both passes.
+pub fn cached_step(
+    model: &SentenceEncoder,
+    questions: &[&str],
+    passages: &[&str],
+    mini: usize,
+    loss_fn: &MnrlLoss,
+    seed: u64,
+    step: usize,
+) -> Result<f64, embedfleet_model::ModelError> {
+    let seed_of = |side: i64, i: usize| -> i64 {
+        (seed as i64).wrapping_mul(7_919).wrapping_add((step as i64) << 20).wrapping_add(side << 16).wrapping_add(i as i64)
+    };
+    let embed_all = |texts: &[&str], side: i64| -> Result<Tensor, embedfleet_model::ModelError> {
+        let _guard = tch::no_grad_guard();
+        let mut parts = Vec::new();
+        for (i, chunk) in texts.chunks(mini).enumerate() {
+            tch::manual_seed(seed_of(side, i));
+            parts.push(model.forward(&model.tokenizer().batch(chunk, model.device())?, true).to_kind(Kind::Float));
+        }
+        Ok(Tensor::cat(&parts, 0))
+    };
+    let q = embed_all(questions, 0)?.detach().set_requires_grad(true);
+    let p = embed_all(passages, 1)?.detach().set_requires_grad(true);
+    let loss = loss_fn.compute(&q, &p);
+    loss.backward();
+    let (q_grad, p_grad) = (q.grad(), p.grad());
+    for (texts, grad, side) in [(questions, &q_grad, 0i64), (passages, &p_grad, 1i64)] {
+        for (i, chunk) in texts.chunks(mini).enumerate() {
+            tch::manual_seed(seed_of(side, i));
+            let emb = model.forward(&model.tokenizer().batch(chunk, model.device())?, true).to_kind(Kind::Float);
+            let g = grad.narrow(0, (i * mini) as i64, chunk.len() as i64);
+            (emb * g).sum(Kind::Float).backward();
+        }
+    }
+    Ok(f64::try_from(&loss).unwrap_or(f64::NAN))
+}
+
+fn evaluate(model: &SentenceEncoder, val: &PreparedDataset, config: &TrainConfig, epoch: i64, step: i64) -> Result<(f64, EvalRow), TrainError> {
+    let evaluation = evaluate_model(model, val, &config.eval)?;
+    let value = evaluation.metric(&config.metric).unwrap_or(f64::NAN);
+    Ok((value, EvalRow { epoch, step, metrics: evaluation.metrics, value }))
+}
+
+/// The reference's evaluation CSV in `<output>/eval/`, one row per evaluation.
+fn write_eval_csv(output: &Path, config: &TrainConfig, rows: &[EvalRow]) -> Result<(), TrainError> {
+    let dir = output.join("eval");
+    let path = dir.join(csv_file_name("val"));
+    let functions: Vec<_> = rows.first().map(|r| r.metrics.iter().map(|(f, _)| *f).collect()).unwrap_or_default();
+    let mut text = csv_header(&functions, &config.eval.metrics);
+    text.push_str("\r\n");
+    for row in rows {
+        text.push_str(&csv_row(row.epoch, row.step, &row.metrics));
+        text.push_str("\r\n");
+    }
+    write_atomic(&path, text.as_bytes())
+}
+
+fn write_log(output: &Path, log: &[LogRow]) -> Result<(), TrainError> {
+    let mut text = String::from("step,epoch,loss,lr\n");
+    for r in log {
+        text.push_str(&format!("{},{},{},{}\n", r.step, r.epoch, r.loss, r.lr));
+    }
+    write_atomic(&output.join(MARKER), text.as_bytes())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let err = |e| TrainError::Write { path: path.to_owned(), source: e };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn save_checkpoint(model: &SentenceEncoder, optimizer: &AdamW, output: &Path, state: &TrainState) -> Result<(), TrainError> {
+    let dir = checkpoint_dir(output, state.global_step);
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::Write { path: dir.clone(), source: e })?;
+    let bad = |e: tch::TchError| TrainError::Write { path: dir.clone(), source: std::io::Error::other(e.to_string()) };
+    let weights: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+    Tensor::write_safetensors(&weights, dir.join("model.safetensors")).map_err(bad)?;
+    Tensor::write_safetensors(&optimizer.state(), dir.join("optimizer.safetensors")).map_err(bad)?;
+    // state.json last: a checkpoint without it is incomplete and never resumed from.
+    write_atomic(&dir.join("state.json"), &serde_json::to_vec(state).expect("state serializes"))?;
+    // Keep the two newest.
+    if let Ok(entries) = std::fs::read_dir(output.join("checkpoints")) {
+        let mut steps: Vec<(usize, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?;
+                Some((n, e.path()))
+            })
+            .collect();
+        steps.sort();
+        for (_, old) in steps.iter().rev().skip(2) {
+            let _ = std::fs::remove_dir_all(old);
+        }
+    }
+    Ok(())
+}
+
+fn load_checkpoint(model: &mut SentenceEncoder, optimizer: &mut AdamW, dir: &Path) -> Result<TrainState, TrainError> {
+    let bad = |detail: String| TrainError::BadCheckpoint { path: dir.to_owned(), detail };
+    let state: TrainState = serde_json::from_slice(&std::fs::read(dir.join("state.json")).map_err(|e| bad(e.to_string()))?)
+        .map_err(|e| bad(e.to_string()))?;
+    let weights = Tensor::read_safetensors(dir.join("model.safetensors")).map_err(|e| bad(e.to_string()))?;
+    {
+        let _guard = tch::no_grad_guard();
+        let mut vars = model.var_store_mut().variables();
+        for (name, t) in &weights {
+            let var = vars.get_mut(name).ok_or_else(|| bad(format!("unknown tensor {name}")))?;
+            var.copy_(t);
+        }
+    }
+    let opt = Tensor::read_safetensors(dir.join("optimizer.safetensors")).map_err(|e| bad(e.to_string()))?;
+    optimizer.load_state(&opt, state.global_step as i64).map_err(bad)?;
+    Ok(state)
+}

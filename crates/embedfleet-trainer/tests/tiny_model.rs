@@ -1,0 +1,183 @@
+//! Trainer behaviour on a tiny randomly initialised BERT (fast), with MiniLM's real tokenizer.
+
+use embedfleet_core::progress::NoProgress;
+use embedfleet_core::QaDataset;
+use embedfleet_evaluator::PreparedDataset;
+use embedfleet_model::{BertConfig, LoadOptions, SentenceEncoder, Tensor};
+use embedfleet_trainer::train::cached_step;
+use embedfleet_trainer::{AdamWConfig, MnrlLoss, TrainConfig, TrainError, train};
+use std::path::PathBuf;
+
+fn tokenizer_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.deps/all-MiniLM-L6-v2");
+    assert!(dir.join("tokenizer.json").exists(), "run scripts/setup.sh first");
+    dir
+}
+
+/// libtorch's RNG is global to the process and tests run on parallel threads: each test holds this
+/// lock so model initialisation and dropout draws are not interleaved with another test's.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn tiny(dropout: f64) -> SentenceEncoder {
+    let mut config = BertConfig::tiny(30522);
+    config.hidden_dropout_prob = dropout;
+    config.attention_probs_dropout_prob = dropout;
+    SentenceEncoder::random(config, &tokenizer_dir(), 7, LoadOptions::default()).unwrap()
+}
+
+const TOPICS: &[&str] = &[
+    "compaction", "retention", "replication", "backup", "alerting", "tokens", "queries", "ingestion", "dashboards", "tls",
+    "quotas", "clustering", "upgrades", "storage", "metrics", "webhooks", "roles", "indexes", "shards", "latency",
+];
+
+fn dataset(chunks: usize) -> QaDataset {
+    let mut d = QaDataset::new();
+    for c in 0..chunks {
+        let topic = TOPICS[c % TOPICS.len()];
+        let id = format!("d{c:03}-0000");
+        d.corpus.insert(id.clone(), format!("Section {c} explains {topic} in detail: setting {c} controls {topic} behaviour number {c}."));
+        for q in 0..2 {
+            let qid = format!("{id}-q{q}");
+            d.queries.insert(qid.clone(), format!("how does setting {c} change {topic} (variant {q})?"));
+            d.relevant_docs.insert(qid, vec![id.clone()]);
+        }
+    }
+    d
+}
+
+fn weights(model: &SentenceEncoder) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    a.iter().zip(b).map(|((_, x), (_, y))| f64::try_from((x - y).abs().max()).unwrap()).fold(0.0, f64::max)
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        epochs: 2,
+        batch_size: 8,
+        evaluation_steps: 4,
+        optim: AdamWConfig { lr: 1e-3, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn cached_loss_equals_the_plain_loss_and_gradients() {
+    let _serial = serial();
+    let d = dataset(12);
+    let pairs = d.pairs();
+    let questions: Vec<&str> = pairs.iter().step_by(2).map(|p| p.1).collect();
+    let passages: Vec<&str> = pairs.iter().step_by(2).map(|p| p.2).collect();
+    let loss_fn = MnrlLoss::default();
+
+    let plain = tiny(0.0);
+    let q = plain.forward(&plain.tokenizer().batch(&questions, plain.device()).unwrap(), true);
+    let p = plain.forward(&plain.tokenizer().batch(&passages, plain.device()).unwrap(), true);
+    let loss = loss_fn.compute(&q, &p);
+    loss.backward();
+    let plain_loss = f64::try_from(&loss).unwrap();
+
+    let cached = tiny(0.0);
+    let cached_loss = cached_step(&cached, &questions, &passages, 5, &loss_fn, 42, 0).unwrap();
+    assert!((plain_loss - cached_loss).abs() < 1e-5, "{plain_loss} vs {cached_loss}");
+    let grads = |m: &SentenceEncoder| -> Vec<(String, Tensor)> { weights(m).into_iter().map(|(n, t)| (n, t.grad())).collect() };
+    let mut worst = 0.0f64;
+    for ((name, a), (_, b)) in grads(&plain).iter().zip(grads(&cached)) {
+        // Some gradients are zero in exact arithmetic (key biases: softmax ignores a per-row
+        // constant) and only float noise in practice; measure those against a floor.
+        let scale = f64::try_from(a.abs().max()).unwrap().max(1e-4);
+        let rel = f64::try_from((a - &b).abs().max()).unwrap() / scale;
+        assert!(rel < 1e-3, "{name}: relative gradient difference {rel}");
+        worst = worst.max(rel);
+    }
+    eprintln!("cached vs plain: loss {plain_loss} vs {cached_loss}, worst relative gradient difference {worst:.2e}");
+}
+
+#[test]
+fn resumed_run_ends_where_an_uninterrupted_one_does() {
+    let _serial = serial();
+    let d = dataset(20);
+    let mut cfg = config();
+    cfg.checkpoint_every = 2;
+    cfg.evaluation_steps = 0;
+
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut full = tiny(0.1);
+    let outcome = train(&mut full, &d, None, &cfg, full_dir.path(), false, false, &NoProgress).unwrap();
+    assert!(outcome.steps >= 8);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = tiny(0.1);
+    let mut stop = cfg.clone();
+    stop.stop_after = Some(5); // interrupted after step 5; the last checkpoint is step 4
+    train(&mut first, &d, None, &stop, dir.path(), false, false, &NoProgress).unwrap();
+    drop(first);
+
+    let mut resumed = tiny(0.1); // a fresh process would start from the base weights again
+    let outcome2 = train(&mut resumed, &d, None, &cfg, dir.path(), true, false, &NoProgress).unwrap();
+    assert_eq!(outcome2.steps, outcome.steps);
+    let diff = max_diff(&weights(&full), &weights(&resumed));
+    assert!(diff < 1e-6, "weights differ by {diff}");
+    let log_a: Vec<f64> = outcome.log.iter().map(|r| r.loss).collect();
+    let log_b: Vec<f64> = outcome2.log.iter().map(|r| r.loss).collect();
+    assert_eq!(log_a.len(), log_b.len());
+    for (a, b) in log_a.iter().zip(&log_b) {
+        assert!((a - b).abs() < 1e-6, "{log_a:?}\n{log_b:?}");
+    }
+}
+
+#[test]
+fn best_checkpoint_is_kept_and_the_base_when_nothing_beats_it() {
+    let _serial = serial();
+    let train_set = dataset(24);
+    let val = PreparedDataset::new(&dataset(10)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = tiny(0.1);
+    let outcome = train(&mut model, &train_set, Some(&val), &config(), dir.path(), false, false, &NoProgress).unwrap();
+    let saved = SentenceEncoder::load(dir.path(), LoadOptions::default()).unwrap();
+    let value = embedfleet_evaluator::evaluate_model(&saved, &val, &Default::default()).unwrap().metric("cosine-NDCG@10").unwrap();
+    assert!((value - outcome.best_value.unwrap()).abs() < 1e-6, "the saved model is the best one: {value} vs {:?}", outcome.best_value);
+    assert!(outcome.best_value >= outcome.base_value);
+    let csv = std::fs::read_to_string(dir.path().join("eval/Information-Retrieval_evaluation_val_results.csv")).unwrap();
+    assert!(csv.starts_with("epoch,steps,cosine-Accuracy@1"));
+    assert!(csv.lines().count() >= 4, "base + every 4 steps + epoch ends:\n{csv}");
+    assert!(dir.path().join("training_log.csv").exists() && dir.path().join("training.svg").exists());
+
+    // A learning rate of zero cannot beat the base: the output says so and holds the base.
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = tiny(0.1);
+    let before = weights(&model);
+    let mut cfg = config();
+    cfg.optim.lr = 0.0;
+    let outcome = train(&mut model, &train_set, Some(&val), &cfg, dir.path(), false, false, &NoProgress).unwrap();
+    assert!(!outcome.improved());
+    let saved = SentenceEncoder::load(dir.path(), LoadOptions::default()).unwrap();
+    assert!(max_diff(&before, &weights(&saved)) < 1e-7);
+}
+
+#[test]
+fn bad_setups_are_refused() {
+    let _serial = serial();
+    let d = dataset(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = tiny(0.0);
+    let err = train(&mut model, &d, None, &TrainConfig { batch_size: 32, ..config() }, dir.path(), false, false, &NoProgress).unwrap_err();
+    assert!(matches!(err, TrainError::TooFewPairs { pairs: 6, batch: 32 }), "{err}");
+
+    let err = train(&mut model, &dataset(20), None, &config(), dir.path(), true, false, &NoProgress).unwrap_err();
+    assert!(matches!(err, TrainError::NoCheckpoint(_)), "{err}");
+
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let err = train(&mut model, &dataset(20), None, &config(), dir.path(), false, false, &NoProgress).unwrap_err();
+    assert!(matches!(err, TrainError::OutputInUse(_)), "{err}");
+    assert!(dir.path().join("notes.txt").exists());
+}
