@@ -139,7 +139,11 @@ pub fn evaluate_embeddings(data: &PreparedDataset, queries: &Tensor, corpus: &Te
     let mut metrics = Vec::new();
     let mut timings = Timings::default();
     let mut primary: Option<Vec<Vec<&str>>> = None;
-    for &function in &options.functions {
+    // The reference orders score functions by name (CSV columns, and which one leads).
+    let mut functions = options.functions.clone();
+    functions.sort_by_key(|f| f.name());
+    functions.dedup();
+    for function in functions {
         let started = Instant::now();
         let hits = top_k(queries, corpus, &ids, function, max_k, options.blocks);
         timings.rank_s += started.elapsed().as_secs_f64();

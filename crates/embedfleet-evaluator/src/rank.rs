@@ -1,9 +1,9 @@
 //! Exact top-k retrieval by matrix multiplication over bounded blocks of queries and corpus.
 //!
-//! Ties are broken exactly as the reference does, so metrics agree even when scores are equal:
-//! per corpus block it takes `torch.topk(sorted=False)` candidates (the same libtorch kernel), keeps
-//! the best `k` per query in a binary min-heap of `(score, corpus_id)` fed in that order (Python's
-//! `heapq` algorithm), and finally sorts the heap's array by score, descending and stable.
+//! The ranking is the reference's (sentence-transformers 6.2, see
+//! tools/reference/IR_EVALUATOR_NOTES.md): float32 score descending, then corpus id ascending, so
+//! metrics agree even when scores tie exactly. A tie that straddles a block's top-k cut keeps every
+//! tied candidate, so the result does not depend on block sizes.
 
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -74,101 +74,59 @@ pub fn top_k(queries: &Tensor, corpus: &Tensor, corpus_ids: &[&str], function: S
     let (nc, _) = corpus.size2().expect("corpus is [n, dim]");
     assert_eq!(nc as usize, corpus_ids.len());
     let _guard = tch::no_grad_guard();
-    let mut heaps: Vec<Vec<(f64, usize)>> = vec![Vec::with_capacity(k); nq as usize];
+    let mut best: Vec<Vec<(f32, usize)>> = vec![Vec::with_capacity(2 * k); nq as usize];
+    let order = |a: &(f32, usize), b: &(f32, usize)| {
+        b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal).then_with(|| corpus_ids[a.1].cmp(corpus_ids[b.1]))
+    };
     for q0 in (0..nq).step_by(blocks.queries.max(1)) {
         let q = queries.narrow(0, q0, (blocks.queries as i64).min(nq - q0));
         for c0 in (0..nc).step_by(blocks.corpus.max(1)) {
             let c = corpus.narrow(0, c0, (blocks.corpus as i64).min(nc - c0));
-            let scores = function.scores(&q, &c);
-            let kk = (k as i64).min(c.size()[0]);
-            let (values, indices) = scores.topk(kk, 1, true, false);
-            // The reference reads scores as Python floats: f32 widened to f64.
-            let values: Vec<f32> = Vec::try_from(values.to_kind(Kind::Float).contiguous().view([-1])).expect("f32 scores");
+            let scores = function.scores(&q, &c).to_kind(Kind::Float).contiguous();
+            let width = c.size()[0];
+            let kk = (k as i64).min(width);
+            let (values, indices) = scores.topk(kk, 1, true, true);
+            // Rows where more entries tie with the k-th score than topk kept need all of them.
+            let threshold = values.narrow(1, kk - 1, 1);
+            let at_or_above: Vec<i64> = Vec::try_from(scores.ge_tensor(&threshold).sum_dim_intlist(1, false, Kind::Int64)).expect("counts");
+            let values: Vec<f32> = Vec::try_from(values.contiguous().view([-1])).expect("f32 scores");
             let indices: Vec<i64> = Vec::try_from(indices.contiguous().view([-1])).expect("i64 indices");
-            for (row, (vals, idxs)) in values.chunks(kk as usize).zip(indices.chunks(kk as usize)).enumerate() {
-                let heap = &mut heaps[(q0 as usize) + row];
-                for (&score, &i) in vals.iter().zip(idxs) {
-                    let item = (score as f64, c0 as usize + i as usize);
-                    let less = |a: &(f64, usize), b: &(f64, usize)| tuple_less(a, b, corpus_ids);
-                    if heap.len() < k {
-                        heap_push(heap, item, &less);
-                    } else {
-                        heap_push_pop(heap, item, &less);
-                    }
+            for (row, count) in at_or_above.iter().enumerate() {
+                let list = &mut best[q0 as usize + row];
+                if *count > kk {
+                    let all: Vec<f32> = Vec::try_from(scores.get(row as i64)).expect("f32 row");
+                    let cut = values[row * kk as usize + kk as usize - 1];
+                    list.extend(all.iter().enumerate().filter(|(_, s)| **s >= cut).map(|(i, s)| (*s, c0 as usize + i)));
+                } else {
+                    let span = row * kk as usize..(row + 1) * kk as usize;
+                    list.extend(values[span.clone()].iter().zip(&indices[span]).map(|(s, i)| (*s, c0 as usize + *i as usize)));
                 }
+                list.sort_by(order);
+                list.truncate(k);
             }
         }
     }
-    heaps
-        .into_iter()
-        .map(|mut heap| {
-            // Stable sort by score, descending, like sorted(..., reverse=True).
-            heap.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal));
-            heap.into_iter().map(|(score, corpus_index)| Hit { corpus_index, score }).collect()
-        })
+    best.into_iter()
+        .map(|list| list.into_iter().map(|(score, corpus_index)| Hit { corpus_index, score: score as f64 }).collect())
         .collect()
-}
-
-/// Python's comparison of `(score, corpus_id)` tuples.
-fn tuple_less(a: &(f64, usize), b: &(f64, usize), ids: &[&str]) -> bool {
-    match a.0.partial_cmp(&b.0) {
-        Some(Ordering::Less) => true,
-        Some(Ordering::Greater) => false,
-        _ => ids[a.1] < ids[b.1],
-    }
-}
-
-// A binary min-heap with the sift order of CPython's heapq, so equal items land where they do there.
-fn heap_push<T: Copy>(heap: &mut Vec<T>, item: T, less: &dyn Fn(&T, &T) -> bool) {
-    heap.push(item);
-    let last = heap.len() - 1;
-    sift_down(heap, 0, last, less);
-}
-
-fn heap_push_pop<T: Copy>(heap: &mut [T], item: T, less: &dyn Fn(&T, &T) -> bool) {
-    if !heap.is_empty() && less(&heap[0], &item) {
-        heap[0] = item;
-        sift_up(heap, 0, less);
-    }
-}
-
-/// Moves the item at `pos` towards the root (heapq's `_siftdown`).
-fn sift_down<T: Copy>(heap: &mut [T], start: usize, mut pos: usize, less: &dyn Fn(&T, &T) -> bool) {
-    let item = heap[pos];
-    while pos > start {
-        let parent = (pos - 1) >> 1;
-        if less(&item, &heap[parent]) {
-            heap[pos] = heap[parent];
-            pos = parent;
-        } else {
-            break;
-        }
-    }
-    heap[pos] = item;
-}
-
-/// Sinks the item at `pos` to a leaf along the smaller children, then back up (heapq's `_siftup`).
-fn sift_up<T: Copy>(heap: &mut [T], mut pos: usize, less: &dyn Fn(&T, &T) -> bool) {
-    let end = heap.len();
-    let start = pos;
-    let item = heap[pos];
-    let mut child = 2 * pos + 1;
-    while child < end {
-        let right = child + 1;
-        if right < end && !less(&heap[child], &heap[right]) {
-            child = right;
-        }
-        heap[pos] = heap[child];
-        pos = child;
-        child = 2 * pos + 1;
-    }
-    heap[pos] = item;
-    sift_down(heap, start, pos, less);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ties_break_by_corpus_id_whatever_the_blocks() {
+        // Four equal scores straddle every block's cut; the smallest ids must win.
+        let corpus = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0]).view([5, 2]);
+        let queries = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
+        let ids = ["d9", "d10", "d2", "a", "z"];
+        for corpus_block in [1, 2, 3, 50] {
+            let hits = top_k(&queries, &corpus, &ids, ScoreFunction::Dot, 2, Blocks { corpus: corpus_block, queries: 1 });
+            let order: Vec<&str> = hits[0].iter().map(|h| ids[h.corpus_index]).collect();
+            assert_eq!(order, ["a", "d10"], "block {corpus_block}");
+        }
+    }
 
     #[test]
     fn finds_the_best_across_blocks() {
@@ -181,16 +139,5 @@ mod tests {
             assert_eq!(order, [0, 4, 2]);
             assert!((hits[0][0].score - 1.0).abs() < 1e-6);
         }
-    }
-
-    #[test]
-    fn heap_keeps_the_largest() {
-        let less = |a: &i32, b: &i32| a < b;
-        let mut heap = Vec::new();
-        for x in [5, 1, 9, 3, 7, 2, 8] {
-            if heap.len() < 3 { heap_push(&mut heap, x, &less) } else { heap_push_pop(&mut heap, x, &less) }
-        }
-        heap.sort();
-        assert_eq!(heap, [7, 8, 9]);
     }
 }

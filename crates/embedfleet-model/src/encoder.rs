@@ -194,19 +194,40 @@ impl SentenceEncoder {
         if texts.is_empty() {
             return Ok(Tensor::zeros([0, self.dimension()], (Kind::Float, Device::Cpu)));
         }
-        let encoded = self.tokenizer.encode_ids(&texts)?;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
+        // Identical texts are encoded once, so they get bit-identical vectors whatever batch they
+        // would have been padded in; exact score ties then rank as in the reference.
+        let mut unique: Vec<&str> = Vec::new();
+        let mut slot_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let slots: Vec<usize> = texts
+            .iter()
+            .map(|t| {
+                *slot_of.entry(t).or_insert_with(|| {
+                    unique.push(t);
+                    unique.len() - 1
+                })
+            })
+            .collect();
+        let mut copies = vec![0usize; unique.len()];
+        slots.iter().for_each(|&s| copies[s] += 1);
+        let encoded = self.tokenizer.encode_ids(&unique)?;
+        let mut order: Vec<usize> = (0..unique.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].0.len()));
-        let mut out = Tensor::zeros([texts.len() as i64, self.dimension()], (Kind::Float, Device::Cpu));
+        let mut out = Tensor::zeros([unique.len() as i64, self.dimension()], (Kind::Float, Device::Cpu));
         let _guard = tch::no_grad_guard();
         for idx in order.chunks(batch_size.max(1)) {
             let batch = self.tokenizer.pad(&idx.iter().map(|&i| &encoded[i]).collect::<Vec<_>>(), self.device());
             let emb = self.forward(&batch, false).to_kind(Kind::Float).to_device(Device::Cpu);
             let index = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
             out = out.index_copy(0, &index, &emb);
-            on_batch(idx.len());
+            // Progress counts input texts, duplicates included.
+            let covered: usize = idx.iter().map(|&i| copies[i]).sum();
+            on_batch(covered);
         }
-        Ok(out)
+        if unique.len() == texts.len() {
+            return Ok(out);
+        }
+        let gather = Tensor::from_slice(&slots.iter().map(|&s| s as i64).collect::<Vec<_>>());
+        Ok(out.index_select(0, &gather))
     }
 
     /// Writes a complete sentence-transformers folder that `SentenceTransformer(dir)` loads.
