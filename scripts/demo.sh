@@ -8,4 +8,4 @@ scripts/setup.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}/target}
 cargo build --locked -p embedfleet-cli --bin embedfleet
 bin="$CARGO_TARGET_DIR/debug/embedfleet"
-"$bin" generate --input examples/sample-corpus.json --output-dir out/data --overwrite
+"$bin" run --input examples/sample-corpus.json --output-dir out --model-id .deps/all-MiniLM-L6-v2 --overwrite "$@"

@@ -28,6 +28,10 @@ pub enum Command {
     Encode(commands::encode::EncodeArgs),
     /// Score models on a validation set and compare them (hit rate, NDCG, MRR, MAP, …).
     Evaluate(commands::evaluate::EvaluateArgs),
+    /// Fine-tune a model on the dataset with MultipleNegativesRankingLoss.
+    Finetune(commands::finetune::FinetuneArgs),
+    /// Generate, fine-tune and evaluate in one process.
+    Run(commands::run::RunArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -44,6 +48,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Generate(args) => commands::generate::run(args).await,
             Command::Encode(args) => commands::encode::run(args).await,
             Command::Evaluate(args) => commands::evaluate::run(args).await,
+            Command::Finetune(args) => commands::finetune::run(args).await,
+            Command::Run(args) => commands::run::run(args).await,
         }
     });
     match result {

@@ -77,23 +77,37 @@ pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
     if models.is_empty() {
         bail!("no model to evaluate");
     }
-    check_writable(&args.results_dir)?;
     let options = EvalOptions {
         metrics: MetricsConfig::default(),
         functions: args.score_functions.clone(),
         hit_rate_k: args.top_k,
         batch_size: args.batch_size,
-        query_prompt: None,
         ..Default::default()
     };
+    compare_models(&models, &data, &options, args.query_prompt.as_deref(), &args.runtime, &args.storage, &args.results_dir).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Evaluates each (name, model) on `data`, writes the CSVs and the report to `results_dir`, and
+/// prints the tables and the verdict. Shared with `run`.
+pub async fn compare_models(
+    models: &[(String, String)],
+    data: &PreparedDataset,
+    options: &EvalOptions,
+    query_prompt: Option<&str>,
+    runtime: &RuntimeArgs,
+    storage: &StorageArgs,
+    results_dir: &Path,
+) -> Result<Comparison> {
+    check_writable(results_dir)?;
     let progress = crate::progress::for_terminal();
     let mut comparison = Comparison::new();
     progress.start("evaluate", Some(models.len() as u64));
-    for (name, spec) in &models {
+    for (name, spec) in models {
         progress.message(name);
-        let model = args.runtime.load(spec, &args.storage.options()).await.with_context(|| format!("loading model {name} ({spec})"))?;
+        let model = runtime.load(spec, &storage.options()).await.with_context(|| format!("loading model {name} ({spec})"))?;
         let mut opts = options.clone();
-        opts.query_prompt = args.query_prompt.as_deref().map(|p| model.named_prompt(p).unwrap_or(p).to_owned());
+        opts.query_prompt = query_prompt.map(|p| model.named_prompt(p).unwrap_or(p).to_owned());
         let data = data.clone();
         let evaluation = tokio::task::spawn_blocking(move || evaluate_model(&model, &data, &opts)).await??;
         comparison.insert(name.clone(), evaluation);
@@ -102,10 +116,12 @@ pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
     progress.finish();
     // Everything is computed before the first write, so a failure leaves no half report.
     for (name, evaluation) in &comparison {
-        append_csv(&args.results_dir, name, -1, -1, &options.metrics, &evaluation.metrics)
+        let csv = results_dir.join(embedfleet_evaluator::csv::csv_file_name(name));
+        let _ = std::fs::remove_file(&csv);
+        append_csv(results_dir, name, -1, -1, &options.metrics, &evaluation.metrics)
             .with_context(|| format!("writing the CSV for {name}"))?;
     }
-    write_report(&args.results_dir, &comparison).with_context(|| format!("writing the report to {}", args.results_dir.display()))?;
+    write_report(results_dir, &comparison).with_context(|| format!("writing the report to {}", results_dir.display()))?;
 
     if data.dropped_queries > 0 {
         println!("{} queries without relevant documents were skipped", data.dropped_queries);
@@ -117,6 +133,6 @@ pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
     if !verdict.is_empty() {
         println!("{verdict}");
     }
-    println!("results in {}", args.results_dir.display());
-    Ok(ExitCode::SUCCESS)
+    println!("results in {}", results_dir.display());
+    Ok(comparison)
 }

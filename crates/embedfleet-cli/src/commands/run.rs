@@ -1,0 +1,76 @@
+//! `embedfleet run`: generate, fine-tune and evaluate in one process, through the same stage
+//! functions as the separate commands and the fleet's workers.
+
+use super::evaluate::compare_models;
+use super::finetune::{TrainingArgs, finetune, print_outcome};
+use super::generate::{DatasetArgs, build_dataset, print_llm_stats, print_summary, report_failures};
+use super::model_args::RuntimeArgs;
+use super::storage::StorageArgs;
+use anyhow::{Context, Result};
+use clap::Args;
+use embedfleet_core::dataset::write_dataset;
+use embedfleet_evaluator::{EvalOptions, PreparedDataset};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The corpus: JSON, JSON Lines, or a directory of .txt/.md/.html files.
+    #[arg(long, env = "EMBEDFLEET_INPUT")]
+    pub input: PathBuf,
+    /// Everything goes here: data/, model/, results/.
+    #[arg(long, env = "EMBEDFLEET_OUTPUT_DIR", alias = "output_dir", default_value = "out")]
+    pub output_dir: PathBuf,
+    /// The base model to fine-tune: folder, s3:// prefix or hub id.
+    #[arg(long, env = "EMBEDFLEET_MODEL_ID", alias = "model_id", default_value = "BAAI/bge-small-en")]
+    pub model_id: String,
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+    #[command(flatten)]
+    pub training: TrainingArgs,
+    /// Replace earlier results in the output directory.
+    #[arg(long, env = "EMBEDFLEET_OVERWRITE")]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+pub async fn run(args: RunArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let progress = crate::progress::for_terminal();
+    println!("== generate");
+    let built = build_dataset(&args.input, &args.dataset, progress).await?;
+    let data_dir = args.output_dir.join("data");
+    let store = args.storage.open(data_dir.to_str().context("output directory is not UTF-8")?)?;
+    write_dataset(&store, "", &built.train, &built.val, args.overwrite).await?;
+    print_summary(&built.summary, &store.describe(""), started.elapsed().as_secs_f64());
+    if let Some(stats) = &built.llm_stats {
+        print_llm_stats(stats);
+    }
+
+    println!("\n== finetune");
+    let model_dir = args.output_dir.join("model");
+    let outcome = finetune(
+        &args.model_id,
+        built.train.clone(),
+        built.val.clone(),
+        model_dir.clone(),
+        &args.training,
+        &args.runtime,
+        &args.storage,
+        false,
+        args.overwrite,
+    )
+    .await?;
+    print_outcome(&outcome, &args.training.metric, &model_dir);
+
+    println!("\n== evaluate");
+    let data = PreparedDataset::new(&built.val)?;
+    let models = vec![("base".to_owned(), args.model_id.clone()), ("finetuned".to_owned(), model_dir.display().to_string())];
+    compare_models(&models, &data, &EvalOptions::default(), None, &args.runtime, &args.storage, &args.output_dir.join("results")).await?;
+    println!("\nembedfleet run finished in {:.1} s", started.elapsed().as_secs_f64());
+    report_failures(&built.failures)
+}
