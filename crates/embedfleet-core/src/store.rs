@@ -33,9 +33,15 @@ pub enum StoreError {
     Backend { op: &'static str, location: String, message: String },
 }
 
+/// Told of every read and write (the fleet's workers count bytes and latency with it).
+pub trait StoreObserver: Send + Sync {
+    fn observe(&self, op: &'static str, bytes: usize, seconds: f64);
+}
+
 #[derive(Clone)]
 pub struct ArtifactStore {
     inner: Arc<dyn ObjectStore>,
+    observer: Option<Arc<dyn StoreObserver>>,
     /// Prefix inside the bucket (S3) or empty (local directory root).
     prefix: String,
     /// `s3://bucket/prefix` or the absolute directory, for messages.
@@ -73,7 +79,7 @@ impl ArtifactStore {
         std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create the directory: {e}")))?;
         let abs: PathBuf = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
         let fs = LocalFileSystem::new_with_prefix(&abs).map_err(|e| bad(e.to_string()))?;
-        Ok(Self { inner: Arc::new(fs), prefix: String::new(), base: abs.display().to_string() })
+        Ok(Self { inner: Arc::new(fs), observer: None, prefix: String::new(), base: abs.display().to_string() })
     }
 
     fn s3(bucket: &str, prefix: &str, options: &StoreOptions) -> Result<Self, StoreError> {
@@ -107,7 +113,7 @@ impl ArtifactStore {
             reason: e.to_string(),
         })?;
         let base = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
-        Ok(Self { inner: Arc::new(store), prefix: prefix.to_owned(), base })
+        Ok(Self { inner: Arc::new(store), observer: None, prefix: prefix.to_owned(), base })
     }
 
     /// The same store rooted at `base/sub`.
@@ -115,8 +121,20 @@ impl ArtifactStore {
         let sub = sub.trim_matches('/');
         Self {
             inner: self.inner.clone(),
+            observer: self.observer.clone(),
             prefix: join(&self.prefix, sub),
             base: format!("{}/{}", self.base.trim_end_matches('/'), sub),
+        }
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn StoreObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, op: &'static str, bytes: usize, started: std::time::Instant) {
+        if let Some(o) = &self.observer {
+            o.observe(op, bytes, started.elapsed().as_secs_f64());
         }
     }
 
@@ -132,10 +150,11 @@ impl ArtifactStore {
     /// Writes atomically: readers see the old object or the new one, never a part.
     pub async fn put(&self, key: &str, bytes: impl Into<Bytes>) -> Result<(), StoreError> {
         let bytes: Bytes = bytes.into();
+        let (len, started) = (bytes.len(), std::time::Instant::now());
         self.inner
             .put(&self.path(key), PutPayload::from(bytes))
             .await
-            .map(|_| ())
+            .map(|_| self.observe("put", len, started))
             .map_err(|e| self.backend("write", key, e))
     }
 
@@ -147,8 +166,13 @@ impl ArtifactStore {
     }
 
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let started = std::time::Instant::now();
         match self.inner.get(&self.path(key)).await {
-            Ok(result) => result.bytes().await.map(Some).map_err(|e| self.backend("read", key, e)),
+            Ok(result) => {
+                let bytes = result.bytes().await.map_err(|e| self.backend("read", key, e))?;
+                self.observe("get", bytes.len(), started);
+                Ok(Some(bytes))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.backend("read", key, e)),
         }

@@ -1,0 +1,179 @@
+//! The JetStream layout (streams, consumers, KV buckets) and typed publishing.
+
+use crate::messages::{DecodeError, Message, encode};
+use crate::options::BusOptions;
+use crate::subjects::*;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, kv, stream};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot reach NATS at {urls}: {message}. Start nats-server with -js, or set --nats-url / EMBEDFLEET_NATS_URL")]
+    Connect { urls: String, message: String },
+    #[error("JetStream setup of {what} failed: {message}. Is JetStream enabled on the server (-js)?")]
+    Setup { what: String, message: String },
+    #[error("publishing to {subject} failed: {message}")]
+    Publish { subject: String, message: String },
+    #[error("run state {key}: {message}")]
+    Kv { key: String, message: String },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub runs: kv::Store,
+    pub rate: kv::Store,
+}
+
+/// Redelivery: a task whose worker died is retried after `ack_wait`; a task that keeps failing goes
+/// to the dead letters after this many deliveries.
+pub const MAX_DELIVER: i64 = 5;
+
+impl Bus {
+    /// Connects (retrying with back-off until `options.connect_timeout`), then creates or updates
+    /// the streams and buckets, so any worker can start first.
+    pub async fn connect(options: &BusOptions) -> Result<Bus, BusError> {
+        let urls = options.urls.join(",");
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        let client = loop {
+            let mut connect = async_nats::ConnectOptions::new()
+                .name(&options.client_name)
+                .require_tls(options.tls)
+                .max_reconnects(None)
+                .reconnect_delay_callback({
+                    let max = options.max_reconnect_delay;
+                    move |attempt| Duration::from_millis(100 * 2u64.saturating_pow(attempt.min(10) as u32)).min(max)
+                })
+                .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
+            if let Some((user, password)) = &options.user_password {
+                connect = connect.user_and_password(user.clone(), password.clone());
+            }
+            if let Some(creds) = &options.creds {
+                connect = connect.credentials_file(creds).await.map_err(|e| BusError::Connect {
+                    urls: urls.clone(),
+                    message: format!("credentials file {}: {e}", creds.display()),
+                })?;
+            }
+            let addrs: Vec<async_nats::ServerAddr> = options
+                .urls
+                .iter()
+                .map(|u| u.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e: std::io::Error| BusError::Connect { urls: urls.clone(), message: e.to_string() })?;
+            match connect.connect(addrs.as_slice()).await {
+                Ok(client) => break client,
+                Err(e) => {
+                    if options.connect_timeout.is_some_and(|t| started.elapsed() >= t) {
+                        return Err(BusError::Connect { urls, message: e.to_string() });
+                    }
+                    tracing::warn!(urls, error = %e, retry_in = ?delay, "NATS unreachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(options.max_reconnect_delay);
+                }
+            }
+        };
+        let js = jetstream::new(client.clone());
+        let setup = |what: &str| {
+            let what = what.to_owned();
+            move |e: &dyn std::fmt::Display| BusError::Setup { what: what.clone(), message: e.to_string() }
+        };
+        js.create_or_update_stream(stream::Config {
+            name: WORK_STREAM.into(),
+            subjects: vec![WORK_SUBJECTS.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup(WORK_STREAM)(&e))?;
+        js.create_or_update_stream(stream::Config {
+            name: EVENTS_STREAM.into(),
+            subjects: vec![EVENTS_SUBJECTS.into()],
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup(EVENTS_STREAM)(&e))?;
+        js.create_or_update_stream(stream::Config {
+            name: DEAD_STREAM.into(),
+            subjects: vec![DEAD_SUBJECTS.into()],
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup(DEAD_STREAM)(&e))?;
+        let runs = js
+            .create_or_update_key_value(kv::Config { bucket: RUNS_BUCKET.into(), history: 5, ..Default::default() })
+            .await
+            .map_err(|e| setup(RUNS_BUCKET)(&e))?;
+        let rate = js
+            .create_or_update_key_value(kv::Config { bucket: RATE_BUCKET.into(), history: 1, ..Default::default() })
+            .await
+            .map_err(|e| setup(RATE_BUCKET)(&e))?;
+        Ok(Bus { client, js, runs, rate })
+    }
+
+    /// Publishes a message to the stage that acts on it, with its dedup id, and waits for the
+    /// stream's acknowledgement (the message is durable when this returns).
+    pub async fn publish(&self, stage: Stage, message: &Message) -> Result<(), BusError> {
+        let subject = stage.subject();
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", message.dedup_id().as_str());
+        let err = |e: &dyn std::fmt::Display| BusError::Publish { subject: subject.clone(), message: e.to_string() };
+        self.js
+            .publish_with_headers(subject.clone(), headers, encode(message).into())
+            .await
+            .map_err(|e| err(&e))?
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(())
+    }
+
+    /// A progress event for `embedfleet watch` (best effort: progress is not worth failing a task for).
+    pub async fn event(&self, run_id: &str, kind: &str, payload: &serde_json::Value) {
+        let subject = events_subject(run_id, kind);
+        if let Err(e) = self.js.publish(subject, serde_json::to_vec(payload).unwrap_or_default().into()).await {
+            tracing::debug!(error = %e, "progress event not published");
+        }
+    }
+
+    /// The durable pull consumer of a stage, created or updated idempotently. A worker that dies
+    /// holding a message gets it redelivered after `ack_wait`; handlers that fail back off with a
+    /// delayed nak, so the consumer itself has no back-off list (it would shorten `ack_wait`).
+    pub async fn consumer(&self, stage: Stage, ack_wait: Duration) -> Result<consumer::PullConsumer, BusError> {
+        let setup = |e: &dyn std::fmt::Display| BusError::Setup { what: stage.consumer(), message: e.to_string() };
+        let stream = self.js.get_stream(WORK_STREAM).await.map_err(|e| setup(&e))?;
+        stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(stage.consumer()),
+                filter_subject: stage.subject(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_deliver: MAX_DELIVER,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(&e))
+    }
+
+    /// Records a message that will never succeed, with the reason, where an operator can find it.
+    pub async fn dead_letter(&self, stage: Stage, payload: &[u8], reason: &str, deliveries: i64) -> Result<(), BusError> {
+        let subject = stage.dead_subject();
+        let mut headers = HeaderMap::new();
+        headers.insert("Embedfleet-Reason", reason.replace(['\r', '\n'], " ").as_str());
+        headers.insert("Embedfleet-Deliveries", deliveries.to_string().as_str());
+        let err = |e: &dyn std::fmt::Display| BusError::Publish { subject: subject.clone(), message: e.to_string() };
+        self.js
+            .publish_with_headers(subject.clone(), headers, payload.to_vec().into())
+            .await
+            .map_err(|e| err(&e))?
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(())
+    }
+}

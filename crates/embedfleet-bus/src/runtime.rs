@@ -1,0 +1,105 @@
+//! What every worker binary does before and around its loop: flags, logs, the store, NATS (with
+//! retries and readiness false until connected), the metrics server, and SIGTERM.
+
+use crate::health::{self, Health};
+use crate::options::{BusOptions, NatsArgs};
+use crate::{Bus, metrics};
+use clap::Args;
+use embedfleet_core::{ArtifactStore, StoreOptions};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Artifact store: s3://bucket[/prefix] or a directory shared by the fleet.
+    #[arg(long, env = "EMBEDFLEET_STORE")]
+    pub store: String,
+    /// S3-compatible endpoint (MinIO, SeaweedFS, R2); keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "EMBEDFLEET_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "EMBEDFLEET_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "EMBEDFLEET_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, env = "EMBEDFLEET_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Messages handled at once by this worker.
+    #[arg(long, env = "EMBEDFLEET_PARALLEL", default_value_t = 1)]
+    pub parallel: usize,
+    /// Seconds without an in-progress ack before a message goes to another worker.
+    #[arg(long, env = "EMBEDFLEET_ACK_WAIT", default_value_t = 30)]
+    pub ack_wait: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EMBEDFLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub struct Started {
+    pub bus: Bus,
+    pub store: ArtifactStore,
+    pub health: Arc<Health>,
+    pub metrics_addr: SocketAddr,
+}
+
+/// Serves health at once (not ready), then connects to the store and NATS, retrying with back-off
+/// and saying what is wrong, so an orchestrator sees a live but unready pod rather than a crash loop.
+pub async fn start(args: &WorkerArgs, name: &str) -> anyhow_like::Result<Started> {
+    let health = Arc::new(Health::default());
+    let metrics_addr = health::serve(args.metrics_addr, health.clone())
+        .await
+        .map_err(|e| format!("cannot serve metrics on {}: {e}", args.metrics_addr))?;
+    let options = StoreOptions { endpoint: args.s3_endpoint.clone(), region: args.s3_region.clone(), ..Default::default() };
+    let store = ArtifactStore::open(&args.store, &options).map_err(|e| e.to_string())?.with_observer(Arc::new(metrics::StoreMetrics));
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match store.exists(".embedfleet-probe").await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "artifact store unreachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    let bus = Bus::connect(&BusOptions::from(&args.nats).client_name(name)).await.map_err(|e| e.to_string())?;
+    tracing::info!(%metrics_addr, store = %args.store, "worker started");
+    Ok(Started { bus, store, health, metrics_addr })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+/// Start-up errors are plain strings: binaries print them with anyhow.
+pub mod anyhow_like {
+    pub type Result<T> = std::result::Result<T, String>;
+}

@@ -1,0 +1,52 @@
+//! Subject, stream, consumer and bucket names: the whole wire layout in one place.
+
+/// Work-queue stream: every task and every event the coordinator must act on.
+pub const WORK_STREAM: &str = "EMBEDFLEET_WORK";
+pub const WORK_SUBJECTS: &str = "embedfleet.work.>";
+/// Progress events for `embedfleet watch`, kept for a while (limits retention).
+pub const EVENTS_STREAM: &str = "EMBEDFLEET_EVENTS";
+pub const EVENTS_SUBJECTS: &str = "embedfleet.events.>";
+/// Messages that failed `max_deliver` times or could not be decoded, with the reason.
+pub const DEAD_STREAM: &str = "EMBEDFLEET_DEAD";
+pub const DEAD_SUBJECTS: &str = "embedfleet.dead.>";
+/// Run records (JSON), guarded by revision compare-and-set.
+pub const RUNS_BUCKET: &str = "embedfleet_runs";
+/// The fleet-wide LLM rate limit's state.
+pub const RATE_BUCKET: &str = "embedfleet_ratelimit";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Coordinate,
+    Generate,
+    Train,
+    Evaluate,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Coordinate, Stage::Generate, Stage::Train, Stage::Evaluate];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Coordinate => "coordinate",
+            Stage::Generate => "generate",
+            Stage::Train => "train",
+            Stage::Evaluate => "evaluate",
+        }
+    }
+
+    pub fn subject(self) -> String {
+        format!("embedfleet.work.{}", self.name())
+    }
+
+    pub fn consumer(self) -> String {
+        format!("embedfleet-{}", self.name())
+    }
+
+    pub fn dead_subject(self) -> String {
+        format!("embedfleet.dead.{}", self.name())
+    }
+}
+
+pub fn events_subject(run_id: &str, kind: &str) -> String {
+    format!("embedfleet.events.{run_id}.{kind}")
+}

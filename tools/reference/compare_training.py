@@ -1,0 +1,513 @@
+#!/usr/bin/env python3
+"""Compares fine-tuning with sentence-transformers (the reference) and `embedfleet finetune`.
+
+Same data, same starting point (all-MiniLM-L6-v2), same hyper-parameters, CPU, 2 threads:
+
+  data       `embedfleet generate --generator offline --seed 42` on the *.html pages of Debian's
+             python3.11-doc (only the .html files are copied: the package also holds _sources/*.txt
+             duplicates of every page and dangling symlinks), then a deterministic subsample:
+             train: training chunks in sha256(chunk_id) order, all their queries, until >= N pairs
+             (--train-pairs, default 2000); val: queries of val chunks in sha256(chunk_id) order until
+             >= 400, their chunks, plus further val chunks in that order as distractors up to 1,500.
+  reference  SentenceTransformerTrainer, MultipleNegativesRankingLoss, BatchSamplers.NO_DUPLICATES,
+             lr 2e-5, warm-up 10 % (transformers 5: warmup_steps=0.1), weight decay 0.01, batch 16,
+             max_seq_length 256, seed 42, no evaluation or saving during training, fp32,
+             dataloader without workers, torch.set_num_threads(2). Runs in a child process; the
+             time is trainer.train() only.
+  embedfleet `embedfleet finetune ... --evaluation-steps 0 --threads 2 --device cpu` in fp32 and with
+             --precision bf16. Its own "trained N steps in X s (Y pairs/s ...)" line is parsed.
+  quality    One evaluator for every model: sentence-transformers' InformationRetrievalEvaluator on the
+             val subsample (cosine NDCG@10), for the base model, the reference model and both
+             embedfleet models (the folders embedfleet saved).
+  memory     Peak RSS of each training child, from os.wait4's rusage of that child (ru_maxrss).
+             (getrusage(RUSAGE_CHILDREN) is the maximum over *all* children waited for so far, so it
+             cannot separate runs made by one parent; wait4 gives the same field per child.)
+
+Usage (reference venv with the `train` extra: datasets + accelerate; see tools/reference/README.md):
+
+    ~/.cache/embedfleet/reference-venv/bin/python tools/reference/compare_training.py --quick
+    ~/.cache/embedfleet/reference-venv/bin/python tools/reference/compare_training.py
+    # options: --train-pairs N, --epochs N, --threads N, --bin PATH, --work-dir DIR (kept, and the
+    #          generated dataset is reused from it), --python-docs DIR, --model PATH, --skip-bf16,
+    #          --json PATH (results as JSON)
+
+Timings on a shared machine are noisy: each run also reports its CPU seconds (user+system) and the
+1-minute load average before and after, so a run slowed by other work on the machine shows up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = REPO_ROOT / ".deps" / "all-MiniLM-L6-v2"
+DEFAULT_PYTHON_DOCS = Path.home() / ".cache" / "embedfleet" / "real-docs" / "root" / "usr" / "share" / "doc" / "python3.11" / "html"
+BIN_CANDIDATES = [Path.home() / ".cache" / "embedfleet" / "target" / "debug" / "embedfleet",
+                  REPO_ROOT / "target" / "debug" / "embedfleet"]
+EXPECTED_ST_VERSION = "6.2.0"
+SEED = 42
+BATCH = 16
+LR = 2e-5
+WARMUP = 0.1
+WEIGHT_DECAY = 0.01
+MAX_SEQ = 256
+TRAINED_RE = re.compile(r"trained (\d+) steps in ([0-9.]+) s \(([0-9.]+) pairs/s, (\d+) pairs per epoch\)")
+BEST_RE = re.compile(r"best (\S+) ([0-9.]+) at step (\d+) \(base model ([0-9.]+)")
+NOBEST_RE = re.compile(r"no checkpoint beat the base model \((\S+) ([0-9.]+)\)")
+
+
+def _sha(s: str) -> str:
+    return hashlib.sha256(s.encode("utf-8")).hexdigest()
+
+
+def _load(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _dump(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False)
+
+
+def _loadavg() -> float:
+    return os.getloadavg()[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+def generate(embedfleet: Path, python_docs: Path, work: Path) -> Path:
+    """Runs `embedfleet generate` once per work dir; a later run with the same work dir reuses it."""
+    data = work / "data"
+    stamp = data / ".compare_training.done"
+    if stamp.exists():
+        print(f"[data] reusing {data}", flush=True)
+        return data
+    html = work / "html"
+    if html.exists():
+        shutil.rmtree(html)
+    n = 0
+    for p in sorted(python_docs.rglob("*.html")):
+        if p.is_file():  # skips dangling symlinks
+            dst = html / p.relative_to(python_docs)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dst)
+            n += 1
+    if n < 400:
+        sys.exit(f"only {n} html pages under {python_docs}; run /work/shared/tools/real-docs.sh")
+    cmd = [str(embedfleet), "generate", "--input", str(html), "--output-dir", str(data),
+           "--generator", "offline", "--seed", str(SEED), "--overwrite"]
+    print(f"[data] {n} html pages; {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"embedfleet generate failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    print(f"[data] generated in {time.perf_counter() - t0:.1f} s: {proc.stdout.strip()[-400:]}", flush=True)
+    stamp.write_text("ok\n")
+    return data
+
+
+def _queries_of(ds: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for q in ds["queries"]:
+        for c in ds["relevant_docs"].get(q, []):
+            out.setdefault(c, []).append(q)
+    return out
+
+
+def _subset(ds: dict, keep_q: set[str], keep_c: set[str]) -> dict:
+    out = {
+        "queries": {q: t for q, t in ds["queries"].items() if q in keep_q},
+        "corpus": {c: t for c, t in ds["corpus"].items() if c in keep_c},
+        "relevant_docs": {q: v for q, v in ds["relevant_docs"].items() if q in keep_q},
+    }
+    for k, v in ds.items():  # keep any extra keys (e.g. "mode") as they were
+        if k not in out:
+            out[k] = v
+    return out
+
+
+def subsample_train(train: dict, min_pairs: int) -> dict:
+    """Training chunks in sha256(chunk_id) order with all their queries, until >= min_pairs pairs."""
+    rel = train["relevant_docs"]
+    queries_of = _queries_of(train)
+    keep_q: set[str] = set()
+    keep_c: set[str] = set()
+    pairs = 0
+    for c in sorted(train["corpus"], key=_sha):
+        if pairs >= min_pairs:
+            break
+        for q in queries_of.get(c, []):
+            if q not in keep_q:
+                keep_q.add(q)
+                keep_c.update(rel[q])
+                pairs += len(rel[q])
+    return _subset(train, keep_q, keep_c)
+
+
+def subsample_val(val: dict, min_queries: int, max_corpus: int) -> dict:
+    """Queries of val chunks in sha256(chunk_id) order until >= min_queries, their chunks, then
+    further val chunks in that order as distractors up to max_corpus (as make_eval_fixture.py)."""
+    rel = val["relevant_docs"]
+    queries_of = _queries_of(val)
+    order = sorted(val["corpus"], key=_sha)
+    keep_q: set[str] = set()
+    keep_c: set[str] = set()
+    for c in order:
+        if len(keep_q) >= min_queries:
+            break
+        for q in queries_of.get(c, []):
+            keep_q.add(q)
+            keep_c.update(rel[q])
+    for c in order:
+        if len(keep_c) >= max_corpus:
+            break
+        keep_c.add(c)
+    return _subset(val, keep_q, keep_c)
+
+
+def pairs_of(ds: dict) -> list[tuple[str, str]]:
+    return [(ds["queries"][q], ds["corpus"][c]) for q in ds["queries"] for c in ds["relevant_docs"].get(q, [])]
+
+
+# --------------------------------------------------------------------------------------------------
+# Child processes
+# --------------------------------------------------------------------------------------------------
+
+
+def run_child(cmd: list[str], log_prefix: Path, env: dict | None = None) -> dict:
+    """Runs cmd to completion; returns rc, wall time, peak RSS (MiB) and CPU seconds of that child."""
+    load_before = _loadavg()
+    with open(f"{log_prefix}.stdout", "w") as out, open(f"{log_prefix}.stderr", "w") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "cmd": cmd,
+        "rc": p.returncode,
+        "wall_s": wall,
+        "peak_rss_mib": ru.ru_maxrss / 1024.0,  # Linux: KiB
+        "cpu_s": ru.ru_utime + ru.ru_stime,
+        "load_before": load_before,
+        "load_after": _loadavg(),
+        "stdout": Path(f"{log_prefix}.stdout").read_text(errors="replace"),
+        "stderr": Path(f"{log_prefix}.stderr").read_text(errors="replace"),
+    }
+
+
+def reference_child(args) -> None:
+    """Child mode: trains with SentenceTransformerTrainer and prints one JSON line."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    train = _load(Path(args.train_dataset))
+    pairs = pairs_of(train)
+    ds = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
+    model = SentenceTransformer(str(args.model), device="cpu")
+    model.max_seq_length = MAX_SEQ
+    loss = MultipleNegativesRankingLoss(model)
+    targs = SentenceTransformerTrainingArguments(
+        output_dir=str(Path(args.output) / "_trainer"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=BATCH,
+        learning_rate=LR,
+        warmup_steps=WARMUP,  # transformers 5: a float < 1 is the warm-up ratio (warmup_ratio is gone)
+        weight_decay=WEIGHT_DECAY,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        seed=SEED,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        use_cpu=True,
+        fp16=False,
+        bf16=False,
+        logging_steps=25,
+        disable_tqdm=True,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds, loss=loss)
+    t0 = time.perf_counter()
+    out = trainer.train()
+    seconds = time.perf_counter() - t0
+    model.save(args.output)
+    shutil.rmtree(Path(args.output) / "_trainer", ignore_errors=True)
+    print("RESULT " + json.dumps({
+        "seconds": seconds,
+        "steps": out.global_step,
+        "pairs": len(pairs),
+        "train_loss": out.training_loss,
+        "hf_metrics": out.metrics,
+        "threads": torch.get_num_threads(),
+    }), flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation (one evaluator for every model)
+# --------------------------------------------------------------------------------------------------
+
+
+def evaluate(model_path: Path, val: dict, threads: int) -> tuple[float, float]:
+    import torch
+
+    torch.set_num_threads(threads)
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    model = SentenceTransformer(str(model_path), device="cpu")
+    model.max_seq_length = MAX_SEQ
+    ev = InformationRetrievalEvaluator(
+        queries=val["queries"], corpus=val["corpus"],
+        relevant_docs={q: set(v) for q, v in val["relevant_docs"].items()},
+        name="val", show_progress_bar=False,
+    )
+    t0 = time.perf_counter()
+    metrics = ev(model)
+    assert ev.primary_metric == "val_cosine_ndcg@10", ev.primary_metric
+    return metrics[ev.primary_metric], time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def find_bin(arg: Path | None) -> Path:
+    if arg:
+        return arg
+    for c in BIN_CANDIDATES:
+        if c.is_file():
+            return c
+    sys.exit("no embedfleet binary; build it (cargo build) or pass --bin")
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-pairs", type=int, default=2000)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 400 train pairs, 100 val queries / 400 chunks")
+    ap.add_argument("--val-queries", type=int, default=None, help="default 400 (100 with --quick)")
+    ap.add_argument("--val-corpus", type=int, default=None, help="default 1500 (400 with --quick)")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bin", type=Path, default=None)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--python-docs", type=Path, default=DEFAULT_PYTHON_DOCS)
+    ap.add_argument("--work-dir", type=Path, default=None, help="kept afterwards; its generated dataset is reused")
+    ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--json", type=Path, default=None)
+    # child mode
+    ap.add_argument("--_reference-child", dest="reference_child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--train-dataset", help=argparse.SUPPRESS)
+    ap.add_argument("--output", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.reference_child:
+        reference_child(args)
+        return
+
+    import sentence_transformers
+
+    if sentence_transformers.__version__ != EXPECTED_ST_VERSION:
+        sys.exit(f"need sentence-transformers {EXPECTED_ST_VERSION}, found {sentence_transformers.__version__}")
+    try:
+        import accelerate  # noqa: F401
+        import datasets  # noqa: F401
+    except ImportError:
+        sys.exit("training needs sentence-transformers[train] (datasets, accelerate) in this venv:\n"
+                 f"  {sys.executable} -m pip install 'sentence-transformers[train]==6.2.0' torch==2.13.0 "
+                 "--find-links ~/.cache/embedfleet/wheels")
+    train_pairs = 400 if args.quick else args.train_pairs
+    val_queries = args.val_queries or (100 if args.quick else 400)
+    val_corpus = args.val_corpus or (400 if args.quick else 1500)
+
+    src_bin = find_bin(args.bin)
+    keep = args.work_dir is not None
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="compare_training."))
+    work.mkdir(parents=True, exist_ok=True)
+    # Run a private copy: the binary in target/ may be rebuilt while this runs (its RUNPATH is absolute).
+    embedfleet = work / "embedfleet"
+    shutil.copy2(src_bin, embedfleet)
+    bin_info = {"path": str(src_bin), "mtime": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(src_bin.stat().st_mtime)),
+                "sha256": hashlib.sha256(embedfleet.read_bytes()).hexdigest()[:16]}
+    git = subprocess.run(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip()
+    print(f"[setup] work dir {work}; embedfleet {bin_info}; repo HEAD {git}", flush=True)
+
+    data = generate(embedfleet, args.python_docs, work)
+    full_train = _load(data / "train_dataset.json")
+    full_val = _load(data / "val_dataset.json")
+    train = subsample_train(full_train, train_pairs)
+    val = subsample_val(full_val, val_queries, val_corpus)
+    sub = work / f"sub-{train_pairs}-{val_queries}-{val_corpus}"
+    train_path, val_path = sub / "train_dataset.json", sub / "val_dataset.json"
+    _dump(train_path, train)
+    _dump(val_path, val)
+    n_pairs = len(pairs_of(train))
+    print(f"[data] full: {len(full_train['queries'])} train queries / {len(full_train['corpus'])} chunks, "
+          f"{len(full_val['queries'])} val queries / {len(full_val['corpus'])} chunks", flush=True)
+    print(f"[data] subsample: train {n_pairs} pairs ({len(train['queries'])} queries, {len(train['corpus'])} chunks); "
+          f"val {len(val['queries'])} queries, {len(val['corpus'])} chunks -> {sub}", flush=True)
+
+    results: dict = {"bin": bin_info, "git": git, "work": str(work), "train_pairs": n_pairs,
+                     "val_queries": len(val["queries"]), "val_corpus": len(val["corpus"]),
+                     "epochs": args.epochs, "threads": args.threads, "cpu_count": os.cpu_count()}
+    env = dict(os.environ)
+    env.pop("EMBEDFLEET_PRECISION", None)
+
+    # Reference
+    ref_out = work / "out_reference"
+    shutil.rmtree(ref_out, ignore_errors=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_reference-child", "--train-dataset", str(train_path),
+           "--output", str(ref_out), "--model", str(args.model), "--epochs", str(args.epochs), "--threads", str(args.threads)]
+    print(f"[reference] training {n_pairs} pairs x {args.epochs} epoch(s) ...", flush=True)
+    r = run_child(cmd, work / "reference", env)
+    if r["rc"] != 0:
+        sys.exit(f"reference training failed ({r['rc']}):\n{r['stdout'][-3000:]}\n{r['stderr'][-6000:]}")
+    line = [l for l in r["stdout"].splitlines() if l.startswith("RESULT ")][-1]
+    ref = json.loads(line[len("RESULT "):])
+    ref_pps = ref["pairs"] * args.epochs / ref["seconds"]
+    results["reference"] = {**{k: v for k, v in r.items() if k not in ("stdout", "stderr")}, **ref, "pairs_per_s": ref_pps}
+    print(f"[reference] {ref['steps']} steps, train() {ref['seconds']:.1f} s, {ref_pps:.2f} pairs/s, "
+          f"peak RSS {r['peak_rss_mib']:.0f} MiB, child wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, "
+          f"load {r['load_before']:.2f}->{r['load_after']:.2f}", flush=True)
+
+    # embedfleet
+    runs = [("fp32", [])] + ([] if args.skip_bf16 else [("bf16", ["--precision", "bf16"])])
+    for tag, extra in runs:
+        out = work / f"out_embedfleet_{tag}"
+        cmd = [str(embedfleet), "finetune", "--model-id", str(args.model), "--train-dataset", str(train_path),
+               "--val-dataset", str(val_path), "--output-path", str(out), "--epochs", str(args.epochs),
+               "--batch-size", str(BATCH), "--evaluation-steps", "0", "--threads", str(args.threads),
+               "--device", "cpu", "--overwrite", *extra]
+        print(f"[embedfleet {tag}] {' '.join(cmd)}", flush=True)
+        r = run_child(cmd, work / f"embedfleet_{tag}", env)
+        entry = {k: v for k, v in r.items() if k not in ("stdout", "stderr")}
+        entry["output"] = str(out)
+        results[f"embedfleet_{tag}"] = entry
+        if r["rc"] != 0:
+            entry["error"] = (r["stdout"][-2000:] + r["stderr"][-4000:]).strip()
+            print(f"[embedfleet {tag}] FAILED rc={r['rc']} after {r['wall_s']:.1f} s\n--- stdout ---\n{r['stdout'][-2000:]}"
+                  f"\n--- stderr ---\n{r['stderr'][-4000:]}", flush=True)
+            continue
+        m = TRAINED_RE.search(r["stdout"])
+        if not m:
+            entry["error"] = f"no 'trained N steps' line in stdout:\n{r['stdout'][-2000:]}"
+            print(f"[embedfleet {tag}] {entry['error']}", flush=True)
+            continue
+        entry.update(steps=int(m[1]), printed_seconds=float(m[2]), printed_pairs_per_s=float(m[3]), pairs_per_epoch=int(m[4]))
+        if b := BEST_RE.search(r["stdout"]):
+            entry.update(own_metric=b[1], own_best=float(b[2]), best_step=int(b[3]), own_base=float(b[4]))
+        elif b := NOBEST_RE.search(r["stdout"]):
+            entry.update(own_metric=b[1], own_best=None, best_step=None, own_base=float(b[2]))
+        print(f"[embedfleet {tag}] {r['stdout'].strip()}", flush=True)
+        print(f"[embedfleet {tag}] process wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+              f"cpu {r['cpu_s']:.1f} s, load {r['load_before']:.2f}->{r['load_after']:.2f}", flush=True)
+
+    # Quality: one evaluator for all
+    evals = [("base", args.model), ("reference", ref_out)]
+    for tag, _ in runs:
+        if "error" not in results[f"embedfleet_{tag}"]:
+            evals.append((f"embedfleet_{tag}", work / f"out_embedfleet_{tag}"))
+    ndcg: dict[str, float] = {}
+    for tag, path in evals:
+        v, s = evaluate(path, val, args.threads)
+        ndcg[tag] = v
+        print(f"[eval] {tag}: cosine NDCG@10 = {v:.4f} ({s:.1f} s)", flush=True)
+    results["ndcg@10"] = ndcg
+
+    # Table
+    base = ndcg["base"]
+    ref_ndcg = ndcg["reference"]
+    ref_rss = results["reference"]["peak_rss_mib"]
+    rows = [("base model (no training)", base, None, None, None, None, None, None)]
+    rows.append(("sentence-transformers fp32", ref_ndcg, ref_pps, None, ref["seconds"], results["reference"]["cpu_s"], ref_rss, None))
+    for tag, _ in runs:
+        e = results[f"embedfleet_{tag}"]
+        if "error" in e:
+            rows.append((f"embedfleet {tag} (FAILED rc={e['rc']})", None, None, None, None, None, e["peak_rss_mib"], None))
+            continue
+        pps = e["printed_pairs_per_s"]
+        rows.append((f"embedfleet {tag}", ndcg.get(f"embedfleet_{tag}"), pps, pps / ref_pps, e["printed_seconds"], e["cpu_s"],
+                     e["peak_rss_mib"], e["peak_rss_mib"] / ref_rss))
+    print()
+    print(f"MiniLM-L6 fine-tuning, {n_pairs} train pairs x {args.epochs} epoch, batch {BATCH}, {args.threads} threads, CPU; "
+          f"val {len(val['queries'])} queries / {len(val['corpus'])} chunks; NDCG@10 from sentence-transformers' evaluator")
+    hdr = f"{'run':<28} {'NDCG@10':>8} {'d base':>7} {'pairs/s':>8} {'x ref':>6} {'train s':>8} {'cpu s*':>7} {'peak RSS':>9} {'x ref':>6}"
+    print(hdr)
+    print("-" * len(hdr))
+    for name, nd, pps, ratio, secs, cpu, rss, rss_ratio in rows:
+        print(f"{name:<28} {fmt(nd, '8.4f')} {fmt(None if nd is None else nd - base, '+7.4f')} {fmt(pps, '8.2f')} "
+              f"{fmt(ratio, '6.2f')} {fmt(secs, '8.1f')} {fmt(cpu, '7.1f')} {fmt(rss, '7.0f') + ' M' if rss else '-':>9} "
+              f"{fmt(rss_ratio, '6.2f')}")
+    print("* cpu s: user+system CPU seconds of the whole child process (model load, evaluation and saving included)")
+    print("  train s: reference = trainer.train(); embedfleet = its printed training time (see notes)")
+    print()
+    print("goals:")
+    fp = results.get("embedfleet_fp32", {})
+    checks = []
+    if "error" not in fp:
+        e_nd = ndcg["embedfleet_fp32"]
+        checks.append((f"fp32 NDCG@10 >= reference - 0.005 ({e_nd:.4f} vs {ref_ndcg - 0.005:.4f})", e_nd >= ref_ndcg - 0.005))
+        checks.append((f"fp32 pairs/s >= reference ({fp['printed_pairs_per_s']:.2f} vs {ref_pps:.2f}, x{fp['printed_pairs_per_s'] / ref_pps:.2f})",
+                       fp["printed_pairs_per_s"] >= ref_pps))
+        checks.append((f"fp32 peak RSS <= reference ({fp['peak_rss_mib']:.0f} vs {ref_rss:.0f} MiB)", fp["peak_rss_mib"] <= ref_rss))
+    else:
+        checks.append(("fp32 run failed", False))
+    bf = results.get("embedfleet_bf16")
+    if bf is not None:
+        if "error" not in bf:
+            checks.append((f"bf16 pairs/s >= 1.5 x reference fp32 ({bf['printed_pairs_per_s']:.2f} vs {1.5 * ref_pps:.2f}, "
+                           f"x{bf['printed_pairs_per_s'] / ref_pps:.2f})", bf["printed_pairs_per_s"] >= 1.5 * ref_pps))
+            if "error" not in fp:
+                d = ndcg["embedfleet_bf16"] - ndcg["embedfleet_fp32"]
+                checks.append((f"bf16 NDCG@10 within 0.005 of fp32 ({d:+.4f})", abs(d) <= 0.005))
+        else:
+            checks.append(("bf16 run failed", False))
+    for text, ok in checks:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+    results["goals"] = [{"goal": t, "pass": ok} for t, ok in checks]
+
+    print()
+    print("notes:")
+    print(f"  reference: {ref['steps']} steps, train() {ref['seconds']:.1f} s, child wall {results['reference']['wall_s']:.1f} s, "
+          f"load avg {results['reference']['load_before']:.2f}->{results['reference']['load_after']:.2f}")
+    for tag, _ in runs:
+        e = results[f"embedfleet_{tag}"]
+        if "error" in e:
+            print(f"  embedfleet {tag}: FAILED rc={e['rc']}: {e['error'][-600:]}")
+            continue
+        print(f"  embedfleet {tag}: {e['steps']} steps; printed {e['printed_seconds']:.1f} s / {e['printed_pairs_per_s']:.2f} pairs/s; "
+              f"process wall {e['wall_s']:.1f} s; own NDCG@10 base {e.get('own_base', float('nan')):.4f} "
+              f"best {fmt(e.get('own_best'), '.4f')} at step {e.get('best_step')}; "
+              f"load avg {e['load_before']:.2f}->{e['load_after']:.2f}")
+    print(f"  embedfleet binary {bin_info['path']} (mtime {bin_info['mtime']}, sha256 {bin_info['sha256']}); repo HEAD {git}")
+    print(f"  work dir: {work}{'' if keep else ' (temporary; pass --work-dir to keep and reuse)'}")
+    if args.json:
+        _dump(args.json, results)
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
