@@ -115,13 +115,17 @@ def dashboard() -> dict:
     lay = Layout()
 
     lay.row("Runs")
+    lay.add(stat(
+        "Runs in flight", "Runs not yet done, failed or cancelled, by state.",
+        targets(('sum by (state) (embedfleet_coordinator_runs{state!~"done|failed|cancelled"})',
+                 "{{state}}"))), 4, 8)
     lay.add(timeseries(
         "Runs by state", "Runs in each state of the coordinator's run state machine.",
-        targets(("sum by (state) (embedfleet_coordinator_runs)", "{{state}}")), stack=True), 12, 8)
+        targets(("sum by (state) (embedfleet_coordinator_runs)", "{{state}}")), stack=True), 10, 8)
     lay.add(stat(
         "Workers ready", "Ready workers per stage (embedfleet_worker_up = 1, same as /readyz).",
         targets(("sum by (stage) (embedfleet_worker_up)", "{{stage}}")),
-        thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}]), 8, 8)
+        thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}]), 6, 8)
     lay.add(stat(
         "Targets down", "Worker endpoints Prometheus cannot scrape (crashed or unreachable).",
         targets(('count(up{job=~"embedfleet-.+"} == 0) or vector(0)', "down")),

@@ -12,4 +12,5 @@ pub mod train;
 pub use batching::TrainPair;
 pub use loss::MnrlLoss;
 pub use optim::AdamWConfig;
-pub use train::{TrainConfig, TrainError, TrainOutcome, train};
+pub use checkpoint::LogRow;
+pub use train::{NoHooks, TrainConfig, TrainError, TrainHooks, TrainOutcome, train, train_with_hooks};

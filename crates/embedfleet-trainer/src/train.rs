@@ -103,9 +103,29 @@ impl TrainOutcome {
 /// Marker that says a folder is embedfleet's output, so `--overwrite` is not needed to reuse it.
 const MARKER: &str = "training_log.csv";
 
+/// Where the fleet's trainer worker plugs in: it uploads checkpoints for the evaluators and resume
+/// state to the store, and exports metrics. Local runs use [`NoHooks`].
+pub trait TrainHooks {
+    /// After every optimisation step.
+    fn step_done(&mut self, _row: &LogRow) {}
+    /// At each evaluation point when there is no local validation set (the fleet evaluates
+    /// elsewhere): step 0 is the base model.
+    fn evaluation_point(&mut self, _step: usize, _model: &SentenceEncoder) -> Result<(), String> {
+        Ok(())
+    }
+    /// After a resume checkpoint was written to `dir`.
+    fn checkpoint_written(&mut self, _dir: &Path, _step: usize) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+pub struct NoHooks;
+impl TrainHooks for NoHooks {}
+
 /// Fine-tunes `model` in place on `train_set`; the best model by `config.metric` on `val` is saved
 /// to `output` as a sentence-transformers folder, with `training_log.csv`, the evaluation CSV
 /// (`eval/`) and `training.svg`.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &mut SentenceEncoder,
     train_set: &QaDataset,
@@ -116,6 +136,22 @@ pub fn train(
     overwrite: bool,
     progress: &dyn Progress,
 ) -> Result<TrainOutcome, TrainError> {
+    train_with_hooks(model, train_set, val, config, output, resume, overwrite, progress, &mut NoHooks)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn train_with_hooks(
+    model: &mut SentenceEncoder,
+    train_set: &QaDataset,
+    val: Option<&PreparedDataset>,
+    config: &TrainConfig,
+    output: &Path,
+    resume: bool,
+    overwrite: bool,
+    progress: &dyn Progress,
+    hooks: &mut dyn TrainHooks,
+) -> Result<TrainOutcome, TrainError> {
+    let hook_err = |step: usize| move |detail: String| TrainError::Step { step, detail };
     let pairs: Vec<TrainPair> = train_set
         .pairs()
         .into_iter()
@@ -178,6 +214,8 @@ pub fn train(
         write_eval_csv(output, config, &state.evals)?;
         model.save(output, &card(Some(value)))?;
         tracing::info!(metric = %config.metric, value, "base model evaluated");
+    } else {
+        hooks.evaluation_point(0, model).map_err(hook_err(0))?;
     }
 
     let started = Instant::now();
@@ -203,11 +241,15 @@ pub fn train(
             state.epoch = epoch;
             state.batch_in_epoch = b + 1;
             state.log.push(LogRow { step: state.global_step, epoch, loss, lr });
+            hooks.step_done(state.log.last().expect("just pushed"));
             progress.advance(1);
             progress.message(&format!("loss {loss:.4} lr {lr:.2e}"));
 
             let end_of_epoch = b + 1 == batches.len();
             let eval_now = config.evaluation_steps > 0 && state.global_step % config.evaluation_steps == 0;
+            if val.is_none() && (eval_now || end_of_epoch) {
+                hooks.evaluation_point(state.global_step, model).map_err(hook_err(state.global_step))?;
+            }
             if let Some(val) = val.filter(|_| eval_now || end_of_epoch) {
                 let (value, row) = evaluate(model, val, config, epoch as i64, state.global_step as i64)?;
                 state.evals.push(row);
@@ -226,6 +268,9 @@ pub fn train(
             if config.checkpoint_every > 0 && state.global_step % config.checkpoint_every == 0 {
                 save_checkpoint(model, &optimizer, output, &state)?;
                 write_log(output, &state.log)?;
+                hooks
+                    .checkpoint_written(&checkpoint_dir(output, state.global_step), state.global_step)
+                    .map_err(hook_err(state.global_step))?;
             }
         }
     }

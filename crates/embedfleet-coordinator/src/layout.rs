@@ -1,0 +1,51 @@
+//! Where a run's artifacts live in the store. Every key is deterministic, so a redelivered task
+//! overwrites the same object.
+
+pub fn run(run_id: &str) -> String {
+    format!("runs/{run_id}")
+}
+pub fn spec(run_id: &str) -> String {
+    format!("runs/{run_id}/spec.json")
+}
+pub fn input_prefix(run_id: &str) -> String {
+    format!("runs/{run_id}/input")
+}
+pub fn chunks(run_id: &str) -> String {
+    format!("runs/{run_id}/chunks.json")
+}
+pub fn questions(run_id: &str, task: u32) -> String {
+    format!("runs/{run_id}/questions/task-{task:05}.json")
+}
+pub fn data(run_id: &str) -> String {
+    format!("runs/{run_id}/data")
+}
+pub fn checkpoint(run_id: &str, label: &str) -> String {
+    format!("runs/{run_id}/checkpoints/{label}")
+}
+pub fn resume(run_id: &str) -> String {
+    format!("runs/{run_id}/train/resume")
+}
+pub fn results(run_id: &str) -> String {
+    format!("runs/{run_id}/results")
+}
+pub fn result(run_id: &str, label: &str) -> String {
+    format!("runs/{run_id}/results/{label}.json")
+}
+pub fn model(run_id: &str) -> String {
+    format!("runs/{run_id}/model")
+}
+pub fn report(run_id: &str) -> String {
+    format!("runs/{run_id}/report.json")
+}
+
+/// `step-<n>` for a training step; `step-0` is the base model.
+pub fn label(step: u64) -> String {
+    format!("step-{step}")
+}
+
+/// A generate task's output.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct TaskQuestions {
+    pub questions: indexmap::IndexMap<String, Vec<String>>,
+    pub failures: Vec<embedfleet_core::generate::ChunkFailure>,
+}

@@ -1,0 +1,32 @@
+use clap::Parser;
+use embedfleet_bus::runtime::{WorkerArgs, init_logging, shutdown_signal, start};
+use embedfleet_bus::worker::{WorkerConfig, run_worker};
+use embedfleet_bus::Stage;
+use embedfleet_coordinator::worker::{Coordinator, export_run_states};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The embedfleet coordinator: turns run events into tasks and decides when a run is done.
+#[derive(Parser)]
+#[command(name = "embedfleet-coordinator", version)]
+struct Args {
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.worker.log_format);
+    let started = start(&args.worker, "embedfleet-coordinator").await.map_err(anyhow::Error::msg)?;
+    tokio::spawn(export_run_states(started.bus.clone()));
+    let handler = Arc::new(Coordinator { bus: started.bus.clone(), store: started.store.clone() });
+    let config = WorkerConfig {
+        stage: Stage::Coordinate,
+        ack_wait: Duration::from_secs(args.worker.ack_wait),
+        parallel: args.worker.parallel,
+        grace: Duration::from_secs(20),
+    };
+    run_worker(started.bus, handler, config, started.health, shutdown_signal()).await?;
+    Ok(())
+}
