@@ -43,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,29 @@ def _dump(path: Path, obj) -> None:
 
 def _loadavg() -> float:
     return os.getloadavg()[0]
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.3, window: float = 5.0) -> float:
+    """Waits (up to max_wait s) until other processes use < threshold cores over a window; returns the
+    seconds waited. The machine is shared (the lead compiles now and then), and timings need it idle."""
+    t0 = time.perf_counter()
+    while True:
+        b0 = _busy_cpu_s()
+        time.sleep(window)
+        used = (_busy_cpu_s() - b0) / window
+        waited = time.perf_counter() - t0
+        if used < threshold or waited >= max_wait:
+            if used >= threshold:
+                print(f"[quiet] still {used:.2f} cores busy after {waited:.0f} s; going on", flush=True)
+            return waited
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,16 +213,22 @@ def pairs_of(ds: dict) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_child(cmd: list[str], log_prefix: Path, env: dict | None = None) -> dict:
-    """Runs cmd to completion; returns rc, wall time, peak RSS (MiB) and CPU seconds of that child."""
+def run_child(cmd: list[str], log_prefix: Path, env: dict | None = None, max_wait: float = 0.0) -> dict:
+    """Runs cmd to completion; returns rc, wall time, peak RSS (MiB) and CPU seconds of that child, and
+    how many cores other processes kept busy meanwhile (machine busy time minus the child's)."""
+    waited = wait_quiet(max_wait) if max_wait > 0 else 0.0
     load_before = _loadavg()
     with open(f"{log_prefix}.stdout", "w") as out, open(f"{log_prefix}.stderr", "w") as err:
+        busy0 = _busy_cpu_s()
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
+        busy = _busy_cpu_s() - busy0
         p.returncode = os.waitstatus_to_exitcode(status)
     return {
+        "waited_for_quiet_s": waited,
+        "other_cores": max(0.0, busy - (ru.ru_utime + ru.ru_stime)) / wall,
         "cmd": cmd,
         "rc": p.returncode,
         "wall_s": wall,
@@ -246,7 +276,15 @@ def reference_child(args) -> None:
         logging_steps=25,
         disable_tqdm=True,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds, loss=loss)
+    from transformers import TrainerCallback
+
+    step_times: list[float] = []
+
+    class StepTimes(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            step_times.append(time.perf_counter())
+
+    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds, loss=loss, callbacks=[StepTimes()])
     t0 = time.perf_counter()
     out = trainer.train()
     seconds = time.perf_counter() - t0
@@ -259,6 +297,7 @@ def reference_child(args) -> None:
         "train_loss": out.training_loss,
         "hf_metrics": out.metrics,
         "threads": torch.get_num_threads(),
+        "step_seconds": [b - a for a, b in zip([t0] + step_times, step_times)],
     }), flush=True)
 
 
@@ -316,6 +355,8 @@ def main() -> None:
     ap.add_argument("--python-docs", type=Path, default=DEFAULT_PYTHON_DOCS)
     ap.add_argument("--work-dir", type=Path, default=None, help="kept afterwards; its generated dataset is reused")
     ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--max-wait", type=float, default=300.0,
+                    help="before each timed run, wait up to this many seconds for other processes to go quiet (0: never)")
     ap.add_argument("--json", type=Path, default=None)
     # child mode
     ap.add_argument("--_reference-child", dest="reference_child", action="store_true", help=argparse.SUPPRESS)
@@ -374,6 +415,9 @@ def main() -> None:
                      "epochs": args.epochs, "threads": args.threads, "cpu_count": os.cpu_count()}
     env = dict(os.environ)
     env.pop("EMBEDFLEET_PRECISION", None)
+    # Per-step debug lines (with timestamps) from embedfleet's progress reporter, for step timings.
+    env["EMBEDFLEET_LOG"] = "warn,embedfleet=info,embedfleet_cli::progress=debug"
+    env.setdefault("HF_HUB_OFFLINE", "1")
 
     # Reference
     ref_out = work / "out_reference"
@@ -381,16 +425,19 @@ def main() -> None:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_reference-child", "--train-dataset", str(train_path),
            "--output", str(ref_out), "--model", str(args.model), "--epochs", str(args.epochs), "--threads", str(args.threads)]
     print(f"[reference] training {n_pairs} pairs x {args.epochs} epoch(s) ...", flush=True)
-    r = run_child(cmd, work / "reference", env)
+    r = run_child(cmd, work / "reference", env, args.max_wait)
     if r["rc"] != 0:
         sys.exit(f"reference training failed ({r['rc']}):\n{r['stdout'][-3000:]}\n{r['stderr'][-6000:]}")
     line = [l for l in r["stdout"].splitlines() if l.startswith("RESULT ")][-1]
     ref = json.loads(line[len("RESULT "):])
     ref_pps = ref["pairs"] * args.epochs / ref["seconds"]
-    results["reference"] = {**{k: v for k, v in r.items() if k not in ("stdout", "stderr")}, **ref, "pairs_per_s": ref_pps}
-    print(f"[reference] {ref['steps']} steps, train() {ref['seconds']:.1f} s, {ref_pps:.2f} pairs/s, "
-          f"peak RSS {r['peak_rss_mib']:.0f} MiB, child wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, "
-          f"load {r['load_before']:.2f}->{r['load_after']:.2f}", flush=True)
+    ref_step = statistics.median(ref["step_seconds"])
+    ref_med_pps = BATCH / ref_step
+    results["reference"] = {**{k: v for k, v in r.items() if k not in ("stdout", "stderr")}, **ref,
+                            "pairs_per_s": ref_pps, "median_step_s": ref_step, "median_step_pairs_per_s": ref_med_pps}
+    print(f"[reference] {ref['steps']} steps, train() {ref['seconds']:.1f} s, {ref_pps:.2f} pairs/s, median step "
+          f"{ref_step:.2f} s; peak RSS {r['peak_rss_mib']:.0f} MiB, child wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, "
+          f"other processes {r['other_cores']:.2f} cores", flush=True)
 
     # embedfleet
     runs = [("fp32", [])] + ([] if args.skip_bf16 else [("bf16", ["--precision", "bf16"])])
@@ -401,7 +448,7 @@ def main() -> None:
                "--batch-size", str(BATCH), "--evaluation-steps", "0", "--threads", str(args.threads),
                "--device", "cpu", "--overwrite", *extra]
         print(f"[embedfleet {tag}] {' '.join(cmd)}", flush=True)
-        r = run_child(cmd, work / f"embedfleet_{tag}", env)
+        r = run_child(cmd, work / f"embedfleet_{tag}", env, args.max_wait)
         entry = {k: v for k, v in r.items() if k not in ("stdout", "stderr")}
         entry["output"] = str(out)
         results[f"embedfleet_{tag}"] = entry
@@ -420,9 +467,15 @@ def main() -> None:
             entry.update(own_metric=b[1], own_best=float(b[2]), best_step=int(b[3]), own_base=float(b[4]))
         elif b := NOBEST_RE.search(r["stdout"]):
             entry.update(own_metric=b[1], own_best=None, best_step=None, own_base=float(b[2]))
+        entry.update(step_timing(r["stderr"], entry["steps"]))
+        if entry.get("train_only_s"):
+            entry["train_only_pairs_per_s"] = n_pairs * args.epochs / entry["train_only_s"]
+        if entry.get("median_step_s"):
+            entry["median_step_pairs_per_s"] = BATCH / entry["median_step_s"]
         print(f"[embedfleet {tag}] {r['stdout'].strip()}", flush=True)
         print(f"[embedfleet {tag}] process wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, "
-              f"cpu {r['cpu_s']:.1f} s, load {r['load_before']:.2f}->{r['load_after']:.2f}", flush=True)
+              f"cpu {r['cpu_s']:.1f} s, steps only {fmt(entry.get('train_only_s'), '.1f')} s, median step "
+              f"{fmt(entry.get('median_step_s'), '.2f')} s, other processes {r['other_cores']:.2f} cores", flush=True)
 
     # Quality: one evaluator for all
     evals = [("base", args.model), ("reference", ref_out)]
@@ -440,28 +493,35 @@ def main() -> None:
     base = ndcg["base"]
     ref_ndcg = ndcg["reference"]
     ref_rss = results["reference"]["peak_rss_mib"]
-    rows = [("base model (no training)", base, None, None, None, None, None, None)]
-    rows.append(("sentence-transformers fp32", ref_ndcg, ref_pps, None, ref["seconds"], results["reference"]["cpu_s"], ref_rss, None))
+    R = results["reference"]
+    rows = [("base model (no training)", base, None, None, None, None, None, None, None, None)]
+    rows.append(("sentence-transformers fp32", ref_ndcg, ref_pps, None, ref_pps, ref_med_pps, None, ref_rss, None, R["other_cores"]))
     for tag, _ in runs:
         e = results[f"embedfleet_{tag}"]
         if "error" in e:
-            rows.append((f"embedfleet {tag} (FAILED rc={e['rc']})", None, None, None, None, None, e["peak_rss_mib"], None))
+            rows.append((f"embedfleet {tag} (FAILED rc={e['rc']})", None, None, None, None, None, None, e["peak_rss_mib"], None, e["other_cores"]))
             continue
         pps = e["printed_pairs_per_s"]
-        rows.append((f"embedfleet {tag}", ndcg.get(f"embedfleet_{tag}"), pps, pps / ref_pps, e["printed_seconds"], e["cpu_s"],
-                     e["peak_rss_mib"], e["peak_rss_mib"] / ref_rss))
+        med = e.get("median_step_pairs_per_s")
+        rows.append((f"embedfleet {tag}", ndcg.get(f"embedfleet_{tag}"), pps, pps / ref_pps, e.get("train_only_pairs_per_s"),
+                     med, None if med is None else med / ref_med_pps, e["peak_rss_mib"], e["peak_rss_mib"] / ref_rss, e["other_cores"]))
     print()
-    print(f"MiniLM-L6 fine-tuning, {n_pairs} train pairs x {args.epochs} epoch, batch {BATCH}, {args.threads} threads, CPU; "
-          f"val {len(val['queries'])} queries / {len(val['corpus'])} chunks; NDCG@10 from sentence-transformers' evaluator")
-    hdr = f"{'run':<28} {'NDCG@10':>8} {'d base':>7} {'pairs/s':>8} {'x ref':>6} {'train s':>8} {'cpu s*':>7} {'peak RSS':>9} {'x ref':>6}"
+    print(f"MiniLM-L6 fine-tuning, {n_pairs} train pairs x {args.epochs} epoch, batch {BATCH}, {args.threads} threads, CPU "
+          f"({os.cpu_count()} cores); val {len(val['queries'])} queries / {len(val['corpus'])} chunks; "
+          f"NDCG@10 from sentence-transformers' InformationRetrievalEvaluator for every row")
+    hdr = (f"{'run':<28} {'NDCG@10':>8} {'d base':>7} {'pairs/s':>8} {'x ref':>6} {'steps p/s':>9} "
+           f"{'med p/s':>8} {'x ref':>6} {'peak RSS':>9} {'x ref':>6} {'other':>6}")
     print(hdr)
     print("-" * len(hdr))
-    for name, nd, pps, ratio, secs, cpu, rss, rss_ratio in rows:
+    for name, nd, pps, ratio, tonly, med, med_ratio, rss, rss_ratio, other in rows:
         print(f"{name:<28} {fmt(nd, '8.4f')} {fmt(None if nd is None else nd - base, '+7.4f')} {fmt(pps, '8.2f')} "
-              f"{fmt(ratio, '6.2f')} {fmt(secs, '8.1f')} {fmt(cpu, '7.1f')} {fmt(rss, '7.0f') + ' M' if rss else '-':>9} "
-              f"{fmt(rss_ratio, '6.2f')}")
-    print("* cpu s: user+system CPU seconds of the whole child process (model load, evaluation and saving included)")
-    print("  train s: reference = trainer.train(); embedfleet = its printed training time (see notes)")
+              f"{fmt(ratio, '6.2f')} {fmt(tonly, '9.2f')} {fmt(med, '8.2f')} {fmt(med_ratio, '6.2f')} "
+              f"{(fmt(rss, '7.0f') + ' M') if rss else '-':>9} {fmt(rss_ratio, '6.2f')} {fmt(other, '6.2f')}")
+    print("pairs/s: reference = pairs x epochs / trainer.train() time; embedfleet = the pairs/s it prints (its timer")
+    print("  starts after the base-model evaluation and ends after the epoch-end evaluation and model save).")
+    print("steps p/s: pairs x epochs / (first to last training step), without embedfleet's epoch-end evaluation.")
+    print("med p/s: batch / median step time (robust to other work on the machine).")
+    print("other: cores kept busy by other processes during the run (machine busy time minus the run's own).")
     print()
     print("goals:")
     fp = results.get("embedfleet_fp32", {})
@@ -469,7 +529,8 @@ def main() -> None:
     if "error" not in fp:
         e_nd = ndcg["embedfleet_fp32"]
         checks.append((f"fp32 NDCG@10 >= reference - 0.005 ({e_nd:.4f} vs {ref_ndcg - 0.005:.4f})", e_nd >= ref_ndcg - 0.005))
-        checks.append((f"fp32 pairs/s >= reference ({fp['printed_pairs_per_s']:.2f} vs {ref_pps:.2f}, x{fp['printed_pairs_per_s'] / ref_pps:.2f})",
+        checks.append((f"fp32 pairs/s >= reference ({fp['printed_pairs_per_s']:.2f} vs {ref_pps:.2f}, x{fp['printed_pairs_per_s'] / ref_pps:.2f}; "
+                       f"median step x{fmt(fp.get('median_step_pairs_per_s', 0) / ref_med_pps, '.2f')})",
                        fp["printed_pairs_per_s"] >= ref_pps))
         checks.append((f"fp32 peak RSS <= reference ({fp['peak_rss_mib']:.0f} vs {ref_rss:.0f} MiB)", fp["peak_rss_mib"] <= ref_rss))
     else:
@@ -478,10 +539,13 @@ def main() -> None:
     if bf is not None:
         if "error" not in bf:
             checks.append((f"bf16 pairs/s >= 1.5 x reference fp32 ({bf['printed_pairs_per_s']:.2f} vs {1.5 * ref_pps:.2f}, "
-                           f"x{bf['printed_pairs_per_s'] / ref_pps:.2f})", bf["printed_pairs_per_s"] >= 1.5 * ref_pps))
+                           f"x{bf['printed_pairs_per_s'] / ref_pps:.2f}; median step "
+                           f"x{fmt(bf.get('median_step_pairs_per_s', 0) / ref_med_pps, '.2f')})",
+                           bf["printed_pairs_per_s"] >= 1.5 * ref_pps))
             if "error" not in fp:
                 d = ndcg["embedfleet_bf16"] - ndcg["embedfleet_fp32"]
                 checks.append((f"bf16 NDCG@10 within 0.005 of fp32 ({d:+.4f})", abs(d) <= 0.005))
+            checks.append((f"bf16 peak RSS <= reference ({bf['peak_rss_mib']:.0f} vs {ref_rss:.0f} MiB)", bf["peak_rss_mib"] <= ref_rss))
         else:
             checks.append(("bf16 run failed", False))
     for text, ok in checks:
@@ -490,17 +554,19 @@ def main() -> None:
 
     print()
     print("notes:")
-    print(f"  reference: {ref['steps']} steps, train() {ref['seconds']:.1f} s, child wall {results['reference']['wall_s']:.1f} s, "
-          f"load avg {results['reference']['load_before']:.2f}->{results['reference']['load_after']:.2f}")
+    print(f"  reference: {ref['steps']} steps, train() {ref['seconds']:.1f} s, median step {ref_step:.2f} s, "
+          f"child wall {R['wall_s']:.1f} s, cpu {R['cpu_s']:.1f} s, waited {R['waited_for_quiet_s']:.0f} s for a quiet machine, "
+          f"load avg {R['load_before']:.2f}->{R['load_after']:.2f}")
     for tag, _ in runs:
         e = results[f"embedfleet_{tag}"]
         if "error" in e:
             print(f"  embedfleet {tag}: FAILED rc={e['rc']}: {e['error'][-600:]}")
             continue
         print(f"  embedfleet {tag}: {e['steps']} steps; printed {e['printed_seconds']:.1f} s / {e['printed_pairs_per_s']:.2f} pairs/s; "
-              f"process wall {e['wall_s']:.1f} s; own NDCG@10 base {e.get('own_base', float('nan')):.4f} "
-              f"best {fmt(e.get('own_best'), '.4f')} at step {e.get('best_step')}; "
-              f"load avg {e['load_before']:.2f}->{e['load_after']:.2f}")
+              f"steps only {fmt(e.get('train_only_s'), '.1f')} s; epoch-end eval+save {fmt(e.get('tail_s'), '.1f')} s; "
+              f"median step {fmt(e.get('median_step_s'), '.2f')} s; process wall {e['wall_s']:.1f} s, cpu {e['cpu_s']:.1f} s; "
+              f"own NDCG@10 base {e.get('own_base', float('nan')):.4f} best {fmt(e.get('own_best'), '.4f')} at step {e.get('best_step')}; "
+              f"waited {e['waited_for_quiet_s']:.0f} s, load avg {e['load_before']:.2f}->{e['load_after']:.2f}")
     print(f"  embedfleet binary {bin_info['path']} (mtime {bin_info['mtime']}, sha256 {bin_info['sha256']}); repo HEAD {git}")
     print(f"  work dir: {work}{'' if keep else ' (temporary; pass --work-dir to keep and reuse)'}")
     if args.json:
@@ -508,6 +574,37 @@ def main() -> None:
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
 
+
+_TS_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z\s+(\w+)\s+(.*)$")
+
+
+def step_timing(stderr: str, steps: int) -> dict:
+    """Step timings from embedfleet's log: 'started phase="train"', one debug line per step (the
+    progress message 'loss … lr …'), and 'new best checkpoint' / the end. Empty if not found."""
+    from datetime import datetime
+
+    start = None
+    marks: list[float] = []
+    tail_end = None
+    for line in stderr.splitlines():
+        m = _TS_RE.match(line.strip())
+        if not m:
+            continue
+        t = datetime.fromisoformat(m[1][:26]).timestamp()
+        msg = m[3]
+        if 'started' in msg and 'phase="train"' in msg:
+            start, marks = t, []
+        elif start is not None and m[2] == "DEBUG" and "loss" in msg and "lr" in msg:
+            marks.append(t)
+        elif start is not None and "new best checkpoint" in msg:
+            tail_end = t
+    if start is None or len(marks) != steps:
+        return {"step_log_lines": len(marks)}
+    durations = [b - a for a, b in zip([start] + marks, marks)]
+    out = {"train_only_s": marks[-1] - start, "median_step_s": statistics.median(durations)}
+    if tail_end is not None:
+        out["tail_s"] = tail_end - marks[-1]
+    return out
 
 if __name__ == "__main__":
     main()

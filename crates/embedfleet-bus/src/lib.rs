@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod health;
+pub mod layout;
 pub mod messages;
 pub mod metrics;
 pub mod options;

@@ -2,7 +2,6 @@
 //! worker ([`worker`]) that feeds it events from NATS, carries out its commands, and guards each
 //! transition with the run record's KV revision so several replicas never do a step twice.
 
-pub mod layout;
 pub mod machine;
 pub mod worker;
 

@@ -3,7 +3,7 @@
 //! compare-and-set on the KV revision. A lost race re-reads the record and decides again, so a
 //! second replica that saw the same event finds nothing left to do.
 
-use crate::layout::{self, TaskQuestions};
+use embedfleet_bus::layout::{self, TaskQuestions};
 use crate::machine::{Command, Decision, Event, RunRecord, RunState, decide};
 use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::worker::{TaskError, TaskHandler};

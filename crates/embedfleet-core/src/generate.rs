@@ -7,11 +7,10 @@ use crate::ids::{ChunkId, QueryId};
 use crate::progress::Progress;
 use crate::split::{SplitConfig, SplitError, split_chunks};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 /// Something that writes questions a chunk answers: the offline span cropper or an LLM.
 pub trait QuestionGenerator: Send + Sync {
@@ -59,34 +58,28 @@ pub async fn generate_questions<G: QuestionGenerator>(
     progress: &dyn Progress,
 ) -> GenerationOutcome {
     progress.start("questions", Some(chunks.len() as u64));
-    let stop = AtomicBool::new(false);
-    let stopped = Mutex::new(None::<String>);
-    let results: Vec<(usize, Option<Result<Vec<String>, GenerateError>>)> = futures::stream::iter(chunks.iter().enumerate())
-        .map(|(i, chunk)| {
-            let (stop, stopped) = (&stop, &stopped);
-            async move {
-                if stop.load(Ordering::SeqCst) {
-                    return (i, None);
-                }
-                let result = generator.questions(chunk, n).await;
-                if let Err(GenerateError::Fatal(reason)) = &result {
-                    stop.store(true, Ordering::SeqCst);
-                    stopped.lock().expect("not poisoned").get_or_insert_with(|| reason.clone());
-                }
-                progress.advance(1);
-                (i, Some(result))
-            }
-        })
-        .buffer_unordered(generator.concurrency().max(1))
-        .collect()
-        .await;
+    // A hand-driven FuturesUnordered rather than `stream.map(..).buffer_unordered(..)`: the latter's
+    // closure makes the whole future lose `Send` under higher-ranked lifetimes, and workers need it.
+    let limit = generator.concurrency().max(1);
+    let mut pending = chunks.iter().enumerate();
+    let mut running = FuturesUnordered::new();
+    let mut ordered: Vec<Option<Result<Vec<String>, GenerateError>>> = vec![None; chunks.len()];
+    let mut stopped: Option<String> = None;
+    loop {
+        while running.len() < limit && stopped.is_none() {
+            let Some((i, chunk)) = pending.next() else { break };
+            running.push(async move { (i, generator.questions(chunk, n).await) });
+        }
+        let Some((i, result)) = running.next().await else { break };
+        if let Err(GenerateError::Fatal(reason)) = &result {
+            stopped.get_or_insert_with(|| reason.clone());
+        }
+        progress.advance(1);
+        ordered[i] = Some(result);
+    }
     progress.finish();
 
-    let mut ordered: Vec<Option<Result<Vec<String>, GenerateError>>> = vec![None; chunks.len()];
-    for (i, r) in results {
-        ordered[i] = r;
-    }
-    let mut outcome = GenerationOutcome { stopped: stopped.into_inner().expect("not poisoned"), ..Default::default() };
+    let mut outcome = GenerationOutcome { stopped, ..Default::default() };
     for (chunk, result) in chunks.iter().zip(ordered) {
         match result {
             Some(Ok(questions)) => {

@@ -5,6 +5,7 @@ pub mod csv;
 pub mod metrics;
 pub mod rank;
 pub mod report;
+pub mod worker;
 
 use embedfleet_core::QaDataset;
 use embedfleet_model::{ModelError, SentenceEncoder};

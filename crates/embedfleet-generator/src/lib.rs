@@ -5,6 +5,7 @@
 //! the fleet's generator worker drive it through `embedfleet_core::generate::generate_questions`.
 //! No libtorch here: the generator image stays small and scales on CPU nodes.
 
+pub mod args;
 pub mod cache;
 pub mod client;
 pub mod cost;
@@ -16,7 +17,9 @@ pub mod prompt;
 pub mod stats;
 #[cfg(feature = "test-server")]
 pub mod testing;
+pub mod worker;
 
+pub use args::LlmArgs;
 pub use cache::{AnswerCache, CachedAnswer, cache_key};
 pub use client::{ApiKey, CallError, DEFAULT_API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_MODEL, resolve_api_key};
 pub use cost::{BudgetReached, Pricing};

@@ -8,6 +8,7 @@ pub mod loss;
 pub mod optim;
 pub mod plot;
 pub mod train;
+pub mod worker;
 
 pub use batching::TrainPair;
 pub use loss::MnrlLoss;

@@ -1,10 +1,9 @@
 //! `embedfleet generate`: documents → chunks → questions → train/val split → the 8 dataset files.
 
-use super::llm_args::LlmArgs;
 use super::storage::StorageArgs;
 use embedfleet_core::generate::{ChunkFailure, GenerationOutcome};
 use embedfleet_core::Chunk;
-use embedfleet_generator::{GeneratorStats, LlmGenerator, write_failures};
+use embedfleet_generator::{GeneratorStats, LlmArgs, LlmGenerator, write_failures};
 use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};

@@ -2,7 +2,6 @@ pub mod encode;
 pub mod evaluate;
 pub mod finetune;
 pub mod generate;
-pub mod llm_args;
 pub mod model_args;
 pub mod run;
 pub mod storage;

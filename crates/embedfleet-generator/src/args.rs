@@ -1,7 +1,7 @@
-//! The LLM question generator's flags.
+//! The LLM question generator's flags, shared by `embedfleet generate`/`run` and the generator worker.
 
 use clap::Args;
-use embedfleet_generator::{LlmConfig, Pricing, PromptTemplate, RateLimits};
+use crate::{LlmConfig, Pricing, PromptTemplate, RateLimits};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,7 +57,7 @@ impl LlmArgs {
         self.llm_base_url.is_some() || std::env::var(&self.llm_api_key_env).is_ok_and(|v| !v.is_empty())
     }
 
-    pub fn config(&self) -> anyhow::Result<LlmConfig> {
+    pub fn config(&self) -> Result<LlmConfig, crate::LlmError> {
         let defaults = LlmConfig::default();
         let prompt = match &self.prompt_template {
             Some(path) => PromptTemplate::from_file(path)?,

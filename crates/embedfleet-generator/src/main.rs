@@ -1,0 +1,41 @@
+use clap::Parser;
+use embedfleet_bus::runtime::{WorkerArgs, init_logging, shutdown_signal, start};
+use embedfleet_bus::worker::{WorkerConfig, run_worker};
+use embedfleet_bus::Stage;
+use embedfleet_generator::worker::{FleetLimiter, GenerateWorker};
+use embedfleet_generator::{LlmArgs, LlmGenerator};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The embedfleet generator worker: writes questions for chunks, offline or with an LLM.
+#[derive(Parser)]
+#[command(name = "embedfleet-generator", version)]
+struct Args {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    #[command(flatten)]
+    llm: LlmArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.worker.log_format);
+    let started = start(&args.worker, "embedfleet-generator").await.map_err(anyhow::Error::msg)?;
+    let llm = if args.llm.configured() {
+        let config = args.llm.config()?;
+        let limiter = FleetLimiter::new(&started.bus, &config);
+        Some(LlmGenerator::with_limiter(config, limiter)?)
+    } else {
+        None
+    };
+    let handler = Arc::new(GenerateWorker::new(started.bus.clone(), started.store.clone(), llm));
+    let config = WorkerConfig {
+        stage: Stage::Generate,
+        ack_wait: Duration::from_secs(args.worker.ack_wait),
+        parallel: args.worker.parallel,
+        grace: Duration::from_secs(30),
+    };
+    run_worker(started.bus, handler, config, started.health, shutdown_signal()).await?;
+    Ok(())
+}
