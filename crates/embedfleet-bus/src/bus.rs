@@ -33,6 +33,25 @@ pub struct Bus {
 /// to the dead letters after this many deliveries.
 pub const MAX_DELIVER: i64 = 5;
 
+/// Creates or updates a KV bucket through its backing stream. async-nats' own helper first asks for
+/// the account's info, whose shape older servers (Debian's 2.9) answer differently; the stream
+/// settings are the KV convention, so any JetStream server takes them.
+async fn key_value(js: &jetstream::Context, bucket: &str, history: i64) -> Result<kv::Store, String> {
+    js.create_or_update_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: history,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    js.get_key_value(bucket).await.map_err(|e| e.to_string())
+}
+
 impl Bus {
     /// Connects (retrying with back-off until `options.connect_timeout`), then creates or updates
     /// the streams and buckets, so any worker can start first.
@@ -107,14 +126,8 @@ impl Bus {
         })
         .await
         .map_err(|e| setup(DEAD_STREAM)(&e))?;
-        let runs = js
-            .create_or_update_key_value(kv::Config { bucket: RUNS_BUCKET.into(), history: 5, ..Default::default() })
-            .await
-            .map_err(|e| setup(RUNS_BUCKET)(&e))?;
-        let rate = js
-            .create_or_update_key_value(kv::Config { bucket: RATE_BUCKET.into(), history: 1, ..Default::default() })
-            .await
-            .map_err(|e| setup(RATE_BUCKET)(&e))?;
+        let runs = key_value(&js, RUNS_BUCKET, 5).await.map_err(|e| setup(RUNS_BUCKET)(&e))?;
+        let rate = key_value(&js, RATE_BUCKET, 1).await.map_err(|e| setup(RATE_BUCKET)(&e))?;
         Ok(Bus { client, js, runs, rate })
     }
 

@@ -32,6 +32,16 @@ pub enum Command {
     Finetune(commands::finetune::FinetuneArgs),
     /// Generate, fine-tune and evaluate in one process.
     Run(commands::run::RunArgs),
+    /// Fleet: upload a corpus and start a run on the workers; prints the run id.
+    Submit(commands::fleet::SubmitArgs),
+    /// Fleet: the runs, or one run's stages with counts.
+    Status(commands::fleet::StatusArgs),
+    /// Fleet: live progress of a run until it is done or failed.
+    Watch(commands::fleet::RunArg),
+    /// Fleet: the comparison table of a finished run.
+    Results(commands::fleet::RunArg),
+    /// Fleet: stop a run.
+    Cancel(commands::fleet::RunArg),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -50,6 +60,11 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Evaluate(args) => commands::evaluate::run(args).await,
             Command::Finetune(args) => commands::finetune::run(args).await,
             Command::Run(args) => commands::run::run(args).await,
+            Command::Submit(args) => commands::fleet::submit(args).await,
+            Command::Status(args) => commands::fleet::status(args).await,
+            Command::Watch(args) => commands::fleet::watch(args).await,
+            Command::Results(args) => commands::fleet::results(args).await,
+            Command::Cancel(args) => commands::fleet::cancel(args).await,
         }
     });
     match result {

@@ -86,7 +86,30 @@ impl SeaweedFs {
             .expect("start weed mini");
         let server = SeaweedFs { child, _dir: dir, s3_port, bucket, access_key, secret_key };
         assert!(wait_for_port(s3_port, Duration::from_secs(60)), "SeaweedFS S3 did not start on {s3_port}");
+        server.wait_until_writable();
         server
+    }
+
+    /// The S3 port opens before the volume server can take data; wait for a real write to pass.
+    /// (On its own thread: callers may be inside an async runtime.)
+    fn wait_until_writable(&self) {
+        let (location, options) = (format!("s3://{}", self.bucket), self.store_options());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let store = crate::ArtifactStore::open(&location, &options).expect("store");
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match store.put(".ready-probe", b"ok".to_vec()).await {
+                        Ok(()) => return,
+                        Err(e) if Instant::now() > deadline => panic!("SeaweedFS never accepted a write: {e}"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            })
+        })
+        .join()
+        .expect("probe thread");
     }
 
     pub fn endpoint(&self) -> String {

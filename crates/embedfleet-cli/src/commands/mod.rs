@@ -1,6 +1,7 @@
 pub mod encode;
 pub mod evaluate;
 pub mod finetune;
+pub mod fleet;
 pub mod generate;
 pub mod model_args;
 pub mod run;

@@ -1,0 +1,264 @@
+//! The fleet publisher: `submit`, `status`, `watch`, `results`, `cancel`. The work itself happens in
+//! the workers; these commands only talk to NATS and the artifact store.
+
+use super::storage::StorageArgs;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use embedfleet_bus::layout;
+use embedfleet_bus::messages::{Message, RunSpec};
+use embedfleet_bus::{Bus, BusOptions, NatsArgs, Stage};
+use embedfleet_coordinator::worker::load_record;
+use embedfleet_coordinator::{RunRecord, RunState};
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The fleet's artifact store: s3://bucket[/prefix] or a shared directory.
+    #[arg(long, env = "EMBEDFLEET_STORE")]
+    pub store: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+impl FleetArgs {
+    async fn bus(&self) -> Result<Bus> {
+        let options = BusOptions::from(&self.nats).client_name("embedfleet-cli").connect_timeout(Duration::from_secs(5));
+        Ok(Bus::connect(&options).await?)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// The corpus (a JSON or JSON Lines file).
+    #[arg(long, env = "EMBEDFLEET_INPUT")]
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    #[arg(long, env = "EMBEDFLEET_MODEL_ID", alias = "model_id", default_value = "BAAI/bge-small-en")]
+    pub model_id: String,
+    /// offline or llm (the generator workers' LLM settings apply).
+    #[arg(long, env = "EMBEDFLEET_GENERATOR", default_value = "offline")]
+    pub generator: String,
+    #[arg(long, env = "EMBEDFLEET_TEXT_FIELD", alias = "text_field")]
+    pub text_field: Option<String>,
+    #[arg(long, env = "EMBEDFLEET_CHUNK_SIZE", alias = "chunk_size", default_value_t = 1000)]
+    pub chunk_size: usize,
+    #[arg(long, env = "EMBEDFLEET_CHUNK_OVERLAP", alias = "chunk_overlap", default_value_t = 200)]
+    pub chunk_overlap: usize,
+    #[arg(long, env = "EMBEDFLEET_QUESTIONS_PER_CHUNK", aliases = ["questions_per_chunk", "num_questions_per_chunk"], default_value_t = 2)]
+    pub questions_per_chunk: usize,
+    #[arg(long, env = "EMBEDFLEET_CHUNKS_PER_TASK", default_value_t = 8)]
+    pub chunks_per_task: usize,
+    #[arg(long, env = "EMBEDFLEET_TRAIN_RATIO", alias = "train_ratio", default_value_t = 0.8)]
+    pub train_ratio: f64,
+    #[arg(long, env = "EMBEDFLEET_SPLIT_BY", alias = "split_by", default_value = "document")]
+    pub split_by: String,
+    #[arg(long, env = "EMBEDFLEET_SEED", default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, env = "EMBEDFLEET_EPOCHS", default_value_t = 1)]
+    pub epochs: usize,
+    #[arg(long, env = "EMBEDFLEET_BATCH_SIZE", alias = "batch_size", default_value_t = 10)]
+    pub batch_size: usize,
+    #[arg(long, env = "EMBEDFLEET_LEARNING_RATE", alias = "learning_rate", default_value_t = 2e-5)]
+    pub learning_rate: f64,
+    #[arg(long, env = "EMBEDFLEET_EVALUATION_STEPS", alias = "evaluation_steps", default_value_t = 50)]
+    pub evaluation_steps: usize,
+    /// A run id to use instead of a generated one.
+    #[arg(long, env = "EMBEDFLEET_RUN_ID")]
+    pub run_id: Option<String>,
+}
+
+fn new_run_id() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("run-{}-{:04x}", now.as_secs(), now.subsec_nanos() & 0xffff)
+}
+
+pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    // Validate everything locally first: a bad corpus publishes nothing.
+    let raw = std::fs::read(&args.input).with_context(|| format!("cannot read the corpus {}", args.input.display()))?;
+    let docs = embedfleet_core::ingest::parse_json_documents(
+        &args.input,
+        &String::from_utf8_lossy(&raw),
+        &embedfleet_core::IngestOptions { text_field: args.text_field.clone() },
+    )?;
+    if docs.is_empty() {
+        bail!("{}: no text found; nothing submitted", args.input.display());
+    }
+    if !matches!(args.generator.as_str(), "offline" | "llm") {
+        bail!("--generator must be offline or llm");
+    }
+    let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
+    let store = args.fleet.storage.open(&args.fleet.store)?;
+    let bus = args.fleet.bus().await?;
+    if load_record(&bus, &run_id).await.map_err(anyhow::Error::msg)?.0.is_some() {
+        bail!("run {run_id} already exists");
+    }
+    let ext = args.input.extension().and_then(|e| e.to_str()).unwrap_or("json");
+    let input_key = format!("{}/corpus.{ext}", layout::input_prefix(&run_id));
+    store.put(&input_key, raw).await?;
+    let spec = RunSpec {
+        input_key,
+        text_field: args.text_field,
+        chunk_size: args.chunk_size,
+        chunk_overlap: args.chunk_overlap,
+        questions_per_chunk: args.questions_per_chunk,
+        train_ratio: args.train_ratio,
+        split_by: args.split_by,
+        seed: args.seed,
+        generator: args.generator,
+        chunks_per_task: args.chunks_per_task,
+        model_id: args.model_id,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.learning_rate,
+        evaluation_steps: args.evaluation_steps,
+    };
+    bus.publish(Stage::Coordinate, &Message::RunSubmitted { run_id: run_id.clone(), spec }).await?;
+    println!("{run_id}");
+    eprintln!("submitted {} documents; follow with: embedfleet watch {run_id}", docs.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArg {
+    /// The run id `submit` printed.
+    pub run: String,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// One run; all runs when left out.
+    pub run: Option<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+async fn record(bus: &Bus, run: &str) -> Result<RunRecord> {
+    match load_record(bus, run).await.map_err(anyhow::Error::msg)?.0 {
+        Some(r) => Ok(r),
+        None => bail!("no run named {run}; `embedfleet status` lists the runs"),
+    }
+}
+
+fn describe(r: &RunRecord) -> String {
+    format!(
+        "{:<28} {:<10} generate {:>4}/{:<4} questions {:>6}  train {:<5} steps {:>5}  evaluations {}/{}{}",
+        r.run_id,
+        r.state.name(),
+        r.generate_done.len(),
+        r.generate_tasks,
+        r.questions,
+        if r.train_done { "done" } else { "-" },
+        r.steps,
+        r.evaluations.len(),
+        r.checkpoints.len(),
+        r.error.as_ref().map(|e| format!("  error: {e}")).unwrap_or_default()
+    )
+}
+
+pub async fn status(args: StatusArgs) -> Result<ExitCode> {
+    let bus = args.fleet.bus().await?;
+    if let Some(run) = &args.run {
+        let r = record(&bus, run).await?;
+        println!("{}", describe(&r));
+        for (label, value) in &r.evaluations {
+            println!("  {label:<12} NDCG@10 {value:.4}{}", if r.best.as_deref() == Some(label) { "  (best)" } else { "" });
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut keys = bus.runs.keys().await.map_err(|e| anyhow::anyhow!("listing runs: {e}"))?;
+    let mut ids = Vec::new();
+    while let Some(Ok(k)) = keys.next().await {
+        ids.push(k);
+    }
+    ids.sort();
+    if ids.is_empty() {
+        println!("no runs");
+    }
+    for id in ids {
+        if let Ok(r) = record(&bus, &id).await {
+            println!("{}", describe(&r));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Live bars from the run's record, updated on every state event, until it ends.
+pub async fn watch(args: RunArg) -> Result<ExitCode> {
+    let bus = args.fleet.bus().await?;
+    let mut events = bus
+        .client
+        .subscribe(embedfleet_bus::subjects::events_subject(&args.run, ">"))
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to events: {e}"))?;
+    let mut r = record(&bus, &args.run).await?;
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>10.bold} [{bar:30}] {pos}/{len} {msg}").expect("static").progress_chars("=> ");
+    let generate = bars.add(ProgressBar::new(r.generate_tasks as u64).with_style(style.clone()).with_prefix("generate"));
+    let eval = bars.add(ProgressBar::new(0).with_style(style).with_prefix("evaluate"));
+    let train = bars.add(ProgressBar::new_spinner().with_prefix("train"));
+    loop {
+        generate.set_length(r.generate_tasks as u64);
+        generate.set_position(r.generate_done.len() as u64);
+        generate.set_message(format!("{} questions", r.questions));
+        train.set_message(format!("{} steps{}", r.steps, if r.train_done { ", done" } else { "" }));
+        eval.set_length(r.checkpoints.len() as u64);
+        eval.set_position(r.evaluations.len() as u64);
+        if r.state.is_terminal() {
+            break;
+        }
+        // Events wake the loop at once; the timeout re-reads the record in case one was missed.
+        let _ = tokio::time::timeout(Duration::from_secs(2), events.next()).await;
+        r = record(&bus, &args.run).await?;
+    }
+    for b in [&generate, &train, &eval] {
+        b.finish();
+    }
+    println!("{}", describe(&r));
+    Ok(if r.state == RunState::Done { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub async fn results(args: RunArg) -> Result<ExitCode> {
+    let bus = args.fleet.bus().await?;
+    let r = record(&bus, &args.run).await?;
+    if r.state != RunState::Done {
+        bail!("run {} is {}; results come when it is done", r.run_id, r.state.name());
+    }
+    let store = args.fleet.storage.open(&args.fleet.store)?;
+    let report: serde_json::Value = serde_json::from_slice(&store.get(&layout::report(&r.run_id)).await?)?;
+    let comparison: serde_json::Value = serde_json::from_slice(&store.get(&format!("{}/comparison.json", layout::results(&r.run_id))).await?)?;
+    println!("{:<12} {:>10} {:>10} {:>10} {:>10}", "checkpoint", "HitRate@5", "MRR@10", "NDCG@10", "MAP@100");
+    for m in comparison["models"].as_array().into_iter().flatten() {
+        let metric = |n: &str| m["metrics"][n].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<12} {:>10.4} {:>10.4} {:>10.4} {:>10.4}",
+            m["name"].as_str().unwrap_or("?"),
+            m["hit_rate"]["rate"].as_f64().unwrap_or(f64::NAN),
+            metric("cosine-MRR@10"),
+            metric("cosine-NDCG@10"),
+            metric("cosine-MAP@100")
+        );
+    }
+    println!("\n{}", report["verdict"].as_str().unwrap_or(""));
+    println!("model: {}", store.describe(&layout::model(&r.run_id)));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cancel(args: RunArg) -> Result<ExitCode> {
+    let bus = args.fleet.bus().await?;
+    let r = record(&bus, &args.run).await?;
+    if r.state.is_terminal() {
+        bail!("run {} is already {}", r.run_id, r.state.name());
+    }
+    bus.publish(Stage::Coordinate, &Message::CancelRun { run_id: r.run_id.clone() }).await?;
+    println!("cancel requested for {}", r.run_id);
+    Ok(ExitCode::SUCCESS)
+}
