@@ -49,9 +49,12 @@ async fn a_run_survives_a_killed_generator_a_nats_restart_and_two_coordinators()
 
     let bus = fleet.bus().await;
     // Kill one generator once some tasks are done: its message is redelivered after ack_wait.
-    fleet.wait_for(&bus, run, Duration::from_secs(60), |r| r.generate_done.len() >= 2).await;
-    let during = generator_b.metrics().await;
-    assert!(sample(&during, "embedfleet_worker_messages_total{outcome=\"ok\",stage=\"generate\"}") > 0.0, "{during}");
+    fleet.wait_for(&bus, run, Duration::from_secs(60), |r| r.generate_done.len() >= 3).await;
+    let mut handled = 0.0;
+    for g in [&generator_a, &generator_b, &generator_c] {
+        handled += sample(&g.metrics().await, "embedfleet_worker_messages_total{outcome=\"ok\",stage=\"generate\"}");
+    }
+    assert!(handled >= 3.0, "the scrape shows the generators' counters moving: {handled}");
     generator_a.kill9();
 
     // Restart nats-server while the run is generating: workers reconnect and go on.
@@ -105,6 +108,20 @@ async fn a_run_survives_a_killed_generator_a_nats_restart_and_two_coordinators()
     assert_eq!(best.dimension(), 32);
     let _ = QaDataset::new();
 
+    // Every metric the Grafana dashboard queries is in a live scrape of the workers.
+    let mut scraped = String::new();
+    for w in [&_coordinator_a, &generator_b, &trainer, &evaluator] {
+        scraped.push_str(&w.metrics().await);
+    }
+    let dashboard = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/dashboards/embedfleet.json")).unwrap();
+    let mut missing = Vec::new();
+    for name in metric_names(&dashboard) {
+        if !scraped.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))) {
+            missing.push(name);
+        }
+    }
+    assert!(missing.is_empty(), "dashboard metrics not exported: {missing:?}");
+
     // The CLI reads it back.
     let o = fleet.cli(&["results", run]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -113,4 +130,17 @@ async fn a_run_survives_a_killed_generator_a_nats_restart_and_two_coordinators()
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no run named"));
     drop(bus);
+}
+
+/// `embedfleet_*` names in a text, e.g. a dashboard's queries.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("embedfleet_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
 }
