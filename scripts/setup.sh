@@ -11,6 +11,7 @@ wheels="$cache/wheels"
 mkdir -p "$wheels" "$root/.deps"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # pip download is a no-op when the wheel is already in the cache directory.
 fetch_wheel() {

@@ -12,4 +12,6 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
   "$nats" -a 127.0.0.1 -p 4222 -js -sd "${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}/nats" >/dev/null 2>&1 &
 fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}/target}
+# Static checks of the Dockerfiles, compose, Prometheus, Grafana and the Helm chart.
+deploy/check.sh
 cargo test --workspace --locked "$@"
