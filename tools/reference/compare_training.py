@@ -42,11 +42,13 @@ import hashlib
 import json
 import os
 import re
+import bisect
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -213,6 +215,51 @@ def pairs_of(ds: dict) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------------
 
 
+def _proc_cpu_s(pid: int) -> float | None:
+    """utime + stime of a live process (all its threads), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Sampler(threading.Thread):
+    """Samples (wall time, machine busy CPU s, child CPU s) every `every` seconds while the child runs,
+    so each training step can be told apart by how busy the rest of the machine was meanwhile."""
+
+    def __init__(self, pid: int, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, float, float]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            c = _proc_cpu_s(self.pid)
+            if c is not None:
+                self.samples.append((time.time(), _busy_cpu_s(), c))
+            self.done.wait(self.every)
+
+    def other_cores(self, t0: float, t1: float) -> float | None:
+        """Cores other processes kept busy between wall times t0 and t1 (interpolated)."""
+        s = self.samples
+        if len(s) < 2 or t0 < s[0][0] or t1 > s[-1][0] or t1 <= t0:
+            return None
+
+        def at(t):
+            i = bisect.bisect_left(s, (t, -1.0, -1.0))
+            i = min(max(i, 1), len(s) - 1)
+            (ta, ba, ca), (tb, bb, cb) = s[i - 1], s[i]
+            w = 0.0 if tb == ta else (t - ta) / (tb - ta)
+            return ba + w * (bb - ba), ca + w * (cb - ca)
+
+        b0, c0 = at(t0)
+        b1, c1 = at(t1)
+        return max(0.0, (b1 - b0) - (c1 - c0)) / (t1 - t0)
+
+
 def run_child(cmd: list[str], log_prefix: Path, env: dict | None = None, max_wait: float = 0.0) -> dict:
     """Runs cmd to completion; returns rc, wall time, peak RSS (MiB) and CPU seconds of that child, and
     how many cores other processes kept busy meanwhile (machine busy time minus the child's)."""
@@ -222,11 +269,16 @@ def run_child(cmd: list[str], log_prefix: Path, env: dict | None = None, max_wai
         busy0 = _busy_cpu_s()
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        sampler = Sampler(p.pid)
+        sampler.start()
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         busy = _busy_cpu_s() - busy0
+        sampler.done.set()
+        sampler.join()
         p.returncode = os.waitstatus_to_exitcode(status)
     return {
+        "sampler": sampler,
         "waited_for_quiet_s": waited,
         "other_cores": max(0.0, busy - (ru.ru_utime + ru.ru_stime)) / wall,
         "cmd": cmd,
@@ -239,6 +291,17 @@ def run_child(cmd: list[str], log_prefix: Path, env: dict | None = None, max_wai
         "stdout": Path(f"{log_prefix}.stdout").read_text(errors="replace"),
         "stderr": Path(f"{log_prefix}.stderr").read_text(errors="replace"),
     }
+
+
+def quiet_steps(sampler: Sampler, marks: list[float], threshold: float) -> dict:
+    """Step durations (marks: wall time at the start, then at each step's end) split by how busy the
+    rest of the machine was during each step; the median of the quiet ones is the fair speed."""
+    steps = [(b - a, sampler.other_cores(a, b)) for a, b in zip(marks, marks[1:])]
+    quiet = [d for d, o in steps if o is not None and o < threshold]
+    out = {"step_s": [d for d, _ in steps], "step_other_cores": [o for _, o in steps], "quiet_steps": len(quiet)}
+    if quiet:
+        out["quiet_median_step_s"] = statistics.median(quiet)
+    return out
 
 
 def reference_child(args) -> None:
@@ -282,9 +345,10 @@ def reference_child(args) -> None:
 
     class StepTimes(TrainerCallback):
         def on_step_end(self, *a, **k):
-            step_times.append(time.perf_counter())
+            step_times.append(time.time())
 
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds, loss=loss, callbacks=[StepTimes()])
+    wall0 = time.time()
     t0 = time.perf_counter()
     out = trainer.train()
     seconds = time.perf_counter() - t0
@@ -297,7 +361,7 @@ def reference_child(args) -> None:
         "train_loss": out.training_loss,
         "hf_metrics": out.metrics,
         "threads": torch.get_num_threads(),
-        "step_seconds": [b - a for a, b in zip([t0] + step_times, step_times)],
+        "step_marks": [wall0] + step_times,
     }), flush=True)
 
 
@@ -338,6 +402,10 @@ def find_bin(arg: Path | None) -> Path:
     sys.exit("no embedfleet binary; build it (cargo build) or pass --bin")
 
 
+def _ratio(a, b):
+    return None if a is None or not b else a / b
+
+
 def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
@@ -358,6 +426,8 @@ def main() -> None:
     ap.add_argument("--max-wait", type=float, default=300.0,
                     help="before each timed run, wait up to this many seconds for other processes to go quiet (0: never)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quiet-threshold", type=float, default=0.2,
+                    help="a step is 'quiet' when other processes used fewer cores than this meanwhile")
     # child mode
     ap.add_argument("--_reference-child", dest="reference_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--train-dataset", help=argparse.SUPPRESS)
@@ -431,12 +501,13 @@ def main() -> None:
     line = [l for l in r["stdout"].splitlines() if l.startswith("RESULT ")][-1]
     ref = json.loads(line[len("RESULT "):])
     ref_pps = ref["pairs"] * args.epochs / ref["seconds"]
-    ref_step = statistics.median(ref["step_seconds"])
-    ref_med_pps = BATCH / ref_step
-    results["reference"] = {**{k: v for k, v in r.items() if k not in ("stdout", "stderr")}, **ref,
-                            "pairs_per_s": ref_pps, "median_step_s": ref_step, "median_step_pairs_per_s": ref_med_pps}
-    print(f"[reference] {ref['steps']} steps, train() {ref['seconds']:.1f} s, {ref_pps:.2f} pairs/s, median step "
-          f"{ref_step:.2f} s; peak RSS {r['peak_rss_mib']:.0f} MiB, child wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, "
+    qs = quiet_steps(r["sampler"], ref.pop("step_marks"), args.quiet_threshold)
+    ref_step = qs.get("quiet_median_step_s")
+    ref_med_pps = None if ref_step is None else BATCH / ref_step
+    results["reference"] = {**{k: v for k, v in r.items() if k not in ("stdout", "stderr", "sampler")}, **ref, **qs,
+                            "pairs_per_s": ref_pps, "quiet_pairs_per_s": ref_med_pps}
+    print(f"[reference] {ref['steps']} steps, train() {ref['seconds']:.1f} s, {ref_pps:.2f} pairs/s, median quiet step "
+          f"{fmt(ref_step, '.2f')} s ({qs['quiet_steps']} quiet steps); peak RSS {r['peak_rss_mib']:.0f} MiB, child wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, "
           f"other processes {r['other_cores']:.2f} cores", flush=True)
 
     # embedfleet
@@ -449,7 +520,7 @@ def main() -> None:
                "--device", "cpu", "--overwrite", *extra]
         print(f"[embedfleet {tag}] {' '.join(cmd)}", flush=True)
         r = run_child(cmd, work / f"embedfleet_{tag}", env, args.max_wait)
-        entry = {k: v for k, v in r.items() if k not in ("stdout", "stderr")}
+        entry = {k: v for k, v in r.items() if k not in ("stdout", "stderr", "sampler")}
         entry["output"] = str(out)
         results[f"embedfleet_{tag}"] = entry
         if r["rc"] != 0:
@@ -467,15 +538,18 @@ def main() -> None:
             entry.update(own_metric=b[1], own_best=float(b[2]), best_step=int(b[3]), own_base=float(b[4]))
         elif b := NOBEST_RE.search(r["stdout"]):
             entry.update(own_metric=b[1], own_best=None, best_step=None, own_base=float(b[2]))
-        entry.update(step_timing(r["stderr"], entry["steps"]))
+        timing = step_timing(r["stderr"], entry["steps"])
+        if "marks" in timing:
+            entry.update(quiet_steps(r["sampler"], timing.pop("marks"), args.quiet_threshold))
+        entry.update(timing)
         if entry.get("train_only_s"):
             entry["train_only_pairs_per_s"] = n_pairs * args.epochs / entry["train_only_s"]
-        if entry.get("median_step_s"):
-            entry["median_step_pairs_per_s"] = BATCH / entry["median_step_s"]
+        if entry.get("quiet_median_step_s"):
+            entry["quiet_pairs_per_s"] = BATCH / entry["quiet_median_step_s"]
         print(f"[embedfleet {tag}] {r['stdout'].strip()}", flush=True)
         print(f"[embedfleet {tag}] process wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, "
-              f"cpu {r['cpu_s']:.1f} s, steps only {fmt(entry.get('train_only_s'), '.1f')} s, median step "
-              f"{fmt(entry.get('median_step_s'), '.2f')} s, other processes {r['other_cores']:.2f} cores", flush=True)
+              f"cpu {r['cpu_s']:.1f} s, steps only {fmt(entry.get('train_only_s'), '.1f')} s, median quiet step "
+              f"{fmt(entry.get('quiet_median_step_s'), '.2f')} s ({entry.get('quiet_steps')} quiet steps), other processes {r['other_cores']:.2f} cores", flush=True)
 
     # Quality: one evaluator for all
     evals = [("base", args.model), ("reference", ref_out)]
@@ -494,34 +568,44 @@ def main() -> None:
     ref_ndcg = ndcg["reference"]
     ref_rss = results["reference"]["peak_rss_mib"]
     R = results["reference"]
-    rows = [("base model (no training)", base, None, None, None, None, None, None, None, None)]
-    rows.append(("sentence-transformers fp32", ref_ndcg, ref_pps, None, ref_pps, ref_med_pps, None, ref_rss, None, R["other_cores"]))
+    def qfrac(e):
+        return f"{e.get('quiet_steps', 0)}/{e.get('steps', 0)}"
+
+    rows = [("base model (no training)", base, None, None, None, None, None, None, None, None, None)]
+    rows.append(("sentence-transformers fp32", ref_ndcg, ref_pps, None, ref_pps, ref_med_pps, None, qfrac(R), ref_rss, None, R["other_cores"]))
     for tag, _ in runs:
         e = results[f"embedfleet_{tag}"]
         if "error" in e:
-            rows.append((f"embedfleet {tag} (FAILED rc={e['rc']})", None, None, None, None, None, None, e["peak_rss_mib"], None, e["other_cores"]))
+            rows.append((f"embedfleet {tag} (FAILED rc={e['rc']})", None, None, None, None, None, None, None, e["peak_rss_mib"], None, e["other_cores"]))
             continue
         pps = e["printed_pairs_per_s"]
-        med = e.get("median_step_pairs_per_s")
+        med = e.get("quiet_pairs_per_s")
         rows.append((f"embedfleet {tag}", ndcg.get(f"embedfleet_{tag}"), pps, pps / ref_pps, e.get("train_only_pairs_per_s"),
-                     med, None if med is None else med / ref_med_pps, e["peak_rss_mib"], e["peak_rss_mib"] / ref_rss, e["other_cores"]))
+                     med, None if med is None or ref_med_pps is None else med / ref_med_pps, qfrac(e),
+                     e["peak_rss_mib"], e["peak_rss_mib"] / ref_rss, e["other_cores"]))
     print()
     print(f"MiniLM-L6 fine-tuning, {n_pairs} train pairs x {args.epochs} epoch, batch {BATCH}, {args.threads} threads, CPU "
           f"({os.cpu_count()} cores); val {len(val['queries'])} queries / {len(val['corpus'])} chunks; "
           f"NDCG@10 from sentence-transformers' InformationRetrievalEvaluator for every row")
     hdr = (f"{'run':<28} {'NDCG@10':>8} {'d base':>7} {'pairs/s':>8} {'x ref':>6} {'steps p/s':>9} "
-           f"{'med p/s':>8} {'x ref':>6} {'peak RSS':>9} {'x ref':>6} {'other':>6}")
+           f"{'quiet p/s':>9} {'x ref':>6} {'quiet n':>8} {'peak RSS':>9} {'x ref':>6} {'other':>6}")
     print(hdr)
     print("-" * len(hdr))
-    for name, nd, pps, ratio, tonly, med, med_ratio, rss, rss_ratio, other in rows:
+    for name, nd, pps, ratio, tonly, med, med_ratio, qn, rss, rss_ratio, other in rows:
         print(f"{name:<28} {fmt(nd, '8.4f')} {fmt(None if nd is None else nd - base, '+7.4f')} {fmt(pps, '8.2f')} "
-              f"{fmt(ratio, '6.2f')} {fmt(tonly, '9.2f')} {fmt(med, '8.2f')} {fmt(med_ratio, '6.2f')} "
+              f"{fmt(ratio, '6.2f')} {fmt(tonly, '9.2f')} {fmt(med, '9.2f')} {fmt(med_ratio, '6.2f')} {qn or '-':>8} "
               f"{(fmt(rss, '7.0f') + ' M') if rss else '-':>9} {fmt(rss_ratio, '6.2f')} {fmt(other, '6.2f')}")
     print("pairs/s: reference = pairs x epochs / trainer.train() time; embedfleet = the pairs/s it prints (its timer")
     print("  starts after the base-model evaluation and ends after the epoch-end evaluation and model save).")
     print("steps p/s: pairs x epochs / (first to last training step), without embedfleet's epoch-end evaluation.")
-    print("med p/s: batch / median step time (robust to other work on the machine).")
-    print("other: cores kept busy by other processes during the run (machine busy time minus the run's own).")
+    print(f"quiet p/s: batch / median time of the 'quiet' steps, those during which other processes used < "
+          f"{args.quiet_threshold} cores")
+    print("  (quiet n: how many steps qualified); the fair speed on a shared machine.")
+    print("other: cores kept busy by other processes during the whole run (machine busy time minus the run's own).")
+    noisy = [k for k in ("reference", "embedfleet_fp32", "embedfleet_bf16") if k in results and results[k]["other_cores"] > 0.2]
+    if noisy:
+        print(f"WARNING: other processes were busy during {', '.join(noisy)}: pairs/s and x ref are distorted; "
+              "compare the quiet columns.")
     print()
     print("goals:")
     fp = results.get("embedfleet_fp32", {})
@@ -530,8 +614,11 @@ def main() -> None:
         e_nd = ndcg["embedfleet_fp32"]
         checks.append((f"fp32 NDCG@10 >= reference - 0.005 ({e_nd:.4f} vs {ref_ndcg - 0.005:.4f})", e_nd >= ref_ndcg - 0.005))
         checks.append((f"fp32 pairs/s >= reference ({fp['printed_pairs_per_s']:.2f} vs {ref_pps:.2f}, x{fp['printed_pairs_per_s'] / ref_pps:.2f}; "
-                       f"median step x{fmt(fp.get('median_step_pairs_per_s', 0) / ref_med_pps, '.2f')})",
+                       f"quiet steps x{fmt(_ratio(fp.get('quiet_pairs_per_s'), ref_med_pps), '.2f')})",
                        fp["printed_pairs_per_s"] >= ref_pps))
+        q = _ratio(fp.get("quiet_pairs_per_s"), ref_med_pps)
+        if q is not None:
+            checks.append((f"fp32 quiet-step speed >= reference quiet-step speed (x{q:.2f})", q >= 1.0))
         checks.append((f"fp32 peak RSS <= reference ({fp['peak_rss_mib']:.0f} vs {ref_rss:.0f} MiB)", fp["peak_rss_mib"] <= ref_rss))
     else:
         checks.append(("fp32 run failed", False))
@@ -539,9 +626,12 @@ def main() -> None:
     if bf is not None:
         if "error" not in bf:
             checks.append((f"bf16 pairs/s >= 1.5 x reference fp32 ({bf['printed_pairs_per_s']:.2f} vs {1.5 * ref_pps:.2f}, "
-                           f"x{bf['printed_pairs_per_s'] / ref_pps:.2f}; median step "
-                           f"x{fmt(bf.get('median_step_pairs_per_s', 0) / ref_med_pps, '.2f')})",
+                           f"x{bf['printed_pairs_per_s'] / ref_pps:.2f}; quiet steps "
+                           f"x{fmt(_ratio(bf.get('quiet_pairs_per_s'), ref_med_pps), '.2f')})",
                            bf["printed_pairs_per_s"] >= 1.5 * ref_pps))
+            q = _ratio(bf.get("quiet_pairs_per_s"), ref_med_pps)
+            if q is not None:
+                checks.append((f"bf16 quiet-step speed >= 1.5 x reference fp32 quiet-step speed (x{q:.2f})", q >= 1.5))
             if "error" not in fp:
                 d = ndcg["embedfleet_bf16"] - ndcg["embedfleet_fp32"]
                 checks.append((f"bf16 NDCG@10 within 0.005 of fp32 ({d:+.4f})", abs(d) <= 0.005))
@@ -554,7 +644,7 @@ def main() -> None:
 
     print()
     print("notes:")
-    print(f"  reference: {ref['steps']} steps, train() {ref['seconds']:.1f} s, median step {ref_step:.2f} s, "
+    print(f"  reference: {ref['steps']} steps, train() {ref['seconds']:.1f} s, median quiet step {fmt(ref_step, '.2f')} s, "
           f"child wall {R['wall_s']:.1f} s, cpu {R['cpu_s']:.1f} s, waited {R['waited_for_quiet_s']:.0f} s for a quiet machine, "
           f"load avg {R['load_before']:.2f}->{R['load_after']:.2f}")
     for tag, _ in runs:
@@ -564,7 +654,7 @@ def main() -> None:
             continue
         print(f"  embedfleet {tag}: {e['steps']} steps; printed {e['printed_seconds']:.1f} s / {e['printed_pairs_per_s']:.2f} pairs/s; "
               f"steps only {fmt(e.get('train_only_s'), '.1f')} s; epoch-end eval+save {fmt(e.get('tail_s'), '.1f')} s; "
-              f"median step {fmt(e.get('median_step_s'), '.2f')} s; process wall {e['wall_s']:.1f} s, cpu {e['cpu_s']:.1f} s; "
+              f"median quiet step {fmt(e.get('quiet_median_step_s'), '.2f')} s; process wall {e['wall_s']:.1f} s, cpu {e['cpu_s']:.1f} s; "
               f"own NDCG@10 base {e.get('own_base', float('nan')):.4f} best {fmt(e.get('own_best'), '.4f')} at step {e.get('best_step')}; "
               f"waited {e['waited_for_quiet_s']:.0f} s, load avg {e['load_before']:.2f}->{e['load_after']:.2f}")
     print(f"  embedfleet binary {bin_info['path']} (mtime {bin_info['mtime']}, sha256 {bin_info['sha256']}); repo HEAD {git}")
@@ -600,8 +690,7 @@ def step_timing(stderr: str, steps: int) -> dict:
             tail_end = t
     if start is None or len(marks) != steps:
         return {"step_log_lines": len(marks)}
-    durations = [b - a for a, b in zip([start] + marks, marks)]
-    out = {"train_only_s": marks[-1] - start, "median_step_s": statistics.median(durations)}
+    out = {"train_only_s": marks[-1] - start, "marks": [start] + marks}
     if tail_end is not None:
         out["tail_s"] = tail_end - marks[-1]
     return out
