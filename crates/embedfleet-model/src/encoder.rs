@@ -27,6 +27,9 @@ pub struct SentenceEncoder {
     prompts: serde_json::Map<String, serde_json::Value>,
     source_dir: PathBuf,
     precision: Precision,
+    /// Checkpoint tensors the encoder does not use (BERT's pooler), written back on save so
+    /// transformers loads the folder without "newly initialized" warnings.
+    passthrough: Vec<(String, Tensor)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +95,7 @@ impl SentenceEncoder {
         }
         let mut vs = nn::VarStore::new(options.device);
         let bert = Bert::new(&vs.root(), &config);
-        load_weights(&mut vs, dir)?;
+        let passthrough = load_weights(&mut vs, dir)?;
         Ok(Self {
             vs,
             bert,
@@ -104,6 +107,7 @@ impl SentenceEncoder {
             prompts,
             source_dir: dir.to_owned(),
             precision: options.precision,
+            passthrough,
         })
     }
 
@@ -127,6 +131,7 @@ impl SentenceEncoder {
             prompts: Default::default(),
             source_dir: tokenizer_dir.to_owned(),
             precision: options.precision,
+            passthrough: Vec::new(),
         })
     }
 
@@ -249,6 +254,7 @@ impl SentenceEncoder {
             .into_iter()
             .map(|(name, t)| (name, t.detach().to_kind(Kind::Float).to_device(Device::Cpu).contiguous()))
             .collect();
+        named.extend(self.passthrough.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let weights = dir.join("model.safetensors");
         std::fs::create_dir_all(dir).map_err(|e| ModelError::Write { path: dir.to_owned(), source: e })?;
@@ -322,9 +328,9 @@ fn model_card(card: &ModelCard, model: &SentenceEncoder) -> String {
     s
 }
 
-/// Copies checkpoint tensors into the variables, accepting keys with or without a `bert.` prefix
-/// and ignoring heads the encoder does not use (pooler, MLM head).
-fn load_weights(vs: &mut nn::VarStore, dir: &Path) -> Result<(), ModelError> {
+/// Copies checkpoint tensors into the variables, accepting keys with or without a `bert.` prefix,
+/// and returns the pooler's tensors (kept for saving); other heads (MLM, NSP) are dropped.
+fn load_weights(vs: &mut nn::VarStore, dir: &Path) -> Result<Vec<(String, Tensor)>, ModelError> {
     let safetensors = dir.join("model.safetensors");
     let bin = dir.join("pytorch_model.bin");
     let (path, tensors) = if safetensors.exists() {
@@ -362,5 +368,8 @@ fn load_weights(vs: &mut nn::VarStore, dir: &Path) -> Result<(), ModelError> {
         }
         var.f_copy_(&src.to_kind(Kind::Float))?;
     }
-    Ok(())
+    let mut passthrough: Vec<(String, Tensor)> =
+        by_name.into_iter().filter(|(name, _)| name.starts_with("pooler.")).map(|(n, t)| (n, t.to_kind(Kind::Float))).collect();
+    passthrough.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(passthrough)
 }
