@@ -60,7 +60,9 @@ pub async fn run_worker<H: TaskHandler>(
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     'outer: loop {
-        let mut messages = match consumer.messages().await {
+        // Pull only as many as this worker can work on: a bigger batch would park messages here
+        // while other replicas sit idle.
+        let mut messages = match consumer.stream().max_messages_per_batch(config.parallel.max(1)).messages().await {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot pull messages; retrying");

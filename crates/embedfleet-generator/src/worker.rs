@@ -80,7 +80,8 @@ pub struct GenerateWorker {
     pub bus: Bus,
     pub store: ArtifactStore,
     pub llm: Option<Arc<LlmGenerator<FleetLimiter>>>,
-    chunks: Mutex<HashMap<String, Arc<Vec<Chunk>>>>,
+    /// Per run: its spec and chunk list, read once (tasks of one run come in bursts).
+    runs: Mutex<HashMap<String, (RunSpec, Arc<Vec<Chunk>>)>>,
     exported: Mutex<GeneratorStats>,
 }
 
@@ -99,21 +100,23 @@ impl GenerateWorker {
         LazyLock::force(&LLM_COST);
         LazyLock::force(&RATE_WAIT);
         LazyLock::force(&QUESTIONS);
-        Self { bus, store, llm: llm.map(Arc::new), chunks: Mutex::new(HashMap::new()), exported: Mutex::new(GeneratorStats::default()) }
+        Self { bus, store, llm: llm.map(Arc::new), runs: Mutex::new(HashMap::new()), exported: Mutex::new(GeneratorStats::default()) }
     }
 
-    async fn run_chunks(&self, run_id: &str) -> Result<Arc<Vec<Chunk>>, TaskError> {
-        if let Some(c) = self.chunks.lock().expect("not poisoned").get(run_id) {
-            return Ok(c.clone());
+    async fn run(&self, run_id: &str) -> Result<(RunSpec, Arc<Vec<Chunk>>), TaskError> {
+        if let Some(run) = self.runs.lock().expect("not poisoned").get(run_id) {
+            return Ok(run.clone());
         }
+        let spec: RunSpec = serde_json::from_slice(&self.store.get(&layout::spec(run_id)).await.map_err(|e| TaskError::Retry(e.to_string()))?)
+            .map_err(|e| TaskError::Fatal(format!("run spec: {e}")))?;
         let bytes = self.store.get(&layout::chunks(run_id)).await.map_err(|e| TaskError::Retry(e.to_string()))?;
         let chunks: Arc<Vec<Chunk>> = Arc::new(serde_json::from_slice(&bytes).map_err(|e| TaskError::Fatal(format!("chunk list: {e}")))?);
-        let mut cache = self.chunks.lock().expect("not poisoned");
+        let mut cache = self.runs.lock().expect("not poisoned");
         if cache.len() > 4 {
             cache.clear();
         }
-        cache.insert(run_id.to_owned(), chunks.clone());
-        Ok(chunks)
+        cache.insert(run_id.to_owned(), (spec.clone(), chunks.clone()));
+        Ok((spec, chunks))
     }
 
     /// Adds what the LLM client counted since the last export to the Prometheus counters.
@@ -140,9 +143,7 @@ impl TaskHandler for GenerateWorker {
         let Message::GenerateTask { run_id, task, first, count } = message else {
             return Err(TaskError::Fatal("the generator only handles generate tasks".into()));
         };
-        let spec: RunSpec = serde_json::from_slice(&self.store.get(&layout::spec(&run_id)).await.map_err(|e| TaskError::Retry(e.to_string()))?)
-            .map_err(|e| TaskError::Fatal(format!("run spec: {e}")))?;
-        let chunks = self.run_chunks(&run_id).await?;
+        let (spec, chunks) = self.run(&run_id).await?;
         let (first, count) = (first as usize, count as usize);
         let slice = chunks.get(first..first + count).ok_or_else(|| TaskError::Fatal(format!("chunks {first}..{} out of range", first + count)))?;
         let outcome = if spec.generator == "llm" {
