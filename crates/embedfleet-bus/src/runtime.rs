@@ -35,6 +35,13 @@ pub struct WorkerArgs {
     pub ack_wait: u64,
 }
 
+impl WorkerArgs {
+    /// The loop's settings for `stage`; `grace` is how long shutdown waits for messages in hand.
+    pub fn worker_config(&self, stage: crate::Stage, grace: Duration) -> crate::worker::WorkerConfig {
+        crate::worker::WorkerConfig { stage, ack_wait: Duration::from_secs(self.ack_wait), parallel: self.parallel, grace }
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum LogFormat {
     Text,

@@ -1,6 +1,6 @@
 use clap::Parser;
 use embedfleet_bus::runtime::{WorkerArgs, init_logging, shutdown_signal, start};
-use embedfleet_bus::worker::{WorkerConfig, run_worker};
+use embedfleet_bus::worker::run_worker;
 use embedfleet_bus::Stage;
 use embedfleet_coordinator::worker::{Coordinator, export_run_states};
 use std::sync::Arc;
@@ -21,12 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let started = start(&args.worker, "embedfleet-coordinator").await.map_err(anyhow::Error::msg)?;
     tokio::spawn(export_run_states(started.bus.clone()));
     let handler = Arc::new(Coordinator { bus: started.bus.clone(), store: started.store.clone() });
-    let config = WorkerConfig {
-        stage: Stage::Coordinate,
-        ack_wait: Duration::from_secs(args.worker.ack_wait),
-        parallel: args.worker.parallel,
-        grace: Duration::from_secs(20),
-    };
+    let config = args.worker.worker_config(Stage::Coordinate, Duration::from_secs(20));
     run_worker(started.bus, handler, config, started.health, shutdown_signal()).await?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 use clap::Parser;
 use embedfleet_bus::runtime::{WorkerArgs, init_logging, shutdown_signal, start};
-use embedfleet_bus::worker::{WorkerConfig, run_worker};
+use embedfleet_bus::worker::run_worker;
 use embedfleet_bus::Stage;
 use embedfleet_generator::worker::{FleetLimiter, GenerateWorker};
 use embedfleet_generator::{LlmArgs, LlmGenerator};
@@ -30,12 +30,7 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     let handler = Arc::new(GenerateWorker::new(started.bus.clone(), started.store.clone(), llm));
-    let config = WorkerConfig {
-        stage: Stage::Generate,
-        ack_wait: Duration::from_secs(args.worker.ack_wait),
-        parallel: args.worker.parallel,
-        grace: Duration::from_secs(30),
-    };
+    let config = args.worker.worker_config(Stage::Generate, Duration::from_secs(30));
     run_worker(started.bus, handler, config, started.health, shutdown_signal()).await?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! sentence-transformers pipeline around it (tokenizer, pooling, normalization, prompts), and the
 //! folder layout Python's `SentenceTransformer(path)` reads.
 
+pub mod args;
 mod bert;
 pub mod config;
 mod encoder;
@@ -11,6 +12,7 @@ mod precision;
 pub mod resolve;
 pub mod tokenize;
 
+pub use args::RuntimeArgs;
 pub use config::{BertConfig, PoolingMode};
 pub use encoder::{LoadOptions, ModelCard, SentenceEncoder};
 pub use error::ModelError;

@@ -1,6 +1,6 @@
 //! `embedfleet encode`: one text per input line in, one JSON array of floats per output line out.
 
-use super::model_args::RuntimeArgs;
+use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;

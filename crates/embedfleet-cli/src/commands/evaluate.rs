@@ -1,7 +1,7 @@
 //! `embedfleet evaluate`: the base and the fine-tuned model (or any list) on the validation set,
 //! side by side, with the reference's CSV per model, report.json, a chart and per-query ranks.
 
-use super::model_args::RuntimeArgs;
+use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;

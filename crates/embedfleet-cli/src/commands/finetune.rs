@@ -1,7 +1,7 @@
 //! `embedfleet finetune`: MultipleNegativesRankingLoss on (question, chunk) pairs, evaluating on the
 //! validation set as it goes and keeping the best checkpoint.
 
-use super::model_args::RuntimeArgs;
+use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
 use clap::Args;

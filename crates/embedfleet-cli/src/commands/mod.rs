@@ -3,6 +3,5 @@ pub mod evaluate;
 pub mod finetune;
 pub mod fleet;
 pub mod generate;
-pub mod model_args;
 pub mod run;
 pub mod storage;

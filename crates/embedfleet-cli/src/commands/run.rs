@@ -4,7 +4,7 @@
 use super::evaluate::compare_models;
 use super::finetune::{TrainingArgs, finetune, print_outcome};
 use super::generate::{DatasetArgs, build_dataset, print_llm_stats, print_summary, report_failures};
-use super::model_args::RuntimeArgs;
+use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
 use clap::Args;

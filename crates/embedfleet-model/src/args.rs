@@ -1,5 +1,7 @@
+//! How a model runs: the flags every command and worker that encodes or trains shares.
+
+use crate::{Device, LoadOptions, ModelError, Precision, SentenceEncoder, parse_device, resolve_model};
 use clap::Args;
-use embedfleet_model::{Device, LoadOptions, ModelError, Precision, SentenceEncoder, parse_device, resolve_model};
 use embedfleet_core::StoreOptions;
 
 /// How a model runs; shared by every command that encodes.
@@ -21,12 +23,17 @@ impl RuntimeArgs {
         parse_device(&self.device)
     }
 
+    pub fn load_options(&self) -> Result<LoadOptions, ModelError> {
+        crate::set_threads(self.threads);
+        Ok(LoadOptions { device: self.device()?, precision: self.precision })
+    }
+
     /// Resolves a folder, s3:// prefix or hub id and loads it.
-    pub async fn load(&self, spec: &str, store: &StoreOptions) -> anyhow::Result<SentenceEncoder> {
-        embedfleet_model::set_threads(self.threads);
+    pub async fn load(&self, spec: &str, store: &StoreOptions) -> Result<SentenceEncoder, ModelError> {
+        let options = self.load_options()?;
         let dir = resolve_model(spec, store).await?;
-        let options = LoadOptions { device: self.device()?, precision: self.precision };
-        let model = tokio::task::spawn_blocking(move || SentenceEncoder::load(&dir, options)).await??;
-        Ok(model)
+        tokio::task::spawn_blocking(move || SentenceEncoder::load(&dir, options))
+            .await
+            .map_err(|e| ModelError::InvalidConfig(format!("loading thread: {e}")))?
     }
 }
