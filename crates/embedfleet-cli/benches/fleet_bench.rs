@@ -21,7 +21,9 @@ async fn generation_rate(generators: usize, docs: usize) -> (f64, u32, f64) {
     let env = vec![
         ("EMBEDFLEET_LLM_BASE_URL", llm.base_url()),
         ("EMBEDFLEET_LLM_MODEL", "test-model".to_string()),
+        // Limits far above what the test server can answer: the bench measures the fleet, not a limit.
         ("EMBEDFLEET_LLM_RPM", "100000".to_string()),
+        ("EMBEDFLEET_LLM_TPM", "100000000".to_string()),
         // One request in flight per process: the scaling measured is the fleet's, not a process's.
         ("EMBEDFLEET_LLM_CONCURRENCY", "1".to_string()),
     ];

@@ -126,6 +126,11 @@ async fn a_run_survives_a_killed_generator_a_nats_restart_and_two_coordinators()
     let o = fleet.cli(&["results", run]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("NDCG@10"));
+    let o = fleet.cli(&["watch", run]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("done"), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = fleet.cli(&["status"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(run));
     let o = fleet.cli(&["status", "no-such-run"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no run named"));
