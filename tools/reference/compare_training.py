@@ -29,10 +29,14 @@ Usage (reference venv with the `train` extra: datasets + accelerate; see tools/r
     ~/.cache/embedfleet/reference-venv/bin/python tools/reference/compare_training.py
     # options: --train-pairs N, --epochs N, --threads N, --bin PATH, --work-dir DIR (kept, and the
     #          generated dataset is reused from it), --python-docs DIR, --model PATH, --skip-bf16,
-    #          --json PATH (results as JSON)
+    #          --json PATH (results as JSON), --max-wait S, --quiet-threshold CORES
 
-Timings on a shared machine are noisy: each run also reports its CPU seconds (user+system) and the
-1-minute load average before and after, so a run slowed by other work on the machine shows up.
+Timings on a shared machine are noisy (libtorch's OpenMP threads slow down 3-5x per step when another
+process takes a core). So before each timed run the script waits (--max-wait, default 300 s) for the
+machine to go quiet, samples machine and child CPU time every 0.5 s while it runs, and reports per run
+the cores other processes used ("other"), and the median time of the "quiet" steps (other processes
+below --quiet-threshold cores during that step). Step times come from a TrainerCallback (reference) and
+from embedfleet's per-step debug log lines (EMBEDFLEET_LOG=...,embedfleet_cli::progress=debug).
 """
 
 from __future__ import annotations

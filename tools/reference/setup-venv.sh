@@ -8,7 +8,7 @@ set -euo pipefail
 cache=${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}
 venv="$cache/reference-venv"
 wheels="$cache/wheels"
-reqs=(torch==2.13.0 sentence-transformers==6.2.0)
+reqs=(torch==2.13.0 "sentence-transformers[train]==6.2.0")  # train: datasets + accelerate (compare_training.py)
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf 'setup-venv: %s\n' "$*" >&2; }
