@@ -4,6 +4,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+phase() { printf 'test.sh: %s (%s s since start)\n' "$1" "$SECONDS" >&2; }
+phase "setup"
 scripts/setup.sh
 # The fleet tests start their own nats-server; the shared one on :4222 is for local use.
 if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
@@ -13,5 +15,13 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
 fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}/target}
 # Static checks of the Dockerfiles, compose, Prometheus, Grafana and the Helm chart.
+phase "deploy checks"
 deploy/check.sh
+# The CLI's fleet and deploy tests start the worker binaries as child processes. `cargo test` builds
+# only the binaries of crates that have integration tests, so build every binary first: a fresh
+# target directory must pass too.
+phase "build"
+cargo build --workspace --bins --locked
+phase "tests"
 cargo test --workspace --locked "$@"
+phase "done"

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub fn bin(name: &str) -> PathBuf {
     let cli = PathBuf::from(env!("CARGO_BIN_EXE_embedfleet"));
     let path = cli.with_file_name(name);
-    assert!(path.exists(), "{} is missing: build the workspace (cargo test --workspace builds every worker)", path.display());
+    assert!(path.exists(), "{} is missing: build every binary first (`cargo build --workspace --bins`; scripts/test.sh does)", path.display());
     path
 }
 
