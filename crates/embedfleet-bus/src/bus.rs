@@ -21,17 +21,20 @@ pub enum BusError {
     Decode(#[from] DecodeError),
 }
 
+impl embedfleet_core::Transient for BusError {
+    fn is_transient(&self) -> bool {
+        !matches!(self, BusError::Decode(_))
+    }
+}
+
 #[derive(Clone)]
 pub struct Bus {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub runs: kv::Store,
     pub rate: kv::Store,
+    pub budgets: kv::Store,
 }
-
-/// Redelivery: a task whose worker died is retried after `ack_wait`; a task that keeps failing goes
-/// to the dead letters after this many deliveries.
-pub const MAX_DELIVER: i64 = 5;
 
 /// Creates or updates a KV bucket through its backing stream. async-nats' own helper first asks for
 /// the account's info, whose shape older servers (Debian's 2.9) answer differently; the stream
@@ -126,9 +129,18 @@ impl Bus {
         })
         .await
         .map_err(|e| setup(DEAD_STREAM)(&e))?;
+        js.create_or_update_stream(stream::Config {
+            name: ADVISORY_STREAM.into(),
+            subjects: vec![MAX_DELIVERIES_SUBJECTS.into()],
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup(ADVISORY_STREAM)(&e))?;
         let runs = key_value(&js, RUNS_BUCKET, 5).await.map_err(|e| setup(RUNS_BUCKET)(&e))?;
         let rate = key_value(&js, RATE_BUCKET, 1).await.map_err(|e| setup(RATE_BUCKET)(&e))?;
-        Ok(Bus { client, js, runs, rate })
+        let budgets = key_value(&js, BUDGET_BUCKET, 1).await.map_err(|e| setup(BUDGET_BUCKET)(&e))?;
+        Ok(Bus { client, js, runs, rate, budgets })
     }
 
     /// Publishes a message to the stage that acts on it, with its dedup id, and waits for the
@@ -167,7 +179,7 @@ impl Bus {
                 filter_subject: stage.subject(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait,
-                max_deliver: MAX_DELIVER,
+                max_deliver: stage.max_deliver(),
                 ..Default::default()
             })
             .await
@@ -175,11 +187,19 @@ impl Bus {
     }
 
     /// Records a message that will never succeed, with the reason, where an operator can find it.
+    /// A payload past the size of any real message is cut (and says so): it must fit the server's
+    /// limit again with the headers added.
     pub async fn dead_letter(&self, stage: Stage, payload: &[u8], reason: &str, deliveries: i64) -> Result<(), BusError> {
         let subject = stage.dead_subject();
         let mut headers = HeaderMap::new();
-        headers.insert("Embedfleet-Reason", reason.replace(['\r', '\n'], " ").as_str());
+        let reason: String = reason.replace(['\r', '\n'], " ").chars().take(2000).collect();
+        headers.insert("Embedfleet-Reason", reason.as_str());
         headers.insert("Embedfleet-Deliveries", deliveries.to_string().as_str());
+        let keep = payload.len().min(crate::messages::MAX_MESSAGE_BYTES);
+        if keep < payload.len() {
+            headers.insert("Embedfleet-Truncated-From", payload.len().to_string().as_str());
+        }
+        let payload = &payload[..keep];
         let err = |e: &dyn std::fmt::Display| BusError::Publish { subject: subject.clone(), message: e.to_string() };
         self.js
             .publish_with_headers(subject.clone(), headers, payload.to_vec().into())
@@ -188,5 +208,72 @@ impl Bus {
             .await
             .map_err(|e| err(&e))?;
         Ok(())
+    }
+}
+
+/// Where a run is, as far as workers need to know: whether to still work on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Generating,
+    /// Every generate task is in; the dataset is being written.
+    Assembling,
+    Training,
+    /// Every checkpoint is scored; the best is being copied and the report written.
+    Finalizing,
+    Done,
+    Failed,
+    Cancelled,
+    /// The run's LLM budget is spent; the questions paid for are kept.
+    BudgetReached,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 8] = [
+        RunState::Generating,
+        RunState::Assembling,
+        RunState::Training,
+        RunState::Finalizing,
+        RunState::Done,
+        RunState::Failed,
+        RunState::Cancelled,
+        RunState::BudgetReached,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunState::Done | RunState::Failed | RunState::Cancelled | RunState::BudgetReached)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Generating => "generating",
+            RunState::Assembling => "assembling",
+            RunState::Training => "training",
+            RunState::Finalizing => "finalizing",
+            RunState::Done => "done",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+            RunState::BudgetReached => "budget_reached",
+        }
+    }
+}
+
+impl Bus {
+    /// The state in a run's record (None: no such run). Workers ask before starting a task, so a
+    /// cancelled or failed run's queued work is skipped.
+    pub async fn run_state(&self, run_id: &embedfleet_core::RunId) -> Result<Option<RunState>, BusError> {
+        #[derive(serde::Deserialize)]
+        struct StateOnly {
+            state: RunState,
+        }
+        let entry = self.runs.entry(run_id.as_str()).await.map_err(|e| BusError::Kv { key: run_id.to_string(), message: e.to_string() })?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let s: StateOnly = serde_json::from_slice(&e.value)
+                    .map_err(|e| BusError::Kv { key: run_id.to_string(), message: format!("unreadable run record: {e}") })?;
+                Ok(Some(s.state))
+            }
+            _ => Ok(None),
+        }
     }
 }

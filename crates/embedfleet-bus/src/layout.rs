@@ -39,8 +39,8 @@ pub fn report(run_id: &str) -> String {
 }
 
 /// `step-<n>` for a training step; `step-0` is the base model.
-pub fn label(step: u64) -> String {
-    format!("step-{step}")
+pub fn label(step: u64) -> embedfleet_core::CheckpointLabel {
+    embedfleet_core::CheckpointLabel::step(step)
 }
 
 /// A generate task's output.

@@ -3,6 +3,7 @@
 //! `/metrics` and health endpoints, and the fleet-wide LLM rate limit.
 
 pub mod bus;
+pub mod crash_loops;
 pub mod health;
 pub mod layout;
 pub mod messages;
@@ -15,7 +16,7 @@ pub mod subjects;
 pub mod testing;
 pub mod worker;
 
-pub use bus::{Bus, BusError};
+pub use bus::{Bus, BusError, RunState};
 pub use messages::{Message, RunSpec};
 pub use options::{BusOptions, NatsArgs};
 pub use subjects::Stage;

@@ -1,54 +1,85 @@
 //! Typed messages with a schema version. Every message on the bus is an [`Envelope`]; a worker that
 //! meets a schema it does not know dead-letters the message with the reason instead of guessing.
 
+use embedfleet_core::config::defaults;
+use embedfleet_core::{CheckpointLabel, ConfigError, DatasetConfig, Precision, RunId, TrainConfig};
 use serde::{Deserialize, Serialize};
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: run ids and checkpoint labels validated, the run spec holds the shared dataset and training
+/// settings, `TrainDone` names every checkpoint, generation reports its spend.
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// What a run does, as submitted; every stage reads its part.
+/// No embedfleet message comes near this; anything bigger is refused before parsing.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// What a run does, as submitted; every stage reads its part. The dataset and training settings
+/// are the very structs `embedfleet generate` and `embedfleet finetune` take as flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunSpec {
-    /// Store key of the corpus (a JSON/JSONL file) relative to the store root.
+    /// Store key of the corpus (a JSON/JSONL file); it lies under `runs/<run>/input/`.
     pub input_key: String,
-    pub text_field: Option<String>,
-    pub chunk_size: usize,
-    pub chunk_overlap: usize,
-    pub questions_per_chunk: usize,
-    pub train_ratio: f64,
-    /// `document` or `chunk`.
-    pub split_by: String,
-    pub seed: u64,
-    /// `offline` or `llm`.
-    pub generator: String,
+    pub model_id: String,
+    pub dataset: DatasetConfig,
+    pub train: TrainConfig,
+    /// Precision of training and evaluation; None: each worker's own `--precision`.
+    pub precision: Option<Precision>,
     /// Chunks per generate task.
     pub chunks_per_task: usize,
-    pub model_id: String,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    /// Checkpoint for evaluation every N steps (and at the end).
-    pub evaluation_steps: usize,
+    /// The run's LLM budget, shared by every generator replica.
+    pub max_cost_usd: Option<f64>,
 }
 
 impl Default for RunSpec {
     fn default() -> Self {
         Self {
             input_key: String::new(),
-            text_field: None,
-            chunk_size: 1000,
-            chunk_overlap: 200,
-            questions_per_chunk: 2,
-            train_ratio: 0.8,
-            split_by: "document".into(),
-            seed: 42,
-            generator: "offline".into(),
+            model_id: defaults::MODEL_ID.into(),
+            dataset: DatasetConfig::default(),
+            train: TrainConfig::default(),
+            precision: None,
             chunks_per_task: 8,
-            model_id: "BAAI/bge-small-en".into(),
-            epochs: 1,
-            batch_size: 10,
-            learning_rate: 2e-5,
-            evaluation_steps: 50,
+            max_cost_usd: None,
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the corpus key '{key}' is not under runs/{run}/input/; a run reads only its own input")]
+    ForeignInput { run: String, key: String },
+    #[error("--chunks-per-task must be between 1 and 10000, not {0}")]
+    ChunksPerTask(usize),
+    #[error("--max-cost-usd must be a non-negative number, not {0}")]
+    Budget(f64),
+    #[error("--model-id is empty")]
+    NoModel,
+}
+
+impl RunSpec {
+    /// Everything a run needs to be startable, checked at `submit` and again by the coordinator.
+    pub fn validate(&self, run: &RunId) -> Result<(), SpecError> {
+        self.dataset.validate()?;
+        self.train.validate()?;
+        let own = format!("{}/", crate::layout::input_prefix(run));
+        let inside = self.input_key.strip_prefix(&own).is_some_and(|rest| {
+            !rest.is_empty() && rest.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+        });
+        if !inside {
+            return Err(SpecError::ForeignInput { run: run.to_string(), key: self.input_key.chars().take(200).collect() });
+        }
+        if !(1..=10_000).contains(&self.chunks_per_task) {
+            return Err(SpecError::ChunksPerTask(self.chunks_per_task));
+        }
+        if let Some(b) = self.max_cost_usd.filter(|b| !b.is_finite() || *b < 0.0) {
+            return Err(SpecError::Budget(b));
+        }
+        if self.model_id.trim().is_empty() {
+            return Err(SpecError::NoModel);
+        }
+        Ok(())
     }
 }
 
@@ -56,29 +87,40 @@ impl Default for RunSpec {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
     /// CLI → coordinator.
-    RunSubmitted { run_id: String, spec: RunSpec },
+    RunSubmitted { run_id: RunId, spec: RunSpec },
     /// Coordinator → generators: questions for chunks `first..first + count` of the run's chunk list.
-    GenerateTask { run_id: String, task: u32, first: u32, count: u32 },
-    /// Generator → coordinator.
-    GenerateDone { run_id: String, task: u32, questions: u32, failed_chunks: u32 },
+    GenerateTask { run_id: RunId, task: u32, first: u32, count: u32 },
+    /// Generator → coordinator. `budget_reached`: the run's budget stopped this task early (its
+    /// questions so far are stored).
+    GenerateDone {
+        run_id: RunId,
+        task: u32,
+        questions: u32,
+        failed_chunks: u32,
+        #[serde(default)]
+        spent_usd: f64,
+        #[serde(default)]
+        budget_reached: bool,
+    },
     /// Coordinator → trainer.
-    TrainTask { run_id: String },
+    TrainTask { run_id: RunId },
     /// Trainer → coordinator: a model to score was saved under `runs/<run>/checkpoints/<label>/`.
-    CheckpointSaved { run_id: String, label: String, step: u64 },
-    /// Trainer → coordinator.
-    TrainDone { run_id: String, steps: u64 },
+    CheckpointSaved { run_id: RunId, label: CheckpointLabel, step: u64 },
+    /// Trainer → coordinator: training finished; `checkpoints` is every checkpoint it announced,
+    /// the final one last, so the run waits for all of their scores whatever order events arrive in.
+    TrainDone { run_id: RunId, steps: u64, checkpoints: Vec<CheckpointLabel> },
     /// Coordinator → evaluators.
-    EvaluateTask { run_id: String, label: String },
+    EvaluateTask { run_id: RunId, label: CheckpointLabel },
     /// Evaluator → coordinator.
-    EvaluateDone { run_id: String, label: String, value: f64 },
+    EvaluateDone { run_id: RunId, label: CheckpointLabel, value: f64 },
     /// CLI → coordinator.
-    CancelRun { run_id: String },
+    CancelRun { run_id: RunId },
     /// Any worker → coordinator: a task of this run can never succeed.
-    StageFailed { run_id: String, stage: String, reason: String },
+    StageFailed { run_id: RunId, stage: String, reason: String },
 }
 
 impl Message {
-    pub fn run_id(&self) -> &str {
+    pub fn run_id(&self) -> &RunId {
         match self {
             Message::RunSubmitted { run_id, .. }
             | Message::GenerateTask { run_id, .. }
@@ -122,6 +164,8 @@ pub struct Envelope {
 pub enum DecodeError {
     #[error("message is not JSON with a schema version: {0}")]
     Malformed(String),
+    #[error("message of {0} bytes is larger than any embedfleet message ({MAX_MESSAGE_BYTES} bytes at most)")]
+    TooLarge(usize),
     #[error("unknown schema version {found} (this worker speaks {SCHEMA_VERSION}); upgrade the worker or the publisher")]
     UnknownSchema { found: u32 },
 }
@@ -131,6 +175,9 @@ pub fn encode(message: &Message) -> Vec<u8> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
     #[derive(Deserialize)]
     struct Version {
         schema: u32,
@@ -147,12 +194,51 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
 mod tests {
     use super::*;
 
+    fn run(s: &str) -> RunId {
+        RunId::new(s).unwrap()
+    }
+
     #[test]
     fn round_trip_and_bad_versions() {
-        let m = Message::GenerateTask { run_id: "r1".into(), task: 3, first: 24, count: 8 };
+        let m = Message::GenerateTask { run_id: run("r1"), task: 3, first: 24, count: 8 };
         assert_eq!(decode(&encode(&m)).unwrap(), m);
         assert_eq!(decode(br#"{"schema": 9, "type": "train_task", "run_id": "r"}"#), Err(DecodeError::UnknownSchema { found: 9 }));
+        assert_eq!(decode(br#"{"schema": 1, "type": "train_task", "run_id": "r"}"#), Err(DecodeError::UnknownSchema { found: 1 }));
         assert!(matches!(decode(b"not json"), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode(br#"{"schema": 1, "type": "nope"}"#), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode(br#"{"schema": 2, "type": "nope"}"#), Err(DecodeError::Malformed(_))));
+        let spec = Message::RunSubmitted { run_id: run("r2"), spec: RunSpec::default() };
+        assert_eq!(decode(&encode(&spec)).unwrap(), spec);
+    }
+
+    #[test]
+    fn hostile_ids_and_oversized_messages_do_not_decode() {
+        for bad in ["x/../..", "../../etc", ".hidden", "a b", ""] {
+            let raw = format!(r#"{{"schema": 2, "type": "train_task", "run_id": {}}}"#, serde_json::to_string(bad).unwrap());
+            match decode(raw.as_bytes()) {
+                Err(DecodeError::Malformed(reason)) => assert!(reason.contains("invalid run id"), "{reason}"),
+                other => panic!("{bad:?} decoded: {other:?}"),
+            }
+        }
+        let raw = br#"{"schema": 2, "type": "evaluate_task", "run_id": "r", "label": "../x"}"#;
+        assert!(matches!(decode(raw), Err(DecodeError::Malformed(r)) if r.contains("invalid checkpoint label")));
+        let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(decode(&big), Err(DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1)));
+    }
+
+    #[test]
+    fn a_spec_reads_only_its_own_input_and_is_valid() {
+        let r = run("r1");
+        let ok = RunSpec { input_key: "runs/r1/input/corpus.json".into(), ..Default::default() };
+        assert!(ok.validate(&r).is_ok());
+        for key in ["runs/r2/input/corpus.json", "runs/r1/input/../../r2/input/x", "runs/r1/input/", "runs/r1/inputx", "/etc/passwd", ""] {
+            let spec = RunSpec { input_key: key.into(), ..ok.clone() };
+            assert!(matches!(spec.validate(&r), Err(SpecError::ForeignInput { .. })), "{key}");
+        }
+        let zero_batch = RunSpec { train: TrainConfig { batch_size: 0, ..Default::default() }, ..ok.clone() };
+        assert!(zero_batch.validate(&r).unwrap_err().to_string().contains("--batch-size"));
+        let budget = RunSpec { max_cost_usd: Some(f64::NAN), ..ok.clone() };
+        assert!(matches!(budget.validate(&r), Err(SpecError::Budget(_))));
+        let tasks = RunSpec { chunks_per_task: 0, ..ok };
+        assert!(matches!(tasks.validate(&r), Err(SpecError::ChunksPerTask(0))));
     }
 }

@@ -65,15 +65,30 @@ pub struct Started {
     pub metrics_addr: SocketAddr,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot serve metrics on {addr}: {source}; choose another --metrics-addr")]
+    Metrics { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] embedfleet_core::StoreError),
+    #[error(transparent)]
+    Bus(#[from] crate::BusError),
+}
+
+impl WorkerArgs {
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone(), ..Default::default() }
+    }
+}
+
 /// Serves health at once (not ready), then connects to the store and NATS, retrying with back-off
 /// and saying what is wrong, so an orchestrator sees a live but unready pod rather than a crash loop.
-pub async fn start(args: &WorkerArgs, name: &str) -> anyhow_like::Result<Started> {
+pub async fn start(args: &WorkerArgs, name: &str) -> Result<Started, StartError> {
     let health = Arc::new(Health::default());
     let metrics_addr = health::serve(args.metrics_addr, health.clone())
         .await
-        .map_err(|e| format!("cannot serve metrics on {}: {e}", args.metrics_addr))?;
-    let options = StoreOptions { endpoint: args.s3_endpoint.clone(), region: args.s3_region.clone(), ..Default::default() };
-    let store = ArtifactStore::open(&args.store, &options).map_err(|e| e.to_string())?.with_observer(Arc::new(metrics::StoreMetrics));
+        .map_err(|source| StartError::Metrics { addr: args.metrics_addr, source })?;
+    let store = ArtifactStore::open(&args.store, &args.store_options())?.with_observer(Arc::new(metrics::StoreMetrics));
     let mut delay = Duration::from_millis(500);
     loop {
         match store.exists(".embedfleet-probe").await {
@@ -85,7 +100,7 @@ pub async fn start(args: &WorkerArgs, name: &str) -> anyhow_like::Result<Started
             }
         }
     }
-    let bus = Bus::connect(&BusOptions::from(&args.nats).client_name(name)).await.map_err(|e| e.to_string())?;
+    let bus = Bus::connect(&BusOptions::from(&args.nats).client_name(name)).await?;
     tracing::info!(%metrics_addr, store = %args.store, "worker started");
     Ok(Started { bus, store, health, metrics_addr })
 }
@@ -104,9 +119,4 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutdown requested");
-}
-
-/// Start-up errors are plain strings: binaries print them with anyhow.
-pub mod anyhow_like {
-    pub type Result<T> = std::result::Result<T, String>;
 }

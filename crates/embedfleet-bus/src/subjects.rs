@@ -9,10 +9,18 @@ pub const EVENTS_SUBJECTS: &str = "embedfleet.events.>";
 /// Messages that failed `max_deliver` times or could not be decoded, with the reason.
 pub const DEAD_STREAM: &str = "EMBEDFLEET_DEAD";
 pub const DEAD_SUBJECTS: &str = "embedfleet.dead.>";
+/// JetStream's advisories for work messages that ran out of deliveries without an ack: the worker
+/// died holding them every time. Kept in a stream so the coordinator sees them even when it was
+/// down when they were sent.
+pub const ADVISORY_STREAM: &str = "EMBEDFLEET_ADVISORIES";
+pub const MAX_DELIVERIES_SUBJECTS: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EMBEDFLEET_WORK.*";
+pub const ADVISORY_CONSUMER: &str = "embedfleet-advisories";
 /// Run records (JSON), guarded by revision compare-and-set.
 pub const RUNS_BUCKET: &str = "embedfleet_runs";
 /// The fleet-wide LLM rate limit's state.
 pub const RATE_BUCKET: &str = "embedfleet_ratelimit";
+/// Each run's LLM spending ledger, shared by every generator replica.
+pub const BUDGET_BUCKET: &str = "embedfleet_budgets";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
@@ -44,6 +52,20 @@ impl Stage {
 
     pub fn dead_subject(self) -> String {
         format!("embedfleet.dead.{}", self.name())
+    }
+
+    /// The stage whose consumer is `name` (`embedfleet-train`).
+    pub fn from_consumer(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.consumer() == name)
+    }
+
+    /// Deliveries before a message goes to the dead letters. The coordinator's are many and short:
+    /// an event that overtook the one it depends on waits for it (a delayed nak each time).
+    pub fn max_deliver(self) -> i64 {
+        match self {
+            Stage::Coordinate => 60,
+            Stage::Generate | Stage::Train | Stage::Evaluate => 10,
+        }
     }
 }
 

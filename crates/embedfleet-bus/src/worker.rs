@@ -2,11 +2,13 @@
 //! with in-progress acks while the handler works, ack only after the handler's outputs are written,
 //! back off and retry failures, and dead-letter what can never succeed (marking its run failed).
 
-use crate::bus::{Bus, MAX_DELIVER};
+use crate::bus::Bus;
 use crate::health::Health;
 use crate::messages::{Message, decode};
+use embedfleet_core::RunId;
 use crate::metrics;
 use crate::subjects::Stage;
+use embedfleet_core::Transient;
 use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use std::future::Future;
@@ -14,14 +16,59 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// How a task failed, which decides what happens to its message.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
-    /// Worth another delivery (a store hiccup, an LLM outage).
+    /// Worth another delivery after a back-off: an outage of the store, NATS, the LLM server or the
+    /// hub. Dead-lettered only when the stage's delivery limit is spent.
     #[error("{0}")]
-    Retry(String),
-    /// Can never succeed (bad input); dead-letter at once.
+    Transient(BoxError),
+    /// Can never succeed (bad input): dead-lettered at once, its run failed with the reason.
     #[error("{0}")]
-    Fatal(String),
+    Fatal(BoxError),
+    /// An event that overtook the one it depends on: delivered again shortly.
+    #[error("not yet: {0}")]
+    NotYet(String),
+}
+
+impl TaskError {
+    /// Transient or fatal, as the error itself says.
+    pub fn classify<E: std::error::Error + Transient + Send + Sync + 'static>(e: E) -> Self {
+        if e.is_transient() { TaskError::Transient(Box::new(e)) } else { TaskError::Fatal(Box::new(e)) }
+    }
+
+    pub fn transient(e: impl Into<BoxError>) -> Self {
+        TaskError::Transient(e.into())
+    }
+
+    pub fn fatal(e: impl Into<BoxError>) -> Self {
+        TaskError::Fatal(e.into())
+    }
+}
+
+impl From<crate::BusError> for TaskError {
+    fn from(e: crate::BusError) -> Self {
+        TaskError::classify(e)
+    }
+}
+
+impl From<embedfleet_core::StoreError> for TaskError {
+    fn from(e: embedfleet_core::StoreError) -> Self {
+        TaskError::classify(e)
+    }
+}
+
+/// Back-off before redelivering a transient failure: 2 s, 4 s, … up to a minute, so that an outage
+/// of a few minutes costs a task time, not its run.
+pub fn transient_delay(deliveries: i64) -> Duration {
+    Duration::from_secs((1u64 << deliveries.clamp(1, 6)).min(60))
+}
+
+/// Wait before an early event is looked at again: short, it is usually a moment behind.
+pub fn not_yet_delay(deliveries: i64) -> Duration {
+    Duration::from_millis((250u64 << deliveries.clamp(0, 4)).min(3000))
 }
 
 /// What one stage does with one message.
@@ -120,7 +167,9 @@ async fn handle_one<H: TaskHandler>(bus: &Bus, handler: &H, stage: Stage, ack_wa
         Ok(m) => m,
         Err(e) => {
             tracing::error!(error = %e, "undecodable message; dead-lettering it");
-            dead_letter(bus, stage, &msg, &e.to_string(), deliveries, None).await;
+            if dead_letter(bus, stage, &msg.payload, &e.to_string(), deliveries, None).await {
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
             return;
         }
     };
@@ -137,10 +186,11 @@ async fn handle_one<H: TaskHandler>(bus: &Bus, handler: &H, stage: Stage, ack_wa
             }
         })
     };
-    let run_id = message.run_id().to_owned();
+    let run_id = message.run_id().clone();
     let result = handler.handle(message, deliveries).await;
     heartbeat.abort();
     metrics::PROCESSING.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+    let last_try = deliveries >= stage.max_deliver();
     match result {
         Ok(()) => {
             if let Err(e) = msg.double_ack().await {
@@ -148,33 +198,46 @@ async fn handle_one<H: TaskHandler>(bus: &Bus, handler: &H, stage: Stage, ack_wa
             }
             metrics::MESSAGES.with_label_values(&[name, "ok"]).inc();
         }
-        Err(TaskError::Retry(reason)) if deliveries < MAX_DELIVER => {
-            tracing::warn!(run_id, reason, deliveries, "task failed; will retry");
+        Err(TaskError::NotYet(reason)) if !last_try => {
+            tracing::debug!(%run_id, reason, deliveries, "event is early; looking again shortly");
+            metrics::MESSAGES.with_label_values(&[name, "not_yet"]).inc();
+            let _ = msg.ack_with(AckKind::Nak(Some(not_yet_delay(deliveries)))).await;
+        }
+        Err(TaskError::Transient(reason)) if !last_try => {
+            let delay = transient_delay(deliveries);
+            tracing::warn!(%run_id, %reason, deliveries, retry_in = ?delay, "task failed; will retry");
             metrics::MESSAGES.with_label_values(&[name, "failed"]).inc();
-            let delay = Duration::from_secs(1 << deliveries.clamp(0, 5));
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
         }
         Err(e) => {
-            tracing::error!(run_id, reason = %e, deliveries, "task can never succeed; dead-lettering it");
-            dead_letter(bus, stage, &msg, &e.to_string(), deliveries, Some(&run_id)).await;
+            let reason = match &e {
+                TaskError::Fatal(_) => e.to_string(),
+                _ => format!("{e} (still failing after {deliveries} deliveries)"),
+            };
+            tracing::error!(%run_id, reason, deliveries, "task can never succeed; dead-lettering it");
+            if dead_letter(bus, stage, &msg.payload, &reason, deliveries, Some(&run_id)).await {
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
         }
     }
 }
 
-async fn dead_letter(bus: &Bus, stage: Stage, msg: &async_nats::jetstream::Message, reason: &str, deliveries: i64, run_id: Option<&str>) {
+/// Stores the message with its reason and tells the coordinator its run failed. False when the
+/// dead letter could not be stored: the caller then keeps the message (it comes back after
+/// ack_wait) rather than lose it.
+pub(crate) async fn dead_letter(bus: &Bus, stage: Stage, payload: &[u8], reason: &str, deliveries: i64, run_id: Option<&RunId>) -> bool {
     metrics::MESSAGES.with_label_values(&[stage.name(), "dead_letter"]).inc();
-    if let Err(e) = bus.dead_letter(stage, &msg.payload, reason, deliveries).await {
-        // Keep the message rather than lose it: it will come back after ack_wait.
+    if let Err(e) = bus.dead_letter(stage, payload, reason, deliveries).await {
         tracing::error!(error = %e, "dead letter not stored; leaving the message for redelivery");
-        return;
+        return false;
     }
     if let Some(run_id) = run_id {
-        let failed = Message::StageFailed { run_id: run_id.to_owned(), stage: stage.name().into(), reason: reason.to_owned() };
+        let failed = Message::StageFailed { run_id: run_id.clone(), stage: stage.name().into(), reason: reason.to_owned() };
         if let Err(e) = bus.publish(Stage::Coordinate, &failed).await {
             tracing::error!(error = %e, "could not mark the run failed");
         }
     }
-    let _ = msg.ack_with(AckKind::Term).await;
+    true
 }
 
 /// Publishes the consumer's backlog and the connection state as metrics and readiness.

@@ -72,7 +72,7 @@ async fn malformed_unknown_and_poison_messages_are_dead_lettered_and_the_worker_
     let o = fleet.cli(&["submit", "--input", small.to_str().unwrap(), "--run-id", "run-poison", "--model-id", "unused"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     fleet.wait_for(&bus, "run-poison", Duration::from_secs(20), |_| true).await;
-    bus.publish(Stage::Generate, &Message::GenerateTask { run_id: "run-poison".into(), task: 999, first: 10_000, count: 8 }).await.unwrap();
+    bus.publish(Stage::Generate, &Message::GenerateTask { run_id: "run-poison".parse().unwrap(), task: 999, first: 10_000, count: 8 }).await.unwrap();
 
     let mut stream = bus.js.get_stream(DEAD_STREAM).await.unwrap();
     let started = std::time::Instant::now();

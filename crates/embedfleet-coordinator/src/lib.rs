@@ -5,4 +5,5 @@
 pub mod machine;
 pub mod worker;
 
-pub use machine::{RunRecord, RunState};
+pub use embedfleet_bus::RunState;
+pub use machine::RunRecord;

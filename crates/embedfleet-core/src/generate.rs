@@ -25,12 +25,42 @@ pub trait QuestionGenerator: Send + Sync {
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum GenerateError {
-    /// Nothing more can succeed (a wrong API key, the budget spent): stop starting chunks.
+    /// Nothing more can succeed until a setting changes (a wrong API key, an unknown model): stop
+    /// starting chunks.
     #[error("{0}")]
     Fatal(String),
+    /// The LLM server cannot be reached at all (not running, still booting): stop starting chunks.
+    /// Locally that ends the command; on the fleet the task is retried later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The budget is spent: stop starting chunks; the answers already paid for are kept.
+    #[error("{0}")]
+    BudgetReached(String),
     /// This chunk failed after its retries; others may still succeed.
     #[error("{0}")]
     ChunkFailed(String),
+}
+
+/// Why a generation stopped before every chunk was asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationStop {
+    Fatal(String),
+    Unavailable(String),
+    BudgetReached(String),
+}
+
+impl std::fmt::Display for GenerationStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl GenerationStop {
+    pub fn reason(&self) -> &str {
+        match self {
+            GenerationStop::Fatal(r) | GenerationStop::Unavailable(r) | GenerationStop::BudgetReached(r) => r,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,7 +75,7 @@ pub struct GenerationOutcome {
     pub questions: IndexMap<ChunkId, Vec<String>>,
     pub failures: Vec<ChunkFailure>,
     /// Why the run stopped early, when a generator said nothing more can succeed.
-    pub stopped: Option<String>,
+    pub stopped: Option<GenerationStop>,
 }
 
 /// Asks `generator` for `n` questions per chunk, `generator.concurrency()` chunks at a time.
@@ -64,15 +94,21 @@ pub async fn generate_questions<G: QuestionGenerator>(
     let mut pending = chunks.iter().enumerate();
     let mut running = FuturesUnordered::new();
     let mut ordered: Vec<Option<Result<Vec<String>, GenerateError>>> = vec![None; chunks.len()];
-    let mut stopped: Option<String> = None;
+    let mut stopped: Option<GenerationStop> = None;
     loop {
         while running.len() < limit && stopped.is_none() {
             let Some((i, chunk)) = pending.next() else { break };
             running.push(async move { (i, generator.questions(chunk, n).await) });
         }
         let Some((i, result)) = running.next().await else { break };
-        if let Err(GenerateError::Fatal(reason)) = &result {
-            stopped.get_or_insert_with(|| reason.clone());
+        let stop = match &result {
+            Err(GenerateError::Fatal(r)) => Some(GenerationStop::Fatal(r.clone())),
+            Err(GenerateError::Unavailable(r)) => Some(GenerationStop::Unavailable(r.clone())),
+            Err(GenerateError::BudgetReached(r)) => Some(GenerationStop::BudgetReached(r.clone())),
+            _ => None,
+        };
+        if let Some(stop) = stop {
+            stopped.get_or_insert(stop);
         }
         progress.advance(1);
         ordered[i] = Some(result);
@@ -88,7 +124,7 @@ pub async fn generate_questions<G: QuestionGenerator>(
             Some(Err(GenerateError::ChunkFailed(error))) => {
                 outcome.failures.push(ChunkFailure { chunk_id: chunk.id.clone(), error })
             }
-            Some(Err(GenerateError::Fatal(_))) | None => {}
+            Some(Err(GenerateError::Fatal(_) | GenerateError::Unavailable(_) | GenerateError::BudgetReached(_))) | None => {}
         }
     }
     outcome
@@ -187,7 +223,7 @@ mod tests {
         assert!(out.questions.values().all(|q| q.len() == 2));
 
         let out = generate_questions(&Scripted { fail: vec![], fatal: Some(5) }, &chunks, 1, &NoProgress).await;
-        assert_eq!(out.stopped.as_deref(), Some("budget spent"));
+        assert_eq!(out.stopped, Some(GenerationStop::Fatal("budget spent".into())));
         assert_eq!(out.questions.len(), 5, "chunks before the fatal one are kept, none after it start");
     }
 

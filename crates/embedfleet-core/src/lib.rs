@@ -5,24 +5,30 @@
 //! fleet workers call exactly the same code.
 
 pub mod chunk;
+pub mod config;
 pub mod dataset;
 pub mod generate;
 pub mod html;
 pub mod ids;
 pub mod ingest;
+pub mod name;
 pub mod offline;
 pub mod progress;
 pub mod split;
 pub mod store;
+pub mod transient;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use chunk::{Chunk, ChunkConfig};
+pub use config::{ConfigError, DatasetConfig, GeneratorKind, Precision, TrainConfig};
 pub use dataset::{DatasetError, DatasetSplit, QaDataset};
 pub use generate::{GenerateError, GenerationOutcome, QuestionGenerator};
 pub use ids::{ChunkId, DocId, QueryId};
 pub use ingest::{Document, IngestError, IngestOptions};
+pub use name::{CheckpointLabel, InvalidName, RunId};
 pub use offline::OfflineGenerator;
 pub use progress::Progress;
 pub use split::{SplitBy, SplitConfig};
 pub use store::{ArtifactStore, StoreError, StoreOptions};
+pub use transient::Transient;

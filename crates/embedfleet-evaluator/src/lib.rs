@@ -17,6 +17,16 @@ use std::collections::HashSet;
 use std::time::Instant;
 use tch::Tensor;
 
+impl embedfleet_core::Transient for EvalError {
+    fn is_transient(&self) -> bool {
+        match self {
+            EvalError::Model(e) => e.is_transient(),
+            EvalError::Write { .. } => true,
+            EvalError::NoQueries | EvalError::EmptyCorpus => false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error("the validation set has no query with a relevant document; nothing to evaluate")]
@@ -51,6 +61,19 @@ impl Default for EvalOptions {
             blocks: Blocks::default(),
             query_prompt: None,
         }
+    }
+}
+
+impl EvalOptions {
+    /// The defaults, plus the score function `metric` (`dot-NDCG@10`) needs.
+    pub fn for_metric(metric: &str) -> Self {
+        let mut options = Self::default();
+        if let Some(f) = metric.split_once('-').and_then(|(f, _)| f.parse::<ScoreFunction>().ok()) {
+            if !options.functions.contains(&f) {
+                options.functions.push(f);
+            }
+        }
+        options
     }
 }
 

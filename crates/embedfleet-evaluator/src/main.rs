@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.worker.log_format);
     let options = args.runtime.load_options()?;
-    let started = start(&args.worker, "embedfleet-evaluator").await.map_err(anyhow::Error::msg)?;
+    let started = start(&args.worker, "embedfleet-evaluator").await?;
     std::sync::LazyLock::force(&embedfleet_evaluator::worker::NDCG);
     let handler = Arc::new(EvaluateWorker {
         bus: started.bus.clone(),

@@ -5,7 +5,7 @@ use crate::csv::{append_csv, csv_file_name};
 use crate::report::write_report;
 use crate::{Comparison, EvalOptions, Evaluation, PreparedDataset, evaluate_model};
 use embedfleet_bus::layout;
-use embedfleet_bus::messages::Message;
+use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::worker::{TaskError, TaskHandler};
 use embedfleet_bus::{Bus, Stage};
 use embedfleet_core::dataset::read_dataset;
@@ -30,10 +30,6 @@ pub struct EvaluateWorker {
     pub work_dir: PathBuf,
 }
 
-fn retry(e: impl std::fmt::Display) -> TaskError {
-    TaskError::Retry(e.to_string())
-}
-
 fn step_of(label: &str) -> u64 {
     label.strip_prefix("step-").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX)
 }
@@ -41,38 +37,51 @@ fn step_of(label: &str) -> u64 {
 impl TaskHandler for EvaluateWorker {
     async fn handle(&self, message: Message, _deliveries: i64) -> Result<(), TaskError> {
         let Message::EvaluateTask { run_id, label } = message else {
-            return Err(TaskError::Fatal("the evaluator only handles evaluate tasks".into()));
+            return Err(TaskError::fatal("the evaluator only handles evaluate tasks"));
         };
+        match self.bus.run_state(&run_id).await? {
+            Some(state) if state.is_terminal() => {
+                tracing::info!(run_id = run_id.as_str(), label = label.as_str(), state = state.name(), "skipping a checkpoint of an ended run");
+                return Ok(());
+            }
+            _ => {}
+        }
+        let spec: RunSpec = serde_json::from_slice(&self.store.get(&layout::spec(&run_id)).await?)
+            .map_err(|e| TaskError::fatal(format!("run spec of {run_id}: {e}")))?;
+        let options = EvalOptions::for_metric(&spec.train.metric);
         let result_key = layout::result(&run_id, &label);
-        let evaluation: Evaluation = match self.store.get_opt(&result_key).await.map_err(retry)? {
+        let evaluation: Evaluation = match self.store.get_opt(&result_key).await? {
             // Redelivered after the result was written: report it again, do not recompute.
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| TaskError::Fatal(format!("{result_key}: {e}")))?,
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| TaskError::fatal(format!("{result_key}: {e}")))?,
             None => {
-                let val = read_dataset(&self.store, &layout::data(&run_id), DatasetSplit::Val).await.map_err(retry)?;
-                let data = PreparedDataset::new(&val).map_err(|e| TaskError::Fatal(e.to_string()))?;
+                let val = read_dataset(&self.store, &layout::data(&run_id), DatasetSplit::Val).await.map_err(TaskError::classify)?;
+                let data = PreparedDataset::new(&val).map_err(TaskError::classify)?;
                 let local = self.work_dir.join(format!("{run_id}-{label}"));
                 let _ = std::fs::remove_dir_all(&local);
-                let n = self.store.get_dir(&layout::checkpoint(&run_id, &label), &local).await.map_err(retry)?;
+                let n = self.store.get_dir(&layout::checkpoint(&run_id, &label), &local).await?;
                 if n == 0 {
-                    return Err(TaskError::Retry(format!("checkpoint {label} of {run_id} is not in the store yet")));
+                    return Err(TaskError::transient(format!("checkpoint {label} of {run_id} is not in the store yet")));
                 }
-                let options = LoadOptions { device: self.device, precision: self.precision };
+                let load = LoadOptions { device: self.device, precision: spec.precision.unwrap_or(self.precision) };
                 let dir = local.clone();
+                let eval_options = options.clone();
                 let evaluation = tokio::task::spawn_blocking(move || -> Result<Evaluation, TaskError> {
-                    let model = SentenceEncoder::load(&dir, options).map_err(|e| TaskError::Fatal(e.to_string()))?;
-                    evaluate_model(&model, &data, &EvalOptions::default()).map_err(|e| TaskError::Fatal(e.to_string()))
+                    let model = SentenceEncoder::load(&dir, load).map_err(TaskError::classify)?;
+                    evaluate_model(&model, &data, &eval_options).map_err(TaskError::classify)
                 })
                 .await
-                .map_err(retry)??;
+                .map_err(|e| TaskError::transient(format!("the evaluation thread ended: {e}")))??;
                 let _ = std::fs::remove_dir_all(&local);
-                self.store.put(&result_key, serde_json::to_vec(&evaluation).expect("serializes")).await.map_err(retry)?;
-                self.write_tables(&run_id, &label, &evaluation).await?;
+                self.store.put(&result_key, serde_json::to_vec(&evaluation).expect("serializes")).await?;
+                self.write_tables(&run_id, &label, &evaluation, &options).await?;
                 evaluation
             }
         };
-        let value = evaluation.metric(PRIMARY).unwrap_or(f64::NAN);
-        NDCG.with_label_values(&[&run_id, &label]).set(value);
-        self.bus.publish(Stage::Coordinate, &Message::EvaluateDone { run_id: run_id.clone(), label: label.clone(), value }).await.map_err(retry)?;
+        let value = evaluation
+            .metric(&spec.train.metric)
+            .ok_or_else(|| TaskError::fatal(format!("the evaluation has no {}", spec.train.metric)))?;
+        NDCG.with_label_values(&[run_id.as_str(), label.as_str()]).set(evaluation.metric(PRIMARY).unwrap_or(f64::NAN));
+        self.bus.publish(Stage::Coordinate, &Message::EvaluateDone { run_id: run_id.clone(), label: label.clone(), value }).await?;
         self.bus.event(&run_id, "evaluate", &serde_json::json!({"label": label, "value": value})).await;
         Ok(())
     }
@@ -81,33 +90,34 @@ impl TaskHandler for EvaluateWorker {
 impl EvaluateWorker {
     /// The checkpoint's CSV, and the comparison of every checkpoint scored so far (report, chart,
     /// per-query ranks) under `runs/<run>/results/`.
-    async fn write_tables(&self, run_id: &str, label: &str, evaluation: &Evaluation) -> Result<(), TaskError> {
+    async fn write_tables(&self, run_id: &str, label: &str, evaluation: &Evaluation, options: &EvalOptions) -> Result<(), TaskError> {
+        let io = |e: std::io::Error| TaskError::transient(e);
         let scratch = self.work_dir.join(format!("{run_id}-{label}-tables"));
         let _ = std::fs::remove_dir_all(&scratch);
-        append_csv(&scratch, label, -1, step_of(label) as i64, &EvalOptions::default().metrics, &evaluation.metrics).map_err(retry)?;
-        let csv = std::fs::read(scratch.join(csv_file_name(label))).map_err(retry)?;
-        self.store.put(&format!("{}/{}", layout::results(run_id), csv_file_name(label)), csv).await.map_err(retry)?;
+        append_csv(&scratch, label, -1, step_of(label) as i64, &options.metrics, &evaluation.metrics).map_err(io)?;
+        let csv = std::fs::read(scratch.join(csv_file_name(label))).map_err(io)?;
+        self.store.put(&format!("{}/{}", layout::results(run_id), csv_file_name(label)), csv).await?;
 
         let mut scored: Vec<(String, Evaluation)> = Vec::new();
-        for key in self.store.list(&layout::results(run_id)).await.map_err(retry)? {
+        for key in self.store.list(&layout::results(run_id)).await? {
             let Some(name) = key.rsplit('/').next().and_then(|f| f.strip_suffix(".json")) else { continue };
             if !name.starts_with("step-") {
                 continue;
             }
-            if let Ok(e) = serde_json::from_slice::<Evaluation>(&self.store.get(&key).await.map_err(retry)?) {
+            if let Ok(e) = serde_json::from_slice::<Evaluation>(&self.store.get(&key).await?) {
                 scored.push((name.to_owned(), e));
             }
         }
         scored.sort_by_key(|(name, _)| step_of(name));
         let comparison: Comparison = scored.into_iter().map(|(n, e)| (if n == "step-0" { "base".into() } else { n }, e)).collect();
         let tables = scratch.join("comparison");
-        write_report(&tables, &comparison).map_err(retry)?;
+        write_report(&tables, &comparison).map_err(io)?;
         for file in ["metrics.svg", "per_query.jsonl"] {
-            let bytes = std::fs::read(tables.join(file)).map_err(retry)?;
-            self.store.put(&format!("{}/{file}", layout::results(run_id)), bytes).await.map_err(retry)?;
+            let bytes = std::fs::read(tables.join(file)).map_err(io)?;
+            self.store.put(&format!("{}/{file}", layout::results(run_id)), bytes).await?;
         }
-        let bytes = std::fs::read(tables.join("report.json")).map_err(retry)?;
-        self.store.put(&format!("{}/comparison.json", layout::results(run_id)), bytes).await.map_err(retry)?;
+        let bytes = std::fs::read(tables.join("report.json")).map_err(io)?;
+        self.store.put(&format!("{}/comparison.json", layout::results(run_id)), bytes).await?;
         let _ = std::fs::remove_dir_all(&scratch);
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Token and dollar accounting, and the budget that stops a run before it overspends.
 
 use serde::{Deserialize, Serialize};
+use std::future::Future;
 use std::sync::Mutex;
 
 /// USD per 1000 tokens.
@@ -36,84 +37,130 @@ pub struct BudgetReached {
     pub next: f64,
 }
 
-#[derive(Debug, Default)]
-struct Ledger {
-    spent: f64,
-    /// Worst-case cost of requests sent but not yet answered; counted against the budget so that
-    /// many concurrent requests cannot overshoot it together.
-    reserved: f64,
-    prompt_tokens: u64,
-    completion_tokens: u64,
+/// Why a request may not be sent, as far as money goes.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BudgetError {
+    #[error(transparent)]
+    Reached(#[from] BudgetReached),
+    /// The fleet's ledger (NATS KV) cannot be read or written: nothing is sent until it can.
+    #[error("the run's budget ledger is unreachable: {0}")]
+    Unavailable(String),
 }
 
+/// Where the spending limit is kept: in this process ([`LocalBudget`], `embedfleet generate`), or
+/// in NATS KV for one run across every generator replica (the fleet). A request holds its worst
+/// case (prompt estimate plus `max_tokens`) while in flight, so concurrent requests cannot pass the
+/// limit together; the answer's `usage` settles it.
+pub trait Budget: Send + Sync {
+    fn reserve(&self, worst_usd: f64) -> impl Future<Output = Result<(), BudgetError>> + Send;
+    /// The request ended: `held_usd` is released and `spent_usd` (0 for a failed request: errors
+    /// are not billed by the APIs this client targets) is spent.
+    fn settle(&self, held_usd: f64, spent_usd: f64) -> impl Future<Output = ()> + Send;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Ledger {
+    spent: f64,
+    reserved: f64,
+}
+
+impl Ledger {
+    /// Holds `next`, or refuses when spent + held + next would pass `limit`.
+    pub(crate) fn reserve(&mut self, limit: Option<f64>, next: f64) -> Result<(), BudgetReached> {
+        if let Some(budget) = limit.filter(|&b| self.spent + self.reserved + next > b) {
+            return Err(BudgetReached { budget, spent: self.spent, reserved: self.reserved, next });
+        }
+        self.reserved += next;
+        Ok(())
+    }
+
+    pub(crate) fn settle(&mut self, held: f64, spent: f64) {
+        self.reserved = (self.reserved - held).max(0.0);
+        self.spent += spent;
+    }
+}
+
+/// One process's limit (`--max-cost-usd` of `embedfleet generate`).
 #[derive(Debug)]
-pub struct CostMeter {
-    pricing: Pricing,
-    budget: Option<f64>,
+pub struct LocalBudget {
+    limit: Option<f64>,
     ledger: Mutex<Ledger>,
 }
 
-/// The worst-case cost of one request, held until it is answered or abandoned.
-#[must_use]
+impl LocalBudget {
+    pub fn new(limit: Option<f64>) -> Self {
+        Self { limit, ledger: Mutex::new(Ledger::default()) }
+    }
+
+    pub fn spent(&self) -> f64 {
+        self.ledger.lock().expect("not poisoned").spent
+    }
+}
+
+impl Budget for LocalBudget {
+    async fn reserve(&self, worst_usd: f64) -> Result<(), BudgetError> {
+        Ok(self.ledger.lock().expect("not poisoned").reserve(self.limit, worst_usd)?)
+    }
+
+    async fn settle(&self, held_usd: f64, spent_usd: f64) {
+        self.ledger.lock().expect("not poisoned").settle(held_usd, spent_usd);
+    }
+}
+
+/// A fleet ledger's value: what one run may spend, has spent and holds for requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct SharedLedger {
+    pub limit: f64,
+    pub spent: f64,
+    pub reserved: f64,
+}
+
+impl SharedLedger {
+    /// The ledger after holding `next`, or why not.
+    pub fn reserved(mut self, next: f64) -> Result<Self, BudgetReached> {
+        let mut l = Ledger { spent: self.spent, reserved: self.reserved };
+        l.reserve(Some(self.limit), next)?;
+        (self.spent, self.reserved) = (l.spent, l.reserved);
+        Ok(self)
+    }
+
+    pub fn settled(mut self, held: f64, spent: f64) -> Self {
+        let mut l = Ledger { spent: self.spent, reserved: self.reserved };
+        l.settle(held, spent);
+        (self.spent, self.reserved) = (l.spent, l.reserved);
+        self
+    }
+}
+
+/// Tokens and dollars used, for the summary and the metrics (whatever the budget).
 #[derive(Debug)]
-pub struct Reservation<'a> {
-    meter: &'a CostMeter,
-    amount: f64,
+pub struct CostMeter {
+    pricing: Pricing,
+    totals: Mutex<(u64, u64, f64)>,
 }
 
 impl CostMeter {
-    pub fn new(pricing: Pricing, budget: Option<f64>) -> Self {
-        Self { pricing, budget, ledger: Mutex::new(Ledger::default()) }
+    pub fn new(pricing: Pricing) -> Self {
+        Self { pricing, totals: Mutex::new((0, 0, 0.0)) }
     }
 
     pub fn pricing(&self) -> &Pricing {
         &self.pricing
     }
 
-    /// Holds the worst case of a request with `prompt_tokens` (estimated) and at most
-    /// `max_completion_tokens`, or refuses when that could pass the budget.
-    pub fn reserve(&self, prompt_tokens: u64, max_completion_tokens: u64) -> Result<Reservation<'_>, BudgetReached> {
-        let next = self.pricing.cost(prompt_tokens, max_completion_tokens);
-        let mut ledger = self.ledger.lock().expect("not poisoned");
-        if let Some(budget) = self.budget.filter(|&b| ledger.spent + ledger.reserved + next > b) {
-            return Err(BudgetReached { budget, spent: ledger.spent, reserved: ledger.reserved, next });
-        }
-        ledger.reserved += next;
-        Ok(Reservation { meter: self, amount: next })
-    }
-
-    /// Records what was used without a reservation (tests, or counting a cached answer's origin).
-    pub fn record(&self, prompt_tokens: u64, completion_tokens: u64) {
-        let mut ledger = self.ledger.lock().expect("not poisoned");
-        ledger.spent += self.pricing.cost(prompt_tokens, completion_tokens);
-        ledger.prompt_tokens += prompt_tokens;
-        ledger.completion_tokens += completion_tokens;
+    /// Counts a finished request; returns its cost.
+    pub fn record(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        let cost = self.pricing.cost(prompt_tokens, completion_tokens);
+        let mut t = self.totals.lock().expect("not poisoned");
+        t.0 += prompt_tokens;
+        t.1 += completion_tokens;
+        t.2 += cost;
+        cost
     }
 
     /// (prompt tokens, completion tokens, USD spent).
     pub fn totals(&self) -> (u64, u64, f64) {
-        let ledger = self.ledger.lock().expect("not poisoned");
-        (ledger.prompt_tokens, ledger.completion_tokens, ledger.spent)
-    }
-
-    fn release(&self, amount: f64) {
-        let mut ledger = self.ledger.lock().expect("not poisoned");
-        ledger.reserved = (ledger.reserved - amount).max(0.0);
-    }
-}
-
-impl Reservation<'_> {
-    /// Replaces the worst case by what the answer's `usage` says was used.
-    pub fn settle(self, prompt_tokens: u64, completion_tokens: u64) {
-        self.meter.record(prompt_tokens, completion_tokens);
-        // Drop releases the hold.
-    }
-}
-
-impl Drop for Reservation<'_> {
-    /// A failed request frees its hold: errors are not billed by the APIs this client targets.
-    fn drop(&mut self) {
-        self.meter.release(self.amount);
+        *self.totals.lock().expect("not poisoned")
     }
 }
 
@@ -121,19 +168,36 @@ impl Drop for Reservation<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn budget_counts_spent_and_in_flight_worst_cases() {
-        // $1 per 1k tokens both ways keeps the arithmetic readable.
-        let meter = CostMeter::new(Pricing { input_per_1k: 1.0, output_per_1k: 1.0 }, Some(1.0));
-        let a = meter.reserve(300, 200).unwrap(); // 0.5 held
-        let b = meter.reserve(300, 200).unwrap(); // 1.0 held
-        let err = meter.reserve(1, 0).unwrap_err();
+    #[tokio::test]
+    async fn budget_counts_spent_and_in_flight_worst_cases() {
+        let budget = LocalBudget::new(Some(1.0));
+        budget.reserve(0.5).await.unwrap();
+        budget.reserve(0.5).await.unwrap(); // 1.0 held
+        let err = budget.reserve(0.001).await.unwrap_err();
         assert!(err.to_string().contains("budget of $1.0000 reached"), "{err}");
-        a.settle(300, 50); // 0.35 spent, 0.5 still held
-        drop(b); // failed request: hold released, nothing spent
-        assert_eq!(meter.totals(), (300, 50, 0.35));
-        assert!(meter.reserve(300, 300).is_ok(), "0.35 + 0.6 fits in 1.0");
-        assert!(meter.reserve(300, 400).is_err(), "0.35 + 0.7 would pass 1.0");
+        budget.settle(0.5, 0.35).await; // 0.35 spent, 0.5 still held
+        budget.settle(0.5, 0.0).await; // failed request: hold released, nothing spent
+        assert!((budget.spent() - 0.35).abs() < 1e-12);
+        assert!(budget.reserve(0.6).await.is_ok(), "0.35 + 0.6 fits in 1.0");
+        assert!(budget.reserve(0.1).await.is_err(), "0.35 + 0.6 + 0.1 would pass 1.0");
+        assert!(LocalBudget::new(None).reserve(1e9).await.is_ok(), "no limit");
+    }
+
+    #[test]
+    fn shared_ledger_arithmetic() {
+        let l = SharedLedger { limit: 1.0, ..Default::default() };
+        let l = l.reserved(0.6).unwrap();
+        assert!(l.reserved(0.5).is_err());
+        let l = l.settled(0.6, 0.2);
+        assert_eq!((l.spent, l.reserved), (0.2, 0.0));
+        assert!(l.reserved(0.8).is_ok());
+    }
+
+    #[test]
+    fn meter_counts_tokens_and_dollars() {
+        let m = CostMeter::new(Pricing { input_per_1k: 1.0, output_per_1k: 2.0 });
+        assert!((m.record(1000, 500) - 2.0).abs() < 1e-12);
+        assert_eq!(m.totals(), (1000, 500, 2.0));
     }
 
     #[test]

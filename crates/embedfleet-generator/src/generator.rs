@@ -3,7 +3,7 @@
 
 use crate::cache::{AnswerCache, CachedAnswer, cache_key};
 use crate::client::{CallError, ChatClient, ClientSettings, Completion, Usage, auth_failure_message, resolve_api_key};
-use crate::cost::CostMeter;
+use crate::cost::{Budget, BudgetError, CostMeter, LocalBudget};
 use crate::filter::QuestionFilter;
 use crate::limiter::{LocalRateLimiter, RateLimiter, backoff_delay};
 use crate::prompt::PromptTemplate;
@@ -19,6 +19,8 @@ pub struct LlmGenerator<L: RateLimiter = LocalRateLimiter> {
     limiter: L,
     in_flight: Semaphore,
     cost: CostMeter,
+    /// `max_cost_usd` for this process; the fleet passes each run's own ledger instead.
+    budget: LocalBudget,
     cache: Option<AnswerCache>,
     filter: QuestionFilter,
     counters: Counters,
@@ -65,7 +67,8 @@ impl<L: RateLimiter> LlmGenerator<L> {
             client,
             limiter,
             in_flight: Semaphore::new(config.concurrency),
-            cost: CostMeter::new(config.pricing, config.max_cost_usd),
+            cost: CostMeter::new(config.pricing),
+            budget: LocalBudget::new(config.max_cost_usd),
             cache,
             filter: QuestionFilter::new(config.filter),
             counters: Counters::default(),
@@ -109,6 +112,11 @@ impl<L: RateLimiter> LlmGenerator<L> {
     /// Up to `n` questions for `chunk`: from the cache, else from the LLM with one extra request
     /// when the first answer leaves the chunk short.
     pub async fn generate(&self, chunk: &Chunk, n: usize) -> Result<Vec<String>, GenerateError> {
+        self.generate_with(chunk, n, &self.budget).await
+    }
+
+    /// [`Self::generate`], spending from `budget` (a fleet run's shared ledger).
+    pub async fn generate_with<B: Budget>(&self, chunk: &Chunk, n: usize, budget: &B) -> Result<Vec<String>, GenerateError> {
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -127,7 +135,7 @@ impl<L: RateLimiter> LlmGenerator<L> {
         // a higher budget, a fixed key) tries the chunk again.
         let mut complete = true;
         for round in 0..2 {
-            let completion = match self.ask(&prompt).await {
+            let completion = match self.ask(&prompt, budget).await {
                 Ok(completion) => completion,
                 Err(e) if round == 0 || questions.is_empty() => {
                     if matches!(e, GenerateError::ChunkFailed(_)) {
@@ -178,17 +186,19 @@ impl<L: RateLimiter> LlmGenerator<L> {
     }
 
     /// One completion, retried on 429, 5xx, timeouts, connection errors and malformed bodies.
-    async fn ask(&self, prompt: &str) -> Result<Completion, GenerateError> {
+    async fn ask<B: Budget>(&self, prompt: &str, budget: &B) -> Result<Completion, GenerateError> {
         let estimate = estimate_tokens(prompt);
         let max_tokens = self.config.max_tokens;
         let planned = estimate.saturating_add(max_tokens);
         let attempts = self.config.max_attempts.max(1);
         let mut last_error = None;
         for attempt in 1..=attempts {
-            let reservation = self
-                .cost
-                .reserve(u64::from(estimate), u64::from(max_tokens))
-                .map_err(|e| GenerateError::Fatal(e.to_string()))?;
+            let worst = self.cost.pricing().cost(u64::from(estimate), u64::from(max_tokens));
+            match budget.reserve(worst).await {
+                Ok(()) => {}
+                Err(BudgetError::Reached(e)) => return Err(GenerateError::BudgetReached(e.to_string())),
+                Err(e @ BudgetError::Unavailable(_)) => return Err(GenerateError::Unavailable(e.to_string())),
+            }
             let result = {
                 let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
                 self.limiter.acquire(planned).await;
@@ -206,21 +216,22 @@ impl<L: RateLimiter> LlmGenerator<L> {
                         completion_tokens: u64::from(estimate_tokens(&completion.content)),
                         total_tokens: 0,
                     });
-                    reservation.settle(usage.prompt_tokens, usage.completion_tokens);
+                    let spent = self.cost.record(usage.prompt_tokens, usage.completion_tokens);
+                    budget.settle(worst, spent).await;
                     let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
                     self.limiter.record_usage(planned, u32::try_from(used).unwrap_or(u32::MAX));
                     return Ok(completion);
                 }
                 Err(error) => error,
             };
-            drop(reservation);
+            budget.settle(worst, 0.0).await;
             if !matches!(error, CallError::Timeout(_) | CallError::Connect(_) | CallError::Transport(_)) {
                 self.reached_server.store(true, Ordering::Relaxed);
             }
             self.counters.record_error(&error);
-            if let Some(fatal) = self.fatal_reason(&error) {
-                tracing::error!(error = %fatal, "stopping: no request can succeed");
-                return Err(GenerateError::Fatal(fatal));
+            if let Some(stop) = self.stop_reason(&error) {
+                tracing::error!(error = %stop, "stopping: no request can succeed");
+                return Err(stop);
             }
             if !error.is_retryable() {
                 return Err(GenerateError::ChunkFailed(error.to_string()));
@@ -248,23 +259,25 @@ impl<L: RateLimiter> LlmGenerator<L> {
         Err(GenerateError::ChunkFailed(format!("gave up after {attempts} attempts; last error: {last}")))
     }
 
-    /// The message for errors no retry can fix, naming the setting to change.
-    fn fatal_reason(&self, error: &CallError) -> Option<String> {
+    /// The errors no retry of this request can fix: a setting to change (fatal), or a server that
+    /// has never answered (unavailable: the fleet retries the task later, a local run stops).
+    fn stop_reason(&self, error: &CallError) -> Option<GenerateError> {
         let base_url = &self.config.base_url;
         let model = &self.config.model;
+        let fatal = |m: String| Some(GenerateError::Fatal(m));
         match error {
-            CallError::Unauthorized { .. } => Some(auth_failure_message(self.client.key(), base_url, error)),
-            CallError::ModelNotFound { .. } => Some(format!(
+            CallError::Unauthorized { .. } => fatal(auth_failure_message(self.client.key(), base_url, error)),
+            CallError::ModelNotFound { .. } => fatal(format!(
                 "model `{model}` not found at {base_url} ({error}); check the model name (the server's /models \
                  endpoint lists what it serves) and that the base URL ends with /v1"
             )),
-            CallError::QuotaExhausted { .. } => Some(format!(
+            CallError::QuotaExhausted { .. } => fatal(format!(
                 "the account behind the API key has no quota left at {base_url} ({error}); add credit or use another key"
             )),
-            CallError::Connect(cause) if !self.reached_server.load(Ordering::Relaxed) => Some(format!(
+            CallError::Connect(cause) if !self.reached_server.load(Ordering::Relaxed) => Some(GenerateError::Unavailable(format!(
                 "cannot connect to the LLM API at {base_url} ({cause}); check that the server is running and that \
                  the base URL is right"
-            )),
+            ))),
             _ => None,
         }
     }

@@ -9,9 +9,11 @@ use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::ratelimit::FleetRateLimit;
 use embedfleet_bus::worker::{TaskError, TaskHandler};
 use embedfleet_bus::{Bus, Stage};
-use embedfleet_core::generate::generate_questions;
+use crate::cost::{Budget, LocalBudget};
+use crate::fleet_budget::FleetBudget;
+use embedfleet_core::generate::{GenerationStop, generate_questions};
 use embedfleet_core::progress::NoProgress;
-use embedfleet_core::{ArtifactStore, Chunk, OfflineGenerator};
+use embedfleet_core::{ArtifactStore, Chunk, GenerateError, GeneratorKind, OfflineGenerator, QuestionGenerator, RunId};
 use prometheus::{Counter, Histogram, IntCounter, IntCounterVec, register_counter, register_histogram, register_int_counter, register_int_counter_vec};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -42,6 +44,10 @@ static CHUNKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 static QUESTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("embedfleet_generator_questions_total", "Questions written").expect("registers once")
+});
+static SKIPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("embedfleet_generator_tasks_skipped_total", "Tasks of cancelled, failed or budget-spent runs skipped")
+        .expect("registers once")
 });
 
 /// The fleet's limits: requests and tokens per minute, each one GCRA key in KV.
@@ -83,6 +89,8 @@ pub struct GenerateWorker {
     /// Per run: its spec and chunk list, read once (tasks of one run come in bursts).
     runs: Mutex<HashMap<String, (RunSpec, Arc<Vec<Chunk>>)>>,
     exported: Mutex<GeneratorStats>,
+    /// Why LLM runs are refused when there is no `llm`.
+    no_llm: String,
 }
 
 impl GenerateWorker {
@@ -100,22 +108,38 @@ impl GenerateWorker {
         LazyLock::force(&LLM_COST);
         LazyLock::force(&RATE_WAIT);
         LazyLock::force(&QUESTIONS);
-        Self { bus, store, llm: llm.map(Arc::new), runs: Mutex::new(HashMap::new()), exported: Mutex::new(GeneratorStats::default()) }
+        LazyLock::force(&SKIPPED);
+        Self {
+            bus,
+            store,
+            llm: llm.map(Arc::new),
+            runs: Mutex::new(HashMap::new()),
+            exported: Mutex::new(GeneratorStats::default()),
+            no_llm: "the generator worker has no LLM configured (--llm-base-url or OPENAI_API_KEY)".into(),
+        }
     }
 
-    async fn run(&self, run_id: &str) -> Result<(RunSpec, Arc<Vec<Chunk>>), TaskError> {
-        if let Some(run) = self.runs.lock().expect("not poisoned").get(run_id) {
+    pub fn with_no_llm_reason(mut self, reason: String) -> Self {
+        if !reason.is_empty() {
+            self.no_llm = reason;
+        }
+        self
+    }
+
+    async fn run(&self, run_id: &RunId) -> Result<(RunSpec, Arc<Vec<Chunk>>), TaskError> {
+        if let Some(run) = self.runs.lock().expect("not poisoned").get(run_id.as_str()) {
             return Ok(run.clone());
         }
-        let spec: RunSpec = serde_json::from_slice(&self.store.get(&layout::spec(run_id)).await.map_err(|e| TaskError::Retry(e.to_string()))?)
-            .map_err(|e| TaskError::Fatal(format!("run spec: {e}")))?;
-        let bytes = self.store.get(&layout::chunks(run_id)).await.map_err(|e| TaskError::Retry(e.to_string()))?;
-        let chunks: Arc<Vec<Chunk>> = Arc::new(serde_json::from_slice(&bytes).map_err(|e| TaskError::Fatal(format!("chunk list: {e}")))?);
+        let spec: RunSpec = serde_json::from_slice(&self.store.get(&layout::spec(run_id)).await?)
+            .map_err(|e| TaskError::fatal(format!("run spec of {run_id}: {e}")))?;
+        let bytes = self.store.get(&layout::chunks(run_id)).await?;
+        let chunks: Arc<Vec<Chunk>> =
+            Arc::new(serde_json::from_slice(&bytes).map_err(|e| TaskError::fatal(format!("chunk list of {run_id}: {e}")))?);
         let mut cache = self.runs.lock().expect("not poisoned");
         if cache.len() > 4 {
             cache.clear();
         }
-        cache.insert(run_id.to_owned(), (spec.clone(), chunks.clone()));
+        cache.insert(run_id.to_string(), (spec.clone(), chunks.clone()));
         Ok((spec, chunks))
     }
 
@@ -141,22 +165,64 @@ impl GenerateWorker {
 impl TaskHandler for GenerateWorker {
     async fn handle(&self, message: Message, _deliveries: i64) -> Result<(), TaskError> {
         let Message::GenerateTask { run_id, task, first, count } = message else {
-            return Err(TaskError::Fatal("the generator only handles generate tasks".into()));
+            return Err(TaskError::fatal("the generator only handles generate tasks"));
         };
+        // A cancelled, failed or budget-spent run's queued tasks are skipped, not worked on.
+        match self.bus.run_state(&run_id).await? {
+            Some(state) if state.is_terminal() => {
+                tracing::info!(run_id = run_id.as_str(), task, state = state.name(), "skipping a task of an ended run");
+                SKIPPED.inc();
+                return Ok(());
+            }
+            _ => {}
+        }
         let (spec, chunks) = self.run(&run_id).await?;
         let (first, count) = (first as usize, count as usize);
-        let slice = chunks.get(first..first + count).ok_or_else(|| TaskError::Fatal(format!("chunks {first}..{} out of range", first + count)))?;
-        let outcome = if spec.generator == "llm" {
-            let llm = self.llm.as_ref().ok_or_else(|| TaskError::Fatal("this run wants an LLM, but the generator worker has no --llm-base-url or key".into()))?;
-            let outcome = generate_questions(llm.as_ref(), slice, spec.questions_per_chunk, &NoProgress).await;
+        let slice = chunks
+            .get(first..first.saturating_add(count))
+            .ok_or_else(|| TaskError::fatal(format!("chunks {first}..{} out of range", first.saturating_add(count))))?;
+        let n = spec.dataset.questions_per_chunk;
+        let use_llm = match spec.dataset.generator {
+            GeneratorKind::Llm => true,
+            GeneratorKind::Offline => false,
+            GeneratorKind::Auto => self.llm.is_some(),
+        };
+        let mut spent_usd = 0.0;
+        let outcome = if use_llm {
+            let llm = self
+                .llm
+                .as_ref()
+                .ok_or_else(|| TaskError::fatal(format!("this run asks for LLM questions, but {}", self.no_llm)))?;
+            // This task's spend, counted by the budget it spends from: the run's shared ledger, or an
+            // unlimited one of its own.
+            let outcome = match spec.max_cost_usd {
+                Some(limit) => {
+                    let budget = FleetBudget::new(self.bus.budgets.clone(), &run_id, limit);
+                    let outcome = generate_questions(&WithBudget { llm: llm.as_ref(), budget: &budget }, slice, n, &NoProgress).await;
+                    spent_usd = budget.spent_here();
+                    outcome
+                }
+                None => {
+                    let budget = LocalBudget::new(None);
+                    let outcome = generate_questions(&WithBudget { llm: llm.as_ref(), budget: &budget }, slice, n, &NoProgress).await;
+                    spent_usd = budget.spent();
+                    outcome
+                }
+            };
             self.export_llm_stats();
             outcome
         } else {
-            generate_questions(&OfflineGenerator::new(spec.seed), slice, spec.questions_per_chunk, &NoProgress).await
+            generate_questions(&OfflineGenerator::new(spec.dataset.seed), slice, n, &NoProgress).await
         };
-        if let Some(reason) = outcome.stopped {
-            return Err(TaskError::Fatal(reason));
-        }
+        let budget_reached = match &outcome.stopped {
+            None => false,
+            Some(GenerationStop::BudgetReached(reason)) => {
+                tracing::warn!(run_id = run_id.as_str(), task, reason, "the run's budget is spent; keeping what was paid for");
+                true
+            }
+            Some(GenerationStop::Unavailable(reason)) => return Err(TaskError::transient(reason.clone())),
+            Some(GenerationStop::Fatal(reason)) => return Err(TaskError::fatal(reason.clone())),
+        };
         let questions: u32 = outcome.questions.values().map(|q| q.len() as u32).sum();
         CHUNKS.with_label_values(&["ok"]).inc_by(outcome.questions.len() as u64);
         CHUNKS.with_label_values(&["failed"]).inc_by(outcome.failures.len() as u64);
@@ -166,13 +232,26 @@ impl TaskHandler for GenerateWorker {
             questions: outcome.questions.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             failures: outcome.failures,
         };
-        self.store
-            .put(&layout::questions(&run_id, task), serde_json::to_vec(&part).expect("serializes"))
-            .await
-            .map_err(|e| TaskError::Retry(e.to_string()))?;
-        let done = Message::GenerateDone { run_id: run_id.clone(), task, questions, failed_chunks };
-        self.bus.publish(Stage::Coordinate, &done).await.map_err(|e| TaskError::Retry(e.to_string()))?;
+        self.store.put(&layout::questions(&run_id, task), serde_json::to_vec(&part).expect("serializes")).await?;
+        let done = Message::GenerateDone { run_id: run_id.clone(), task, questions, failed_chunks, spent_usd, budget_reached };
+        self.bus.publish(Stage::Coordinate, &done).await?;
         self.bus.event(&run_id, "generate", &serde_json::json!({"task": task, "questions": questions})).await;
         Ok(())
+    }
+}
+
+/// The LLM generator spending from one task's budget.
+struct WithBudget<'a, B: Budget> {
+    llm: &'a LlmGenerator<FleetLimiter>,
+    budget: &'a B,
+}
+
+impl<B: Budget> QuestionGenerator for WithBudget<'_, B> {
+    fn concurrency(&self) -> usize {
+        self.llm.concurrency()
+    }
+
+    async fn questions(&self, chunk: &Chunk, n: usize) -> Result<Vec<String>, GenerateError> {
+        self.llm.generate_with(chunk, n, self.budget).await
     }
 }

@@ -130,7 +130,9 @@ async fn the_budget_stops_new_requests_before_it_is_passed() {
     .unwrap();
     let chunks = chunks(20);
     let out = generate_questions(&generator, &chunks, 2, &NoProgress).await;
-    let reason = out.stopped.expect("the run stopped");
+    let stop = out.stopped.expect("the run stopped");
+    assert!(matches!(stop, embedfleet_core::generate::GenerationStop::BudgetReached(_)), "{stop:?}");
+    let reason = stop.reason();
     assert!(reason.contains("budget") && reason.contains("reached"), "{reason}");
     let stats = generator.stats();
     assert!(stats.cost_usd <= budget, "spent {} of {budget}", stats.cost_usd);
@@ -179,7 +181,9 @@ async fn a_wrong_key_stops_at_once_without_retries() {
     })
     .unwrap();
     let out = generate_questions(&generator, &chunks(5), 2, &NoProgress).await;
-    let reason = out.stopped.expect("a wrong key is fatal");
+    let stop = out.stopped.expect("a wrong key is fatal");
+    assert!(matches!(stop, embedfleet_core::generate::GenerationStop::Fatal(_)), "{stop:?}");
+    let reason = stop.reason();
     assert!(reason.contains("401") && reason.contains("EMBEDFLEET_TEST_KEY"), "{reason}");
     assert!(out.questions.is_empty() && out.failures.is_empty());
     assert_eq!(server.request_count(), 1, "no retry, no further chunk");
@@ -208,11 +212,12 @@ async fn connection_refused_on_the_first_request_names_the_base_url() {
         ..Default::default()
     })
     .unwrap();
+    // Unavailable, not fatal: a server that is still booting is worth a later try on the fleet.
     match generator.questions(&chunk(0), 2).await {
-        Err(GenerateError::Fatal(reason)) => {
+        Err(GenerateError::Unavailable(reason)) => {
             assert!(reason.contains(&base_url) && reason.contains("cannot connect"), "{reason}")
         }
-        other => panic!("expected a fatal error, got {other:?}"),
+        other => panic!("expected an unavailable error, got {other:?}"),
     }
     assert_eq!(generator.stats().retries, 0);
 }

@@ -2,7 +2,7 @@
 //! (`embeddings.word_embeddings.weight`, `encoder.layer.0.attention.self.query.weight`, …).
 
 use crate::config::BertConfig;
-use crate::precision::Precision;
+use crate::precision::{Precision, PrecisionKind};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 

@@ -29,3 +29,15 @@ pub enum ModelError {
     #[error(transparent)]
     Store(#[from] embedfleet_core::StoreError),
 }
+
+impl embedfleet_core::Transient for ModelError {
+    fn is_transient(&self) -> bool {
+        match self {
+            // The hub or the store unreachable: the same load may work in a minute.
+            ModelError::NotCached { .. } => true,
+            ModelError::Store(e) => e.is_transient(),
+            ModelError::Write { .. } => true,
+            _ => false,
+        }
+    }
+}

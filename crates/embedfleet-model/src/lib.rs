@@ -16,7 +16,7 @@ pub use args::RuntimeArgs;
 pub use config::{BertConfig, PoolingMode};
 pub use encoder::{LoadOptions, ModelCard, SentenceEncoder};
 pub use error::ModelError;
-pub use precision::{Precision, parse_device};
+pub use precision::{Precision, PrecisionKind, parse_device};
 pub use resolve::resolve_model;
 pub use tch::{Device, Kind, Tensor};
 

@@ -1,29 +1,17 @@
 use tch::{Device, Kind};
 
-/// The number format of the matrix products. Weights, residuals and layer norms stay fp32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    #[default]
-    Fp32,
-    Bf16,
+pub use embedfleet_core::Precision;
+
+/// The tensor kind of a precision's matrix products.
+pub trait PrecisionKind {
+    fn kind(self) -> Kind;
 }
 
-impl Precision {
-    pub fn kind(self) -> Kind {
+impl PrecisionKind for Precision {
+    fn kind(self) -> Kind {
         match self {
             Precision::Fp32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
-        }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "fp32" | "float32" | "f32" => Ok(Precision::Fp32),
-            "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            other => Err(format!("unknown precision '{other}'; use fp32 or bf16")),
         }
     }
 }

@@ -14,4 +14,4 @@ pub use batching::TrainPair;
 pub use loss::MnrlLoss;
 pub use optim::AdamWConfig;
 pub use checkpoint::LogRow;
-pub use train::{NoHooks, TrainConfig, TrainError, TrainHooks, TrainOutcome, train, train_with_hooks};
+pub use train::{HookError, NoHooks, TrainConfig, TrainError, TrainHooks, TrainJob, TrainOutcome, train, train_with_hooks};

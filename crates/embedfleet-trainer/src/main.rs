@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.worker.log_format);
     let options = args.runtime.load_options()?;
-    let started = start(&args.worker, "embedfleet-trainer").await.map_err(anyhow::Error::msg)?;
+    let started = start(&args.worker, "embedfleet-trainer").await?;
     TrainWorker::init_metrics();
     let handler = Arc::new(TrainWorker {
         bus: started.bus.clone(),

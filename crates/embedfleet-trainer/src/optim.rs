@@ -21,6 +21,11 @@ impl Default for AdamWConfig {
     }
 }
 
+/// A checkpoint's optimizer state that lacks a parameter's moment (written for another model).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("optimizer state lacks {0}")]
+pub struct MissingMoment(pub String);
+
 pub struct AdamW {
     config: AdamWConfig,
     /// (name, parameter, first moment, second moment, decays)
@@ -100,12 +105,12 @@ impl AdamW {
             .collect()
     }
 
-    pub fn load_state(&mut self, tensors: &[(String, Tensor)], step: i64) -> Result<(), String> {
-        let find = |key: String| tensors.iter().find(|(n, _)| *n == key).map(|(_, t)| t).ok_or(key);
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)], step: i64) -> Result<(), MissingMoment> {
+        let find = |key: String| tensors.iter().find(|(n, _)| *n == key).map(|(_, t)| t).ok_or(MissingMoment(key));
         let _guard = tch::no_grad_guard();
         for (name, _, m, v, _) in &mut self.params {
-            m.copy_(find(format!("m.{name}")).map_err(|k| format!("optimizer state lacks {k}"))?);
-            v.copy_(find(format!("v.{name}")).map_err(|k| format!("optimizer state lacks {k}"))?);
+            m.copy_(find(format!("m.{name}"))?);
+            v.copy_(find(format!("v.{name}"))?);
         }
         self.step = step;
         Ok(())

@@ -14,51 +14,68 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
+pub use embedfleet_core::TrainConfig;
+
+/// One training job: the user's settings ([`TrainConfig`], the same struct as the CLI flags and the
+/// fleet's run spec) and what the caller decides around them.
 #[derive(Debug, Clone)]
-pub struct TrainConfig {
-    pub epochs: usize,
-    pub batch_size: usize,
-    /// GradCache: embed the batch in mini-batches of this size, so memory follows it, not the batch.
-    pub mini_batch_size: Option<usize>,
-    pub loss: MnrlLoss,
-    pub optim: AdamWConfig,
-    pub warmup_ratio: f64,
-    /// Evaluate every this many steps (and at every epoch end); 0 evaluates at epoch ends only.
-    pub evaluation_steps: usize,
-    /// Write a resume checkpoint every this many steps; 0 never.
-    pub checkpoint_every: usize,
-    pub seed: u64,
-    /// The metric that picks the best checkpoint, e.g. `cosine-NDCG@10`.
-    pub metric: String,
+pub struct TrainJob {
+    pub config: TrainConfig,
+    /// How validation scores checkpoints; [`TrainJob::new`] makes sure it computes the metric.
     pub eval: EvalOptions,
     /// Stop after this many steps in this process (a deliberate interruption, for tests).
     pub stop_after: Option<usize>,
-    /// Base model id for the model card.
+    /// The base model as the user named it, for the model card.
     pub base_model: String,
 }
 
-impl Default for TrainConfig {
+impl Default for TrainJob {
     fn default() -> Self {
-        Self {
-            epochs: 2,
-            batch_size: 10,
-            mini_batch_size: None,
-            loss: MnrlLoss::default(),
-            optim: AdamWConfig::default(),
-            warmup_ratio: 0.1,
-            evaluation_steps: 50,
-            checkpoint_every: 0,
-            seed: 42,
-            metric: "cosine-NDCG@10".into(),
-            eval: EvalOptions::default(),
-            stop_after: None,
-            base_model: String::new(),
+        Self::new(TrainConfig::default(), "")
+    }
+}
+
+impl TrainJob {
+    pub fn new(config: TrainConfig, base_model: &str) -> Self {
+        let eval = EvalOptions::for_metric(&config.metric);
+        Self { config, eval, stop_after: None, base_model: base_model.to_owned() }
+    }
+
+    pub fn loss(&self) -> MnrlLoss {
+        MnrlLoss { symmetric: self.config.symmetric_loss, ..Default::default() }
+    }
+
+    pub fn optim(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.config.learning_rate,
+            weight_decay: self.config.weight_decay,
+            max_grad_norm: self.config.max_grad_norm,
+            ..Default::default()
         }
     }
 }
 
+/// Why a hook wants training to end.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// Stop now and keep what is saved (the fleet cancelled the run).
+    #[error("stopped: {0}")]
+    Stop(String),
+    /// Worth a retry elsewhere: the store or NATS is unreachable.
+    #[error("{0}")]
+    Transient(Box<dyn std::error::Error + Send + Sync>),
+    #[error("{0}")]
+    Fatal(Box<dyn std::error::Error + Send + Sync>),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] embedfleet_core::ConfigError),
+    #[error("training stopped at step {step}: {reason}")]
+    Stopped { step: usize, reason: String },
+    #[error("at step {step}: {source}")]
+    Hook { step: usize, source: HookError },
     #[error("the training set has {pairs} pairs, fewer than one batch of {batch}; lower --batch-size or generate more questions")]
     TooFewPairs { pairs: usize, batch: usize },
     #[error("{0} already holds something that is not an embedfleet output; pass --overwrite or choose another --output-path")]
@@ -92,6 +109,9 @@ pub struct TrainOutcome {
     pub seconds: f64,
     pub pairs_per_second: f64,
     pub log: Vec<LogRow>,
+    /// Every step the schedule evaluates at (0 is the base model), whether this process ran it or
+    /// an earlier one it resumed from.
+    pub evaluation_points: Vec<usize>,
 }
 
 impl TrainOutcome {
@@ -106,15 +126,17 @@ const MARKER: &str = "training_log.csv";
 /// Where the fleet's trainer worker plugs in: it uploads checkpoints for the evaluators and resume
 /// state to the store, and exports metrics. Local runs use [`NoHooks`].
 pub trait TrainHooks {
-    /// After every optimisation step.
-    fn step_done(&mut self, _row: &LogRow) {}
+    /// After every optimisation step; `HookError::Stop` ends training there.
+    fn step_done(&mut self, _row: &LogRow) -> Result<(), HookError> {
+        Ok(())
+    }
     /// At each evaluation point when there is no local validation set (the fleet evaluates
     /// elsewhere): step 0 is the base model.
-    fn evaluation_point(&mut self, _step: usize, _model: &SentenceEncoder) -> Result<(), String> {
+    fn evaluation_point(&mut self, _step: usize, _model: &SentenceEncoder) -> Result<(), HookError> {
         Ok(())
     }
     /// After a resume checkpoint was written to `dir`.
-    fn checkpoint_written(&mut self, _dir: &Path, _step: usize) -> Result<(), String> {
+    fn checkpoint_written(&mut self, _dir: &Path, _step: usize) -> Result<(), HookError> {
         Ok(())
     }
 }
@@ -130,13 +152,13 @@ pub fn train(
     model: &mut SentenceEncoder,
     train_set: &QaDataset,
     val: Option<&PreparedDataset>,
-    config: &TrainConfig,
+    job: &TrainJob,
     output: &Path,
     resume: bool,
     overwrite: bool,
     progress: &dyn Progress,
 ) -> Result<TrainOutcome, TrainError> {
-    train_with_hooks(model, train_set, val, config, output, resume, overwrite, progress, &mut NoHooks)
+    train_with_hooks(model, train_set, val, job, output, resume, overwrite, progress, &mut NoHooks)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -144,14 +166,21 @@ pub fn train_with_hooks(
     model: &mut SentenceEncoder,
     train_set: &QaDataset,
     val: Option<&PreparedDataset>,
-    config: &TrainConfig,
+    job: &TrainJob,
     output: &Path,
     resume: bool,
     overwrite: bool,
     progress: &dyn Progress,
     hooks: &mut dyn TrainHooks,
 ) -> Result<TrainOutcome, TrainError> {
-    let hook_err = |step: usize| move |detail: String| TrainError::Step { step, detail };
+    let config = &job.config;
+    config.validate()?;
+    let hook_err = |step: usize| {
+        move |e: HookError| match e {
+            HookError::Stop(reason) => TrainError::Stopped { step, reason },
+            source => TrainError::Hook { step, source },
+        }
+    };
     let pairs: Vec<TrainPair> = train_set
         .pairs()
         .into_iter()
@@ -165,21 +194,22 @@ pub fn train_with_hooks(
     }
     prepare_output(output, resume, overwrite)?;
     let batches_per_epoch: Vec<Vec<Vec<usize>>> =
-        (0..config.epochs).map(|e| epoch_batches(&pairs, config.batch_size, config.seed, e)).collect();
+        (0..config.epochs).map(|e| epoch_batches(&pairs, config.batch_size, config.train_seed, e)).collect();
     let total_steps: usize = batches_per_epoch.iter().map(Vec::len).sum();
+    let evaluation_points = evaluation_points(&batches_per_epoch, config.evaluation_steps);
     let warmup = (total_steps as f64 * config.warmup_ratio).ceil() as usize;
     let fingerprint = format!(
         "pairs={} batch={} epochs={} seed={} lr={} mini={:?}",
         pairs.len(),
         config.batch_size,
         config.epochs,
-        config.seed,
-        config.optim.lr,
+        config.train_seed,
+        config.learning_rate,
         config.mini_batch_size
     );
 
     let named: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
-    let mut optimizer = AdamW::new(named, config.optim);
+    let mut optimizer = AdamW::new(named, job.optim());
     let mut state = TrainState {
         global_step: 0,
         epoch: 0,
@@ -193,7 +223,7 @@ pub fn train_with_hooks(
         fingerprint: fingerprint.clone(),
     };
     let card = |value: Option<f64>| ModelCard {
-        base_model: config.base_model.clone(),
+        base_model: job.base_model.clone(),
         training_data: format!("{} (question, passage) pairs", pairs.len()),
         metrics: value.map(|v| vec![(config.metric.clone(), v)]).unwrap_or_default(),
     };
@@ -207,11 +237,11 @@ pub fn train_with_hooks(
         tracing::info!(step = state.global_step, checkpoint = %dir.display(), "resumed");
     } else if let Some(val) = val {
         // The base model is the bar to beat, and the output holds it until something beats it.
-        let (value, row) = evaluate(model, val, config, 0, 0)?;
+        let (value, row) = evaluate(model, val, job, 0, 0)?;
         state.base_value = Some(value);
         state.best_value = Some(value);
         state.evals.push(row);
-        write_eval_csv(output, config, &state.evals)?;
+        write_eval_csv(output, job, &state.evals)?;
         model.save(output, &card(Some(value)))?;
         tracing::info!(metric = %config.metric, value, "base model evaluated");
     } else {
@@ -227,21 +257,21 @@ pub fn train_with_hooks(
         let batches = &batches_per_epoch[epoch];
         let first = if epoch == state.epoch { state.batch_in_epoch } else { 0 };
         for (b, batch) in batches.iter().enumerate().skip(first) {
-            if config.stop_after.is_some_and(|n| state.global_step - start_step >= n) {
+            if job.stop_after.is_some_and(|n| state.global_step - start_step >= n) {
                 stopped_early = true;
                 break 'epochs;
             }
-            let lr = config.optim.lr * linear_schedule(state.global_step, warmup, total_steps);
+            let lr = config.learning_rate * linear_schedule(state.global_step, warmup, total_steps);
             // A fixed RNG stream per step makes dropout, and so a resumed run, reproducible.
-            tch::manual_seed((config.seed as i64).wrapping_mul(1_000_003).wrapping_add(state.global_step as i64));
-            let loss = run_step(model, &pairs, batch, config, state.global_step)?;
+            tch::manual_seed((config.train_seed as i64).wrapping_mul(1_000_003).wrapping_add(state.global_step as i64));
+            let loss = run_step(model, &pairs, batch, job, state.global_step)?;
             optimizer.step(lr);
             optimizer.zero_grad();
             state.global_step += 1;
             state.epoch = epoch;
             state.batch_in_epoch = b + 1;
             state.log.push(LogRow { step: state.global_step, epoch, loss, lr });
-            hooks.step_done(state.log.last().expect("just pushed"));
+            hooks.step_done(state.log.last().expect("just pushed")).map_err(hook_err(state.global_step))?;
             progress.advance(1);
             progress.message(&format!("loss {loss:.4} lr {lr:.2e}"));
 
@@ -251,9 +281,9 @@ pub fn train_with_hooks(
                 hooks.evaluation_point(state.global_step, model).map_err(hook_err(state.global_step))?;
             }
             if let Some(val) = val.filter(|_| eval_now || end_of_epoch) {
-                let (value, row) = evaluate(model, val, config, epoch as i64, state.global_step as i64)?;
+                let (value, row) = evaluate(model, val, job, epoch as i64, state.global_step as i64)?;
                 state.evals.push(row);
-                write_eval_csv(output, config, &state.evals)?;
+                write_eval_csv(output, job, &state.evals)?;
                 if state.best_value.is_none_or(|best| value > best) {
                     state.best_value = Some(value);
                     state.best_step = Some(state.global_step);
@@ -297,7 +327,23 @@ pub fn train_with_hooks(
         seconds,
         pairs_per_second: trained_pairs as f64 / seconds.max(1e-9),
         log: state.log,
+        evaluation_points,
     })
+}
+
+/// Step 0, every `every` steps, and each epoch's last step: where the loop evaluates.
+fn evaluation_points(batches_per_epoch: &[Vec<Vec<usize>>], every: usize) -> Vec<usize> {
+    let mut points = vec![0];
+    let mut step = 0;
+    for epoch in batches_per_epoch {
+        for b in 0..epoch.len() {
+            step += 1;
+            if (every > 0 && step % every == 0) || b + 1 == epoch.len() {
+                points.push(step);
+            }
+        }
+    }
+    points
 }
 
 fn prepare_output(output: &Path, resume: bool, overwrite: bool) -> Result<(), TrainError> {
@@ -320,16 +366,18 @@ fn prepare_output(output: &Path, resume: bool, overwrite: bool) -> Result<(), Tr
 
 /// One optimisation step's forward and backward; returns the loss. A libtorch failure (out of
 /// memory above all) becomes an error that says what to lower.
-fn run_step(model: &SentenceEncoder, pairs: &[TrainPair], batch: &[usize], config: &TrainConfig, step: usize) -> Result<f64, TrainError> {
+fn run_step(model: &SentenceEncoder, pairs: &[TrainPair], batch: &[usize], job: &TrainJob, step: usize) -> Result<f64, TrainError> {
+    let config = &job.config;
+    let loss_fn = job.loss();
     let questions: Vec<&str> = batch.iter().map(|&i| pairs[i].question.as_str()).collect();
     let passages: Vec<&str> = batch.iter().map(|&i| pairs[i].passage.as_str()).collect();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<f64, embedfleet_model::ModelError> {
         match config.mini_batch_size.filter(|&m| m < batch.len()) {
-            Some(mini) => cached_step(model, &questions, &passages, mini, &config.loss, config.seed, step),
+            Some(mini) => cached_step(model, &questions, &passages, mini, &loss_fn, config.train_seed, step),
             None => {
                 let q = model.forward(&model.tokenizer().batch(&questions, model.device())?, true);
                 let p = model.forward(&model.tokenizer().batch(&passages, model.device())?, true);
-                let loss = config.loss.compute(&q, &p);
+                let loss = loss_fn.compute(&q, &p);
                 loss.backward();
                 Ok(f64::try_from(&loss).unwrap_or(f64::NAN))
             }
@@ -395,18 +443,18 @@ pub fn cached_step(
     Ok(f64::try_from(&loss).unwrap_or(f64::NAN))
 }
 
-fn evaluate(model: &SentenceEncoder, val: &PreparedDataset, config: &TrainConfig, epoch: i64, step: i64) -> Result<(f64, EvalRow), TrainError> {
-    let evaluation = evaluate_model(model, val, &config.eval)?;
-    let value = evaluation.metric(&config.metric).unwrap_or(f64::NAN);
+fn evaluate(model: &SentenceEncoder, val: &PreparedDataset, job: &TrainJob, epoch: i64, step: i64) -> Result<(f64, EvalRow), TrainError> {
+    let evaluation = evaluate_model(model, val, &job.eval)?;
+    let value = evaluation.metric(&job.config.metric).unwrap_or(f64::NAN);
     Ok((value, EvalRow { epoch, step, metrics: evaluation.metrics, value }))
 }
 
 /// The reference's evaluation CSV in `<output>/eval/`, one row per evaluation.
-fn write_eval_csv(output: &Path, config: &TrainConfig, rows: &[EvalRow]) -> Result<(), TrainError> {
+fn write_eval_csv(output: &Path, job: &TrainJob, rows: &[EvalRow]) -> Result<(), TrainError> {
     let dir = output.join("eval");
     let path = dir.join(csv_file_name("val"));
     let functions: Vec<_> = rows.first().map(|r| r.metrics.iter().map(|(f, _)| *f).collect()).unwrap_or_default();
-    let mut text = csv_header(&functions, &config.eval.metrics);
+    let mut text = csv_header(&functions, &job.eval.metrics);
     text.push_str("\r\n");
     for row in rows {
         text.push_str(&csv_row(row.epoch, row.step, &row.metrics));
@@ -473,6 +521,19 @@ fn load_checkpoint(model: &mut SentenceEncoder, optimizer: &mut AdamW, dir: &Pat
         }
     }
     let opt = Tensor::read_safetensors(dir.join("optimizer.safetensors")).map_err(|e| bad(e.to_string()))?;
-    optimizer.load_state(&opt, state.global_step as i64).map_err(bad)?;
+    optimizer.load_state(&opt, state.global_step as i64).map_err(|e| bad(e.to_string()))?;
     Ok(state)
+}
+
+impl embedfleet_core::Transient for TrainError {
+    fn is_transient(&self) -> bool {
+        match self {
+            TrainError::Hook { source: HookError::Transient(_), .. } => true,
+            TrainError::Model(e) => e.is_transient(),
+            TrainError::Eval(e) => e.is_transient(),
+            // The local disk (full, unwritable): another worker may have room.
+            TrainError::Write { .. } => true,
+            _ => false,
+        }
+    }
 }

@@ -3,20 +3,19 @@
 //! redelivered task on another machine continues where the dead one stopped.
 
 use crate::checkpoint::LogRow;
-use crate::train::{TrainConfig, TrainHooks, train_with_hooks};
-use crate::{AdamWConfig, MnrlLoss};
+use crate::train::{HookError, TrainError, TrainHooks, TrainJob, train_with_hooks};
 use embedfleet_bus::layout;
 use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::worker::{TaskError, TaskHandler};
-use embedfleet_bus::{Bus, Stage};
+use embedfleet_bus::{Bus, RunState, Stage};
 use embedfleet_core::dataset::read_dataset;
 use embedfleet_core::progress::NoProgress;
-use embedfleet_core::{ArtifactStore, DatasetSplit, StoreOptions};
+use embedfleet_core::{ArtifactStore, DatasetSplit, RunId, StoreOptions};
 use embedfleet_model::{Device, LoadOptions, ModelCard, Precision, SentenceEncoder, resolve_model};
 use prometheus::{Gauge, IntCounter, register_gauge, register_int_counter};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 static LOSS: LazyLock<Gauge> = LazyLock::new(|| register_gauge!("embedfleet_trainer_loss", "Training loss of the last step").expect("registers once"));
@@ -43,61 +42,86 @@ impl TrainWorker {
     }
 }
 
-fn retry(e: impl std::fmt::Display) -> TaskError {
-    TaskError::Retry(e.to_string())
+/// How often a training step looks whether its run was cancelled (one KV read).
+const CANCEL_CHECK: Duration = Duration::from_secs(1);
+
+fn hook_transient(e: impl std::error::Error + Send + Sync + 'static) -> HookError {
+    HookError::Transient(Box::new(e))
+}
+
+fn io(e: std::io::Error) -> HookError {
+    HookError::Transient(Box::new(e))
 }
 
 struct FleetHooks {
     bus: Bus,
     store: ArtifactStore,
-    run_id: String,
+    run_id: RunId,
     scratch: PathBuf,
     rt: Handle,
     last: Instant,
+    last_cancel_check: Instant,
+    /// Test hook: abort the process at the first step at or past this one, as an OOM kill would
+    /// (EMBEDFLEET_TEST_ABORT_AT_STEP).
+    abort_at: Option<usize>,
 }
 
 impl FleetHooks {
-    fn publish(&self, m: Message) -> Result<(), String> {
-        self.rt.block_on(self.bus.publish(Stage::Coordinate, &m)).map_err(|e| e.to_string())
+    fn publish(&self, m: Message) -> Result<(), HookError> {
+        self.rt.block_on(self.bus.publish(Stage::Coordinate, &m)).map_err(hook_transient)
     }
 }
 
 impl TrainHooks for FleetHooks {
-    fn step_done(&mut self, row: &LogRow) {
+    fn step_done(&mut self, row: &LogRow) -> Result<(), HookError> {
         LOSS.set(row.loss);
         LR.set(row.lr);
         STEPS.inc();
         STEPS_PER_S.set(1.0 / self.last.elapsed().as_secs_f64().max(1e-9));
         self.last = Instant::now();
+        if self.abort_at.is_some_and(|n| row.step >= n) {
+            tracing::error!(step = row.step, "EMBEDFLEET_TEST_ABORT_AT_STEP: aborting as an OOM kill would");
+            std::process::abort();
+        }
+        if self.last_cancel_check.elapsed() >= CANCEL_CHECK {
+            self.last_cancel_check = Instant::now();
+            // NATS unreachable for a moment is no reason to stop training: look again next time.
+            if let Ok(Some(state)) = self.rt.block_on(self.bus.run_state(&self.run_id)) {
+                if state.is_terminal() {
+                    return Err(HookError::Stop(format!("the run is {}", state.name())));
+                }
+            }
+        }
+        Ok(())
     }
 
-    fn evaluation_point(&mut self, step: usize, model: &SentenceEncoder) -> Result<(), String> {
+    fn evaluation_point(&mut self, step: usize, model: &SentenceEncoder) -> Result<(), HookError> {
         let label = layout::label(step as u64);
         let prefix = layout::checkpoint(&self.run_id, &label);
-        let exists = self.rt.block_on(self.store.exists(&format!("{prefix}/model.safetensors"))).map_err(|e| e.to_string())?;
+        let exists = self.rt.block_on(self.store.exists(&format!("{prefix}/model.safetensors"))).map_err(hook_transient)?;
         if !exists {
-            let dir = self.scratch.join(&label);
+            let dir = self.scratch.join(label.as_str());
             let _ = std::fs::remove_dir_all(&dir);
-            model.save(&dir, &ModelCard::default()).map_err(|e| e.to_string())?;
+            model.save(&dir, &ModelCard::default()).map_err(hook_transient)?;
             // Weights last: a checkpoint whose model.safetensors exists is complete.
-            let weights = std::fs::read(dir.join("model.safetensors")).map_err(|e| e.to_string())?;
-            std::fs::remove_file(dir.join("model.safetensors")).map_err(|e| e.to_string())?;
-            self.rt.block_on(self.store.put_dir(&dir, &prefix)).map_err(|e| e.to_string())?;
-            self.rt.block_on(self.store.put(&format!("{prefix}/model.safetensors"), weights)).map_err(|e| e.to_string())?;
+            let weights = std::fs::read(dir.join("model.safetensors")).map_err(io)?;
+            std::fs::remove_file(dir.join("model.safetensors")).map_err(io)?;
+            self.rt.block_on(self.store.put_dir(&dir, &prefix)).map_err(hook_transient)?;
+            self.rt.block_on(self.store.put(&format!("{prefix}/model.safetensors"), weights)).map_err(hook_transient)?;
             let _ = std::fs::remove_dir_all(&dir);
         }
         self.publish(Message::CheckpointSaved { run_id: self.run_id.clone(), label, step: step as u64 })
     }
 
-    fn checkpoint_written(&mut self, dir: &Path, step: usize) -> Result<(), String> {
+    fn checkpoint_written(&mut self, dir: &Path, step: usize) -> Result<(), HookError> {
         let prefix = format!("{}/step-{step}", layout::resume(&self.run_id));
-        let state = std::fs::read(dir.join("state.json")).map_err(|e| e.to_string())?;
+        let state = std::fs::read(dir.join("state.json")).map_err(io)?;
         for file in ["model.safetensors", "optimizer.safetensors"] {
-            let bytes = std::fs::read(dir.join(file)).map_err(|e| e.to_string())?;
-            self.rt.block_on(self.store.put(&format!("{prefix}/{file}"), bytes)).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(dir.join(file)).map_err(io)?;
+            self.rt.block_on(self.store.put(&format!("{prefix}/{file}"), bytes)).map_err(hook_transient)?;
         }
         // state.json last: only a complete checkpoint is ever resumed from.
-        self.rt.block_on(self.store.put(&format!("{prefix}/state.json"), state)).map_err(|e| e.to_string())?;
+        self.rt.block_on(self.store.put(&format!("{prefix}/state.json"), state)).map_err(hook_transient)?;
         Ok(())
     }
 }
@@ -105,31 +129,31 @@ impl TrainHooks for FleetHooks {
 impl TaskHandler for TrainWorker {
     async fn handle(&self, message: Message, deliveries: i64) -> Result<(), TaskError> {
         let Message::TrainTask { run_id } = message else {
-            return Err(TaskError::Fatal("the trainer only handles train tasks".into()));
+            return Err(TaskError::fatal("the trainer only handles train tasks"));
         };
-        let spec: RunSpec = serde_json::from_slice(&self.store.get(&layout::spec(&run_id)).await.map_err(retry)?)
-            .map_err(|e| TaskError::Fatal(format!("run spec: {e}")))?;
-        let train_set = read_dataset(&self.store, &layout::data(&run_id), DatasetSplit::Train).await.map_err(retry)?;
-        let model_dir = resolve_model(&spec.model_id, &self.store_options).await.map_err(|e| TaskError::Fatal(e.to_string()))?;
-        let local = self.work_dir.join(&run_id);
+        match self.bus.run_state(&run_id).await? {
+            Some(state) if state.is_terminal() || state == RunState::Finalizing => {
+                tracing::info!(run_id = run_id.as_str(), state = state.name(), "skipping the train task of a run past training");
+                return Ok(());
+            }
+            _ => {}
+        }
+        let spec: RunSpec = serde_json::from_slice(&self.store.get(&layout::spec(&run_id)).await?)
+            .map_err(|e| TaskError::fatal(format!("run spec of {run_id}: {e}")))?;
+        let train_set = read_dataset(&self.store, &layout::data(&run_id), DatasetSplit::Train).await.map_err(TaskError::classify)?;
+        let model_dir = resolve_model(&spec.model_id, &self.store_options).await.map_err(TaskError::classify)?;
+        let local = self.work_dir.join(run_id.as_str());
         let _ = std::fs::remove_dir_all(&local);
         // A redelivered task resumes from the newest complete checkpoint in the store.
         let resume = self.fetch_resume(&run_id, &local).await?;
         if resume {
-            tracing::info!(run_id, deliveries, "resuming training from the store's checkpoint");
+            tracing::info!(run_id = run_id.as_str(), deliveries, "resuming training from the store's checkpoint");
         }
-        let config = TrainConfig {
-            epochs: spec.epochs,
-            batch_size: spec.batch_size,
-            optim: AdamWConfig { lr: spec.learning_rate, ..Default::default() },
-            loss: MnrlLoss::default(),
-            evaluation_steps: spec.evaluation_steps,
-            checkpoint_every: spec.evaluation_steps,
-            seed: spec.seed,
-            base_model: spec.model_id.clone(),
-            ..Default::default()
-        };
-        let options = LoadOptions { device: self.device, precision: self.precision };
+        let mut config = spec.train.clone();
+        // A replaced trainer must find a checkpoint to resume from.
+        config.checkpoint_every = config.fleet_checkpoint_every();
+        let job = TrainJob::new(config, &spec.model_id);
+        let options = LoadOptions { device: self.device, precision: spec.precision.unwrap_or(self.precision) };
         let mut hooks = FleetHooks {
             bus: self.bus.clone(),
             store: self.store.clone(),
@@ -137,28 +161,38 @@ impl TaskHandler for TrainWorker {
             scratch: self.work_dir.join(format!("{run_id}-export")),
             rt: Handle::current(),
             last: Instant::now(),
+            last_cancel_check: Instant::now(),
+            abort_at: std::env::var("EMBEDFLEET_TEST_ABORT_AT_STEP").ok().and_then(|s| s.parse().ok()),
         };
-        let outcome = tokio::task::spawn_blocking(move || -> Result<_, TaskError> {
-            let mut model = SentenceEncoder::load(&model_dir, options).map_err(|e| TaskError::Fatal(e.to_string()))?;
+        let outcome = tokio::task::spawn_blocking(move || -> Result<_, TrainError> {
+            let mut model = SentenceEncoder::load(&model_dir, options)?;
             if !resume {
-                hooks.evaluation_point(0, &model).map_err(TaskError::Retry)?;
+                hooks.evaluation_point(0, &model).map_err(|source| TrainError::Hook { step: 0, source })?;
             }
-            train_with_hooks(&mut model, &train_set, None, &config, &local, resume, true, &NoProgress, &mut hooks).map_err(|e| match e {
-                crate::TrainError::TooFewPairs { .. } | crate::TrainError::OutOfMemory { .. } => TaskError::Fatal(e.to_string()),
-                other => TaskError::Retry(other.to_string()),
-            })
+            train_with_hooks(&mut model, &train_set, None, &job, &local, resume, true, &NoProgress, &mut hooks)
         })
         .await
-        .map_err(retry)??;
-        self.bus.publish(Stage::Coordinate, &Message::TrainDone { run_id: run_id.clone(), steps: outcome.steps as u64 }).await.map_err(retry)?;
-        let _ = std::fs::remove_dir_all(self.work_dir.join(&run_id));
+        .map_err(|e| TaskError::transient(format!("the training thread ended: {e}")))?;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(TrainError::Stopped { step, reason }) => {
+                // The run was cancelled: its last checkpoint stays in the store; nothing to report.
+                tracing::info!(run_id = run_id.as_str(), step, reason, "training stopped");
+                let _ = std::fs::remove_dir_all(self.work_dir.join(run_id.as_str()));
+                return Ok(());
+            }
+            Err(e) => return Err(TaskError::classify(e)),
+        };
+        let checkpoints = outcome.evaluation_points.iter().map(|&s| layout::label(s as u64)).collect();
+        self.bus.publish(Stage::Coordinate, &Message::TrainDone { run_id: run_id.clone(), steps: outcome.steps as u64, checkpoints }).await?;
+        let _ = std::fs::remove_dir_all(self.work_dir.join(run_id.as_str()));
         Ok(())
     }
 }
 
 impl TrainWorker {
-    async fn fetch_resume(&self, run_id: &str, local: &Path) -> Result<bool, TaskError> {
-        let keys = self.store.list(&layout::resume(run_id)).await.map_err(retry)?;
+    async fn fetch_resume(&self, run_id: &RunId, local: &Path) -> Result<bool, TaskError> {
+        let keys = self.store.list(&layout::resume(run_id)).await?;
         let newest = keys
             .iter()
             .filter(|k| k.ends_with("/state.json"))
@@ -170,9 +204,9 @@ impl TrainWorker {
         let Some(step) = newest else { return Ok(false) };
         let prefix = format!("{}/step-{step}", layout::resume(run_id));
         let target = crate::checkpoint::checkpoint_dir(local, step);
-        self.store.get_dir(&prefix, &target).await.map_err(retry)?;
+        self.store.get_dir(&prefix, &target).await?;
         // The trainer recognises its own output folder by its log.
-        std::fs::write(local.join("training_log.csv"), "step,epoch,loss,lr\n").map_err(retry)?;
+        std::fs::write(local.join("training_log.csv"), "step,epoch,loss,lr\n").map_err(TaskError::transient)?;
         Ok(true)
     }
 }

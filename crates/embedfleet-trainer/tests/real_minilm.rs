@@ -5,7 +5,7 @@ use embedfleet_core::progress::NoProgress;
 use embedfleet_core::{ChunkConfig, IngestOptions, OfflineGenerator, SplitConfig};
 use embedfleet_evaluator::PreparedDataset;
 use embedfleet_model::{LoadOptions, SentenceEncoder};
-use embedfleet_trainer::{TrainConfig, train};
+use embedfleet_trainer::{TrainConfig, TrainJob, train};
 use std::path::PathBuf;
 
 #[tokio::test]
@@ -19,7 +19,7 @@ async fn minilm_fine_tunes_and_saves_a_sentence_transformers_folder() {
     let minilm = root.join(".deps/all-MiniLM-L6-v2");
     let mut model = SentenceEncoder::load(&minilm, LoadOptions::default()).unwrap();
     let before: Vec<f32> = Vec::try_from(model.encode(&["what is compaction?"], 1, None).unwrap().view([-1])).unwrap();
-    let config = TrainConfig { epochs: 1, batch_size: 4, evaluation_steps: 3, base_model: "sentence-transformers/all-MiniLM-L6-v2".into(), ..Default::default() };
+    let config = TrainJob::new(TrainConfig { epochs: 1, batch_size: 4, evaluation_steps: 3, ..Default::default() }, "sentence-transformers/all-MiniLM-L6-v2");
     let dir = tempfile::tempdir().unwrap();
     let val = PreparedDataset::new(&val).unwrap();
     let outcome = tokio::task::spawn_blocking({

@@ -5,7 +5,7 @@ use embedfleet_core::QaDataset;
 use embedfleet_evaluator::PreparedDataset;
 use embedfleet_model::{BertConfig, LoadOptions, SentenceEncoder, Tensor};
 use embedfleet_trainer::train::cached_step;
-use embedfleet_trainer::{AdamWConfig, MnrlLoss, TrainConfig, TrainError, train};
+use embedfleet_trainer::{MnrlLoss, TrainConfig, TrainError, TrainJob, train};
 use std::path::PathBuf;
 
 fn tokenizer_dir() -> PathBuf {
@@ -60,13 +60,11 @@ fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
 }
 
 fn config() -> TrainConfig {
-    TrainConfig {
-        epochs: 2,
-        batch_size: 8,
-        evaluation_steps: 4,
-        optim: AdamWConfig { lr: 1e-3, ..Default::default() },
-        ..Default::default()
-    }
+    TrainConfig { epochs: 2, batch_size: 8, evaluation_steps: 4, learning_rate: 1e-3, ..Default::default() }
+}
+
+fn job(config: TrainConfig) -> TrainJob {
+    TrainJob::new(config, "tiny")
 }
 
 #[test]
@@ -111,18 +109,18 @@ fn resumed_run_ends_where_an_uninterrupted_one_does() {
 
     let full_dir = tempfile::tempdir().unwrap();
     let mut full = tiny(0.1);
-    let outcome = train(&mut full, &d, None, &cfg, full_dir.path(), false, false, &NoProgress).unwrap();
+    let outcome = train(&mut full, &d, None, &job(cfg.clone()), full_dir.path(), false, false, &NoProgress).unwrap();
     assert!(outcome.steps >= 8);
 
     let dir = tempfile::tempdir().unwrap();
     let mut first = tiny(0.1);
-    let mut stop = cfg.clone();
+    let mut stop = job(cfg.clone());
     stop.stop_after = Some(5); // interrupted after step 5; the last checkpoint is step 4
     train(&mut first, &d, None, &stop, dir.path(), false, false, &NoProgress).unwrap();
     drop(first);
 
     let mut resumed = tiny(0.1); // a fresh process would start from the base weights again
-    let outcome2 = train(&mut resumed, &d, None, &cfg, dir.path(), true, false, &NoProgress).unwrap();
+    let outcome2 = train(&mut resumed, &d, None, &job(cfg.clone()), dir.path(), true, false, &NoProgress).unwrap();
     assert_eq!(outcome2.steps, outcome.steps);
     let diff = max_diff(&weights(&full), &weights(&resumed));
     assert!(diff < 1e-6, "weights differ by {diff}");
@@ -142,7 +140,7 @@ fn best_checkpoint_is_kept_and_the_base_when_nothing_beats_it() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny(0.1);
-    let outcome = train(&mut model, &train_set, Some(&val), &config(), dir.path(), false, false, &NoProgress).unwrap();
+    let outcome = train(&mut model, &train_set, Some(&val), &job(config()), dir.path(), false, false, &NoProgress).unwrap();
     let saved = SentenceEncoder::load(dir.path(), LoadOptions::default()).unwrap();
     let value = embedfleet_evaluator::evaluate_model(&saved, &val, &Default::default()).unwrap().metric("cosine-NDCG@10").unwrap();
     assert!((value - outcome.best_value.unwrap()).abs() < 1e-6, "the saved model is the best one: {value} vs {:?}", outcome.best_value);
@@ -157,8 +155,8 @@ fn best_checkpoint_is_kept_and_the_base_when_nothing_beats_it() {
     let mut model = tiny(0.1);
     let before = weights(&model);
     let mut cfg = config();
-    cfg.optim.lr = 0.0;
-    let outcome = train(&mut model, &train_set, Some(&val), &cfg, dir.path(), false, false, &NoProgress).unwrap();
+    cfg.learning_rate = 0.0;
+    let outcome = train(&mut model, &train_set, Some(&val), &job(cfg), dir.path(), false, false, &NoProgress).unwrap();
     assert!(!outcome.improved());
     let saved = SentenceEncoder::load(dir.path(), LoadOptions::default()).unwrap();
     assert!(max_diff(&before, &weights(&saved)) < 1e-7);
@@ -170,14 +168,14 @@ fn bad_setups_are_refused() {
     let d = dataset(3);
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny(0.0);
-    let err = train(&mut model, &d, None, &TrainConfig { batch_size: 32, ..config() }, dir.path(), false, false, &NoProgress).unwrap_err();
+    let err = train(&mut model, &d, None, &job(TrainConfig { batch_size: 32, ..config() }), dir.path(), false, false, &NoProgress).unwrap_err();
     assert!(matches!(err, TrainError::TooFewPairs { pairs: 6, batch: 32 }), "{err}");
 
-    let err = train(&mut model, &dataset(20), None, &config(), dir.path(), true, false, &NoProgress).unwrap_err();
+    let err = train(&mut model, &dataset(20), None, &job(config()), dir.path(), true, false, &NoProgress).unwrap_err();
     assert!(matches!(err, TrainError::NoCheckpoint(_)), "{err}");
 
     std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
-    let err = train(&mut model, &dataset(20), None, &config(), dir.path(), false, false, &NoProgress).unwrap_err();
+    let err = train(&mut model, &dataset(20), None, &job(config()), dir.path(), false, false, &NoProgress).unwrap_err();
     assert!(matches!(err, TrainError::OutputInUse(_)), "{err}");
     assert!(dir.path().join("notes.txt").exists());
 }

@@ -5,9 +5,9 @@ use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
 use clap::Args;
-use embedfleet_core::QaDataset;
-use embedfleet_evaluator::{EvalOptions, PreparedDataset};
-use embedfleet_trainer::{AdamWConfig, MnrlLoss, TrainConfig, TrainOutcome};
+use embedfleet_core::{QaDataset, TrainConfig};
+use embedfleet_evaluator::PreparedDataset;
+use embedfleet_trainer::{TrainJob, TrainOutcome};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,7 +24,7 @@ pub struct FinetuneArgs {
     #[arg(long, env = "EMBEDFLEET_OUTPUT_PATH", alias = "output_path", default_value = "exp_finetune")]
     pub output_path: PathBuf,
     #[command(flatten)]
-    pub training: TrainingArgs,
+    pub training: TrainConfig,
     /// Replace an output path that holds something else.
     #[arg(long, env = "EMBEDFLEET_OVERWRITE")]
     pub overwrite: bool,
@@ -37,84 +37,26 @@ pub struct FinetuneArgs {
     pub storage: StorageArgs,
 }
 
-/// Training settings shared by `finetune` and `run`.
-#[derive(Debug, Clone, Args)]
-pub struct TrainingArgs {
-    #[arg(long, env = "EMBEDFLEET_EPOCHS", default_value_t = 2)]
-    pub epochs: usize,
-    #[arg(long, env = "EMBEDFLEET_BATCH_SIZE", alias = "batch_size", default_value_t = 10)]
-    pub batch_size: usize,
-    /// GradCache: embed in mini-batches of this size, so a big batch fits in the memory of a small one.
-    #[arg(long, env = "EMBEDFLEET_MINI_BATCH_SIZE", alias = "mini_batch_size")]
-    pub mini_batch_size: Option<usize>,
-    #[arg(long, env = "EMBEDFLEET_LEARNING_RATE", alias = "learning_rate", default_value_t = 2e-5)]
-    pub learning_rate: f64,
-    #[arg(long, env = "EMBEDFLEET_WEIGHT_DECAY", alias = "weight_decay", default_value_t = 0.01)]
-    pub weight_decay: f64,
-    /// Share of the steps spent warming the learning rate up.
-    #[arg(long, env = "EMBEDFLEET_WARMUP_RATIO", alias = "warmup_ratio", default_value_t = 0.1)]
-    pub warmup_ratio: f64,
-    #[arg(long, env = "EMBEDFLEET_MAX_GRAD_NORM", alias = "max_grad_norm", default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    /// Evaluate every N steps (and at each epoch end).
-    #[arg(long, env = "EMBEDFLEET_EVALUATION_STEPS", alias = "evaluation_steps", default_value_t = 50)]
-    pub evaluation_steps: usize,
-    /// Write a resume checkpoint every N steps (0: never).
-    #[arg(long, env = "EMBEDFLEET_CHECKPOINT_EVERY", alias = "checkpoint_every", default_value_t = 0)]
-    pub checkpoint_every: usize,
-    /// The metric that picks the best checkpoint.
-    #[arg(long, env = "EMBEDFLEET_METRIC", default_value = "cosine-NDCG@10")]
-    pub metric: String,
-    /// Also score passages against questions.
-    #[arg(long, env = "EMBEDFLEET_SYMMETRIC_LOSS")]
-    pub symmetric_loss: bool,
-    #[arg(long = "train-seed", env = "EMBEDFLEET_TRAIN_SEED", default_value_t = 42)]
-    pub train_seed: u64,
-}
-
-impl TrainingArgs {
-    pub fn config(&self, base_model: &str) -> TrainConfig {
-        TrainConfig {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            mini_batch_size: self.mini_batch_size,
-            loss: MnrlLoss { symmetric: self.symmetric_loss, ..Default::default() },
-            optim: AdamWConfig {
-                lr: self.learning_rate,
-                weight_decay: self.weight_decay,
-                max_grad_norm: self.max_grad_norm,
-                ..Default::default()
-            },
-            warmup_ratio: self.warmup_ratio,
-            evaluation_steps: self.evaluation_steps,
-            checkpoint_every: self.checkpoint_every,
-            seed: self.train_seed,
-            metric: self.metric.clone(),
-            eval: EvalOptions::default(),
-            stop_after: None,
-            base_model: base_model.to_owned(),
-        }
-    }
-}
-
 /// Loads, trains, and returns the outcome; shared with `run`.
 pub async fn finetune(
     model_id: &str,
     train: QaDataset,
     val: QaDataset,
     output: PathBuf,
-    training: &TrainingArgs,
+    training: &TrainConfig,
     runtime: &RuntimeArgs,
     storage: &StorageArgs,
     resume: bool,
     overwrite: bool,
 ) -> Result<TrainOutcome> {
+    // Bad settings are refused before the model is loaded.
+    training.validate()?;
     let mut model = runtime.load(model_id, &storage.options()).await.with_context(|| format!("loading {model_id}"))?;
-    let config = training.config(model_id);
+    let job = TrainJob::new(training.clone(), model_id);
     let val = PreparedDataset::new(&val)?;
     let progress = crate::progress::for_terminal();
     let outcome = tokio::task::spawn_blocking(move || {
-        embedfleet_trainer::train(&mut model, &train, Some(&val), &config, &output, resume, overwrite, progress.as_ref())
+        embedfleet_trainer::train(&mut model, &train, Some(&val), &job, &output, resume, overwrite, progress.as_ref())
     })
     .await??;
     Ok(outcome)
@@ -132,6 +74,7 @@ pub fn print_outcome(outcome: &TrainOutcome, metric: &str, output: &std::path::P
 }
 
 pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
+    args.training.validate()?;
     let train = QaDataset::load(&args.train_dataset)?;
     let val = QaDataset::load(&args.val_dataset)?;
     let outcome = finetune(

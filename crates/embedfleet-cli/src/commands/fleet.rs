@@ -7,6 +7,8 @@ use clap::Args;
 use embedfleet_bus::layout;
 use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::{Bus, BusOptions, NatsArgs, Stage};
+use embedfleet_core::config::defaults;
+use embedfleet_core::{DatasetConfig, Precision, RunId, TrainConfig};
 use embedfleet_coordinator::worker::load_record;
 use embedfleet_coordinator::{RunRecord, RunState};
 use futures::StreamExt;
@@ -40,85 +42,66 @@ pub struct SubmitArgs {
     pub input: PathBuf,
     #[command(flatten)]
     pub fleet: FleetArgs,
-    #[arg(long, env = "EMBEDFLEET_MODEL_ID", alias = "model_id", default_value = "BAAI/bge-small-en")]
+    /// The base model: a hub id, or an s3:// prefix the workers can read.
+    #[arg(long, env = "EMBEDFLEET_MODEL_ID", alias = "model_id", default_value = defaults::MODEL_ID)]
     pub model_id: String,
-    /// offline or llm (the generator workers' LLM settings apply).
-    #[arg(long, env = "EMBEDFLEET_GENERATOR", default_value = "offline")]
-    pub generator: String,
-    #[arg(long, env = "EMBEDFLEET_TEXT_FIELD", alias = "text_field")]
-    pub text_field: Option<String>,
-    #[arg(long, env = "EMBEDFLEET_CHUNK_SIZE", alias = "chunk_size", default_value_t = 1000)]
-    pub chunk_size: usize,
-    #[arg(long, env = "EMBEDFLEET_CHUNK_OVERLAP", alias = "chunk_overlap", default_value_t = 200)]
-    pub chunk_overlap: usize,
-    #[arg(long, env = "EMBEDFLEET_QUESTIONS_PER_CHUNK", aliases = ["questions_per_chunk", "num_questions_per_chunk"], default_value_t = 2)]
-    pub questions_per_chunk: usize,
+    #[command(flatten)]
+    pub dataset: DatasetConfig,
+    #[command(flatten)]
+    pub training: TrainConfig,
+    /// Precision of training and evaluation (default: each worker's own --precision).
+    #[arg(long, env = "EMBEDFLEET_PRECISION")]
+    pub precision: Option<Precision>,
+    /// Chunks per generate task.
     #[arg(long, env = "EMBEDFLEET_CHUNKS_PER_TASK", default_value_t = 8)]
     pub chunks_per_task: usize,
-    #[arg(long, env = "EMBEDFLEET_TRAIN_RATIO", alias = "train_ratio", default_value_t = 0.8)]
-    pub train_ratio: f64,
-    #[arg(long, env = "EMBEDFLEET_SPLIT_BY", alias = "split_by", default_value = "document")]
-    pub split_by: String,
-    #[arg(long, env = "EMBEDFLEET_SEED", default_value_t = 42)]
-    pub seed: u64,
-    #[arg(long, env = "EMBEDFLEET_EPOCHS", default_value_t = 1)]
-    pub epochs: usize,
-    #[arg(long, env = "EMBEDFLEET_BATCH_SIZE", alias = "batch_size", default_value_t = 10)]
-    pub batch_size: usize,
-    #[arg(long, env = "EMBEDFLEET_LEARNING_RATE", alias = "learning_rate", default_value_t = 2e-5)]
-    pub learning_rate: f64,
-    #[arg(long, env = "EMBEDFLEET_EVALUATION_STEPS", alias = "evaluation_steps", default_value_t = 50)]
-    pub evaluation_steps: usize,
-    /// A run id to use instead of a generated one.
+    /// The run's LLM budget in USD, shared by every generator replica; the run stops asking at it
+    /// and keeps what was paid for.
+    #[arg(long, env = "EMBEDFLEET_MAX_COST_USD")]
+    pub max_cost_usd: Option<f64>,
+    /// A run id to use instead of a generated one: 1 to 64 of A-Z a-z 0-9 . _ -.
     #[arg(long, env = "EMBEDFLEET_RUN_ID")]
-    pub run_id: Option<String>,
+    pub run_id: Option<RunId>,
 }
 
-fn new_run_id() -> String {
+fn new_run_id() -> RunId {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    format!("run-{}-{:04x}", now.as_secs(), now.subsec_nanos() & 0xffff)
+    RunId::new(format!("run-{}-{:04x}", now.as_secs(), now.subsec_nanos() & 0xffff)).expect("a valid generated id")
 }
 
 pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
-    // Validate everything locally first: a bad corpus publishes nothing.
+    let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
+    let ext = match args.input.extension().and_then(|e| e.to_str()) {
+        Some(ext @ ("json" | "jsonl" | "ndjson")) => ext.to_owned(),
+        _ => "json".to_owned(),
+    };
+    let input_key = format!("{}/corpus.{ext}", layout::input_prefix(&run_id));
+    let spec = RunSpec {
+        input_key,
+        model_id: args.model_id.clone(),
+        dataset: args.dataset.clone(),
+        train: args.training.clone(),
+        precision: args.precision,
+        chunks_per_task: args.chunks_per_task,
+        max_cost_usd: args.max_cost_usd,
+    };
+    // Validate everything locally first: a bad setting or corpus publishes nothing.
+    spec.validate(&run_id)?;
     let raw = std::fs::read(&args.input).with_context(|| format!("cannot read the corpus {}", args.input.display()))?;
     let docs = embedfleet_core::ingest::parse_json_documents(
         &args.input,
         &String::from_utf8_lossy(&raw),
-        &embedfleet_core::IngestOptions { text_field: args.text_field.clone() },
+        &embedfleet_core::IngestOptions { text_field: args.dataset.text_field.clone() },
     )?;
     if docs.is_empty() {
         bail!("{}: no text found; nothing submitted", args.input.display());
     }
-    if !matches!(args.generator.as_str(), "offline" | "llm") {
-        bail!("--generator must be offline or llm");
-    }
-    let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
     let store = args.fleet.storage.open(&args.fleet.store)?;
     let bus = args.fleet.bus().await?;
-    if load_record(&bus, &run_id).await.map_err(anyhow::Error::msg)?.0.is_some() {
-        bail!("run {run_id} already exists");
+    if load_record(&bus, &run_id).await?.0.is_some() {
+        bail!("run {run_id} already exists; choose another --run-id");
     }
-    let ext = args.input.extension().and_then(|e| e.to_str()).unwrap_or("json");
-    let input_key = format!("{}/corpus.{ext}", layout::input_prefix(&run_id));
-    store.put(&input_key, raw).await?;
-    let spec = RunSpec {
-        input_key,
-        text_field: args.text_field,
-        chunk_size: args.chunk_size,
-        chunk_overlap: args.chunk_overlap,
-        questions_per_chunk: args.questions_per_chunk,
-        train_ratio: args.train_ratio,
-        split_by: args.split_by,
-        seed: args.seed,
-        generator: args.generator,
-        chunks_per_task: args.chunks_per_task,
-        model_id: args.model_id,
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.learning_rate,
-        evaluation_steps: args.evaluation_steps,
-    };
+    store.put(&spec.input_key, raw).await?;
     bus.publish(Stage::Coordinate, &Message::RunSubmitted { run_id: run_id.clone(), spec }).await?;
     println!("{run_id}");
     eprintln!("submitted {} documents; follow with: embedfleet watch {run_id}", docs.len());
@@ -128,7 +111,7 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
 #[derive(Debug, Clone, Args)]
 pub struct RunArg {
     /// The run id `submit` printed.
-    pub run: String,
+    pub run: RunId,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
@@ -136,21 +119,26 @@ pub struct RunArg {
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// One run; all runs when left out.
-    pub run: Option<String>,
+    pub run: Option<RunId>,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
 
 async fn record(bus: &Bus, run: &str) -> Result<RunRecord> {
-    match load_record(bus, run).await.map_err(anyhow::Error::msg)?.0 {
+    match load_record(bus, run).await?.0 {
         Some(r) => Ok(r),
         None => bail!("no run named {run}; `embedfleet status` lists the runs"),
     }
 }
 
 fn describe(r: &RunRecord) -> String {
+    let spend = match r.spec.max_cost_usd {
+        Some(budget) => format!("  ${:.4} of ${budget:.4}", r.spent_usd),
+        None if r.spent_usd > 0.0 => format!("  ${:.4}", r.spent_usd),
+        None => String::new(),
+    };
     format!(
-        "{:<28} {:<10} generate {:>4}/{:<4} questions {:>6}  train {:<5} steps {:>5}  evaluations {}/{}{}",
+        "{:<28} {:<14} generate {:>4}/{:<4} questions {:>6}  train {:<5} steps {:>5}  evaluations {}/{}{spend}  {}",
         r.run_id,
         r.state.name(),
         r.generate_done.len(),
@@ -160,8 +148,31 @@ fn describe(r: &RunRecord) -> String {
         r.steps,
         r.evaluations.len(),
         r.checkpoints.len(),
-        r.error.as_ref().map(|e| format!("  error: {e}")).unwrap_or_default()
+        waiting_for(r)
     )
+}
+
+/// What a run is waiting for, or why it ended: a run never sits without saying why.
+fn waiting_for(r: &RunRecord) -> String {
+    use RunState::*;
+    match r.state {
+        Generating => format!("waiting for {} generate task(s) on the generators", r.generate_tasks as usize - r.generate_done.len()),
+        Assembling => "writing the dataset (coordinator)".into(),
+        Training if !r.train_done => format!("waiting for the trainer (step {} so far)", r.steps),
+        Training => {
+            let pending: Vec<&str> = r.announced.iter().chain(&r.checkpoints).filter(|c| !r.evaluations.contains_key(*c)).map(|c| c.as_str()).collect();
+            let mut pending = pending;
+            pending.dedup();
+            format!("waiting for the evaluators: {}", pending.join(", "))
+        }
+        Finalizing => "copying the best checkpoint and writing the report (coordinator)".into(),
+        Done => match &r.best {
+            Some(best) => format!("best checkpoint {best}"),
+            None => String::new(),
+        },
+        Cancelled => "cancelled by the user".into(),
+        Failed | BudgetReached => r.error.clone().unwrap_or_default(),
+    }
 }
 
 pub async fn status(args: StatusArgs) -> Result<ExitCode> {
@@ -170,7 +181,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
         let r = record(&bus, run).await?;
         println!("{}", describe(&r));
         for (label, value) in &r.evaluations {
-            println!("  {label:<12} NDCG@10 {value:.4}{}", if r.best.as_deref() == Some(label) { "  (best)" } else { "" });
+            println!("  {label:<12} {} {value:.4}{}", r.spec.train.metric, if r.best.as_ref() == Some(label) { "  (best)" } else { "" });
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -223,7 +234,17 @@ pub async fn watch(args: RunArg) -> Result<ExitCode> {
         b.finish();
     }
     println!("{}", describe(&r));
-    Ok(if r.state == RunState::Done { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    match r.state {
+        RunState::Done => Ok(ExitCode::SUCCESS),
+        RunState::Cancelled => {
+            eprintln!("run {} was cancelled", r.run_id);
+            Ok(ExitCode::FAILURE)
+        }
+        other => {
+            eprintln!("run {} ended {}: {}", r.run_id, other.name(), r.error.as_deref().unwrap_or("no reason recorded"));
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 pub async fn results(args: RunArg) -> Result<ExitCode> {

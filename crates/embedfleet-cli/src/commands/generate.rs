@@ -6,25 +6,15 @@ use embedfleet_core::Chunk;
 use embedfleet_generator::{GeneratorStats, LlmArgs, LlmGenerator, write_failures};
 use std::sync::Arc;
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use embedfleet_core::chunk::chunk_documents;
 use embedfleet_core::dataset::write_dataset;
 use embedfleet_core::generate::{DatasetSummary, assemble_dataset, generate_questions};
 use embedfleet_core::ingest::load_documents;
-use embedfleet_core::{ChunkConfig, IngestOptions, OfflineGenerator, Progress, QaDataset, SplitBy, SplitConfig};
+use embedfleet_core::{DatasetConfig, GeneratorKind, IngestOptions, OfflineGenerator, Progress, QaDataset};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GeneratorKind {
-    /// An LLM when one is configured, else offline.
-    Auto,
-    /// Pseudo-queries cropped from each chunk's own text; needs nothing.
-    Offline,
-    /// Questions written by an OpenAI-compatible LLM.
-    Llm,
-}
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
@@ -35,68 +25,14 @@ pub struct GenerateArgs {
     #[arg(long, env = "EMBEDFLEET_OUTPUT_DIR", alias = "output_dir", default_value = "data")]
     pub output_dir: String,
     #[command(flatten)]
-    pub dataset: DatasetArgs,
+    pub dataset: DatasetConfig,
+    #[command(flatten)]
+    pub llm: LlmArgs,
     /// Replace a different dataset already in the output directory.
     #[arg(long, env = "EMBEDFLEET_OVERWRITE")]
     pub overwrite: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
-}
-
-/// How a corpus becomes a dataset; shared by `generate` and `run`.
-#[derive(Debug, Clone, Args)]
-pub struct DatasetArgs {
-    /// Which question generator to use.
-    #[arg(long, env = "EMBEDFLEET_GENERATOR", value_enum, default_value = "auto")]
-    pub generator: GeneratorKind,
-    /// The field holding the text in JSON records (default: content, text, page_content or body).
-    #[arg(long, env = "EMBEDFLEET_TEXT_FIELD", alias = "text_field")]
-    pub text_field: Option<String>,
-    /// Characters per chunk.
-    #[arg(long, env = "EMBEDFLEET_CHUNK_SIZE", alias = "chunk_size", default_value_t = 1000)]
-    pub chunk_size: usize,
-    /// Characters shared by consecutive chunks.
-    #[arg(long, env = "EMBEDFLEET_CHUNK_OVERLAP", alias = "chunk_overlap", default_value_t = 200)]
-    pub chunk_overlap: usize,
-    /// Questions to write for each chunk.
-    #[arg(
-        long,
-        env = "EMBEDFLEET_QUESTIONS_PER_CHUNK",
-        aliases = ["questions_per_chunk", "num_questions_per_chunk"],
-        default_value_t = 2
-    )]
-    pub questions_per_chunk: usize,
-    /// Share of chunks for training; the rest validates.
-    #[arg(long, env = "EMBEDFLEET_TRAIN_RATIO", alias = "train_ratio", default_value_t = 0.8)]
-    pub train_ratio: f64,
-    /// Keep each document on one side (no leakage), or split chunks like the reference.
-    #[arg(long, env = "EMBEDFLEET_SPLIT_BY", alias = "split_by", value_enum, default_value = "document")]
-    pub split_by: SplitByArg,
-    /// Seed for the split and the offline generator.
-    #[arg(long, env = "EMBEDFLEET_SEED", default_value_t = 42)]
-    pub seed: u64,
-    #[command(flatten)]
-    pub llm: LlmArgs,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SplitByArg {
-    Document,
-    Chunk,
-}
-
-impl DatasetArgs {
-    fn chunk_config(&self) -> ChunkConfig {
-        ChunkConfig { size: self.chunk_size, overlap: self.chunk_overlap }
-    }
-
-    fn split_config(&self) -> SplitConfig {
-        let by = match self.split_by {
-            SplitByArg::Document => SplitBy::Document,
-            SplitByArg::Chunk => SplitBy::Chunk,
-        };
-        SplitConfig { train_ratio: self.train_ratio, seed: self.seed, by }
-    }
 }
 
 pub struct BuiltDataset {
@@ -109,20 +45,18 @@ pub struct BuiltDataset {
 }
 
 /// Everything of `generate` short of writing files, so `run` shares it.
-pub async fn build_dataset(input: &PathBuf, args: &DatasetArgs, progress: Arc<dyn Progress>) -> Result<BuiltDataset> {
-    if args.questions_per_chunk == 0 {
-        bail!("--questions-per-chunk must be at least 1");
-    }
+pub async fn build_dataset(input: &PathBuf, args: &DatasetConfig, llm: &LlmArgs, progress: Arc<dyn Progress>) -> Result<BuiltDataset> {
+    args.validate()?;
     let docs = load_documents(input, &IngestOptions { text_field: args.text_field.clone() })?;
     let chunks = chunk_documents(&docs, &args.chunk_config())?;
     tracing::info!(documents = docs.len(), chunks = chunks.len(), "chunked");
     let use_llm = match args.generator {
         GeneratorKind::Llm => true,
         GeneratorKind::Offline => false,
-        GeneratorKind::Auto => args.llm.configured(),
+        GeneratorKind::Auto => llm.configured(),
     };
     let (outcome, llm_stats) = if use_llm {
-        let (outcome, stats) = ask_llm(&chunks, args, progress).await?;
+        let (outcome, stats) = ask_llm(&chunks, args, llm, progress).await?;
         (outcome, Some(stats))
     } else {
         let offline = OfflineGenerator::new(args.seed);
@@ -143,8 +77,8 @@ pub async fn build_dataset(input: &PathBuf, args: &DatasetArgs, progress: Arc<dy
 }
 
 /// Runs the LLM generator with a live line of requests, 429s and cost on the progress bar.
-async fn ask_llm(chunks: &[Chunk], args: &DatasetArgs, progress: Arc<dyn Progress>) -> Result<(GenerationOutcome, GeneratorStats)> {
-    let generator = Arc::new(LlmGenerator::new(args.llm.config()?)?);
+async fn ask_llm(chunks: &[Chunk], args: &DatasetConfig, llm: &LlmArgs, progress: Arc<dyn Progress>) -> Result<(GenerationOutcome, GeneratorStats)> {
+    let generator = Arc::new(LlmGenerator::new(llm.config()?)?);
     let ticker = {
         let (generator, progress) = (generator.clone(), progress.clone());
         let started = Instant::now();
@@ -169,7 +103,7 @@ async fn ask_llm(chunks: &[Chunk], args: &DatasetArgs, progress: Arc<dyn Progres
 pub async fn run(args: GenerateArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let progress = crate::progress::for_terminal();
-    let built = build_dataset(&args.input, &args.dataset, progress).await?;
+    let built = build_dataset(&args.input, &args.dataset, &args.llm, progress).await?;
     // Opened only now, so bad input leaves no empty output directory behind.
     let store = args.storage.open(&args.output_dir)?;
     write_dataset(&store, "", &built.train, &built.val, args.overwrite)

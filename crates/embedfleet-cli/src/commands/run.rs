@@ -2,8 +2,10 @@
 //! functions as the separate commands and the fleet's workers.
 
 use super::evaluate::compare_models;
-use super::finetune::{TrainingArgs, finetune, print_outcome};
-use super::generate::{DatasetArgs, build_dataset, print_llm_stats, print_summary, report_failures};
+use super::finetune::{finetune, print_outcome};
+use super::generate::{build_dataset, print_llm_stats, print_summary, report_failures};
+use embedfleet_core::{DatasetConfig, TrainConfig};
+use embedfleet_generator::LlmArgs;
 use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
@@ -26,9 +28,11 @@ pub struct RunArgs {
     #[arg(long, env = "EMBEDFLEET_MODEL_ID", alias = "model_id", default_value = "BAAI/bge-small-en")]
     pub model_id: String,
     #[command(flatten)]
-    pub dataset: DatasetArgs,
+    pub dataset: DatasetConfig,
     #[command(flatten)]
-    pub training: TrainingArgs,
+    pub llm: LlmArgs,
+    #[command(flatten)]
+    pub training: TrainConfig,
     /// Replace earlier results in the output directory.
     #[arg(long, env = "EMBEDFLEET_OVERWRITE")]
     pub overwrite: bool,
@@ -40,9 +44,12 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let started = Instant::now();
+    // Every setting is checked before the first stage starts, not when its stage comes.
+    args.dataset.validate()?;
+    args.training.validate()?;
     let progress = crate::progress::for_terminal();
     println!("== generate");
-    let built = build_dataset(&args.input, &args.dataset, progress).await?;
+    let built = build_dataset(&args.input, &args.dataset, &args.llm, progress).await?;
     let data_dir = args.output_dir.join("data");
     let store = args.storage.open(data_dir.to_str().context("output directory is not UTF-8")?)?;
     write_dataset(&store, "", &built.train, &built.val, args.overwrite).await?;

@@ -1,0 +1,382 @@
+//! The settings a user chooses for a job, each defined once. The same struct is the CLI's flags
+//! (clap, with an `EMBEDFLEET_*` variable per flag) and the fleet's run spec (serde), so `generate`,
+//! `finetune`, `run` and `submit` share names, defaults and checks, and a run on the fleet trains
+//! exactly what `embedfleet finetune` trains.
+//!
+//! `validate` runs before anything starts, locally and at `submit` (and again in the coordinator,
+//! for specs that did not come through the CLI); its error names the flag.
+
+use crate::chunk::ChunkConfig;
+use crate::split::{SplitBy, SplitConfig};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// A setting that cannot work, named by its flag.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{flag} {value}: {problem}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+fn refuse(flag: &'static str, value: impl ToString, problem: impl Into<String>) -> ConfigError {
+    ConfigError { flag, value: value.to_string(), problem: problem.into() }
+}
+
+/// The defaults, named once for the flags and for `Default`.
+pub mod defaults {
+    pub const CHUNK_SIZE: usize = 1000;
+    pub const CHUNK_OVERLAP: usize = 200;
+    pub const QUESTIONS_PER_CHUNK: usize = 2;
+    pub const TRAIN_RATIO: f64 = 0.8;
+    pub const SEED: u64 = 42;
+    pub const EPOCHS: usize = 2;
+    pub const BATCH_SIZE: usize = 10;
+    pub const LEARNING_RATE: f64 = 2e-5;
+    pub const WEIGHT_DECAY: f64 = 0.01;
+    pub const WARMUP_RATIO: f64 = 0.1;
+    pub const MAX_GRAD_NORM: f64 = 1.0;
+    pub const EVALUATION_STEPS: usize = 50;
+    pub const METRIC: &str = "cosine-NDCG@10";
+    pub const MODEL_ID: &str = "BAAI/bge-small-en";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorKind {
+    /// An LLM when one is configured, else offline. On the fleet: the generator workers' LLM when
+    /// they have one (configure every replica alike).
+    #[default]
+    Auto,
+    /// Pseudo-queries cropped from each chunk's own text; needs nothing. Spans of the text, not
+    /// questions.
+    Offline,
+    /// Questions written by an OpenAI-compatible LLM.
+    Llm,
+}
+
+/// How a corpus becomes a dataset: chunking, questions, split.
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatasetConfig {
+    /// Which question generator to use.
+    #[arg(long, env = "EMBEDFLEET_GENERATOR", value_enum, default_value_t = GeneratorKind::Auto)]
+    pub generator: GeneratorKind,
+    /// The field holding the text in JSON records (default: content, text, page_content or body).
+    #[arg(long, env = "EMBEDFLEET_TEXT_FIELD", alias = "text_field")]
+    pub text_field: Option<String>,
+    /// Characters per chunk.
+    #[arg(long, env = "EMBEDFLEET_CHUNK_SIZE", alias = "chunk_size", default_value_t = defaults::CHUNK_SIZE)]
+    pub chunk_size: usize,
+    /// Characters shared by consecutive chunks.
+    #[arg(long, env = "EMBEDFLEET_CHUNK_OVERLAP", alias = "chunk_overlap", default_value_t = defaults::CHUNK_OVERLAP)]
+    pub chunk_overlap: usize,
+    /// Questions to write for each chunk.
+    #[arg(
+        long,
+        env = "EMBEDFLEET_QUESTIONS_PER_CHUNK",
+        aliases = ["questions_per_chunk", "num_questions_per_chunk"],
+        default_value_t = defaults::QUESTIONS_PER_CHUNK
+    )]
+    pub questions_per_chunk: usize,
+    /// Share of chunks for training; the rest validates.
+    #[arg(long, env = "EMBEDFLEET_TRAIN_RATIO", alias = "train_ratio", default_value_t = defaults::TRAIN_RATIO)]
+    pub train_ratio: f64,
+    /// Keep each document on one side (no leakage), or split chunks like the reference.
+    #[arg(long, env = "EMBEDFLEET_SPLIT_BY", alias = "split_by", value_enum, default_value_t = SplitBy::Document)]
+    pub split_by: SplitBy,
+    /// Seed for the split and the offline generator.
+    #[arg(long, env = "EMBEDFLEET_SEED", default_value_t = defaults::SEED)]
+    pub seed: u64,
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        Self {
+            generator: GeneratorKind::Auto,
+            text_field: None,
+            chunk_size: defaults::CHUNK_SIZE,
+            chunk_overlap: defaults::CHUNK_OVERLAP,
+            questions_per_chunk: defaults::QUESTIONS_PER_CHUNK,
+            train_ratio: defaults::TRAIN_RATIO,
+            split_by: SplitBy::Document,
+            seed: defaults::SEED,
+        }
+    }
+}
+
+impl DatasetConfig {
+    pub fn chunk_config(&self) -> ChunkConfig {
+        ChunkConfig { size: self.chunk_size, overlap: self.chunk_overlap }
+    }
+
+    pub fn split_config(&self) -> SplitConfig {
+        SplitConfig { train_ratio: self.train_ratio, seed: self.seed, by: self.split_by }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.chunk_size == 0 {
+            return Err(refuse("--chunk-size", 0, "must be at least 1 character"));
+        }
+        if self.chunk_config().validate().is_err() {
+            return Err(refuse(
+                "--chunk-overlap",
+                self.chunk_overlap,
+                format!("must be under half of --chunk-size ({}); lower the overlap or raise the size", self.chunk_size),
+            ));
+        }
+        if self.questions_per_chunk == 0 {
+            return Err(refuse("--questions-per-chunk", 0, "must be at least 1"));
+        }
+        if self.questions_per_chunk > 100 {
+            return Err(refuse("--questions-per-chunk", self.questions_per_chunk, "at most 100 questions per chunk"));
+        }
+        open_unit("--train-ratio", self.train_ratio)?;
+        if self.text_field.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            return Err(refuse("--text-field", "''", "is empty; leave it out to use content, text, page_content or body"));
+        }
+        Ok(())
+    }
+}
+
+/// A ratio strictly between 0 and 1.
+fn open_unit(flag: &'static str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 && v < 1.0 {
+        Ok(())
+    } else {
+        Err(refuse(flag, v, "must be strictly between 0 and 1"))
+    }
+}
+
+/// Fine-tuning settings: MultipleNegativesRankingLoss, AdamW, evaluation and checkpoints.
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    #[arg(long, env = "EMBEDFLEET_EPOCHS", default_value_t = defaults::EPOCHS)]
+    pub epochs: usize,
+    /// Pairs per batch; every other pair's passage is a question's negative.
+    #[arg(long, env = "EMBEDFLEET_BATCH_SIZE", alias = "batch_size", default_value_t = defaults::BATCH_SIZE)]
+    pub batch_size: usize,
+    /// GradCache: embed in mini-batches of this size, so a big batch fits in the memory of a small one.
+    #[arg(long, env = "EMBEDFLEET_MINI_BATCH_SIZE", alias = "mini_batch_size")]
+    pub mini_batch_size: Option<usize>,
+    #[arg(long, env = "EMBEDFLEET_LEARNING_RATE", alias = "learning_rate", default_value_t = defaults::LEARNING_RATE)]
+    pub learning_rate: f64,
+    #[arg(long, env = "EMBEDFLEET_WEIGHT_DECAY", alias = "weight_decay", default_value_t = defaults::WEIGHT_DECAY)]
+    pub weight_decay: f64,
+    /// Share of the steps spent warming the learning rate up.
+    #[arg(long, env = "EMBEDFLEET_WARMUP_RATIO", alias = "warmup_ratio", default_value_t = defaults::WARMUP_RATIO)]
+    pub warmup_ratio: f64,
+    #[arg(long, env = "EMBEDFLEET_MAX_GRAD_NORM", alias = "max_grad_norm", default_value_t = defaults::MAX_GRAD_NORM)]
+    pub max_grad_norm: f64,
+    /// Evaluate every N steps (and at each epoch end); 0: at epoch ends only.
+    #[arg(long, env = "EMBEDFLEET_EVALUATION_STEPS", alias = "evaluation_steps", default_value_t = defaults::EVALUATION_STEPS)]
+    pub evaluation_steps: usize,
+    /// Write a resume checkpoint every N steps. 0: never locally; the fleet then checkpoints at every
+    /// evaluation, so a replaced trainer resumes.
+    #[arg(long, env = "EMBEDFLEET_CHECKPOINT_EVERY", alias = "checkpoint_every", default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// The metric that picks the best checkpoint: cosine- or dot- followed by Accuracy@k,
+    /// Precision@k, Recall@k (k = 1, 3, 5, 10), MRR@10, NDCG@10 or MAP@100.
+    #[arg(long, env = "EMBEDFLEET_METRIC", default_value = defaults::METRIC)]
+    pub metric: String,
+    /// Also score passages against questions.
+    #[arg(long, env = "EMBEDFLEET_SYMMETRIC_LOSS")]
+    pub symmetric_loss: bool,
+    /// Seed for batch order and dropout.
+    #[arg(long = "train-seed", env = "EMBEDFLEET_TRAIN_SEED", default_value_t = defaults::SEED)]
+    pub train_seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: defaults::EPOCHS,
+            batch_size: defaults::BATCH_SIZE,
+            mini_batch_size: None,
+            learning_rate: defaults::LEARNING_RATE,
+            weight_decay: defaults::WEIGHT_DECAY,
+            warmup_ratio: defaults::WARMUP_RATIO,
+            max_grad_norm: defaults::MAX_GRAD_NORM,
+            evaluation_steps: defaults::EVALUATION_STEPS,
+            checkpoint_every: 0,
+            metric: defaults::METRIC.to_owned(),
+            symmetric_loss: false,
+            train_seed: defaults::SEED,
+        }
+    }
+}
+
+/// The number format of the matrix products (weights, residuals and layer norms stay fp32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "float32" | "f32" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(refuse("--precision", other, "unknown precision; use fp32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Cut-offs the evaluator computes by default, per metric (sentence-transformers'
+/// `InformationRetrievalEvaluator` defaults); the evaluator's own defaults are checked against
+/// these by a test there.
+pub const METRIC_CUTOFFS: [(&str, &[usize]); 6] = [
+    ("Accuracy", &[1, 3, 5, 10]),
+    ("Precision", &[1, 3, 5, 10]),
+    ("Recall", &[1, 3, 5, 10]),
+    ("MRR", &[10]),
+    ("NDCG", &[10]),
+    ("MAP", &[100]),
+];
+pub const SCORE_FUNCTIONS: [&str; 2] = ["cosine", "dot"];
+
+/// Whether `name` (`cosine-NDCG@10`) is a metric the evaluator computes; the error lists them.
+pub fn check_metric(name: &str) -> Result<(), ConfigError> {
+    let known = || {
+        METRIC_CUTOFFS
+            .iter()
+            .flat_map(|(m, ks)| ks.iter().map(move |k| format!("{m}@{k}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let parsed = name.split_once('-').and_then(|(f, m)| {
+        let (metric, k) = m.split_once('@')?;
+        let k: usize = k.parse().ok()?;
+        let cutoffs = METRIC_CUTOFFS.iter().find(|(n, _)| *n == metric)?.1;
+        (SCORE_FUNCTIONS.contains(&f) && cutoffs.contains(&k)).then_some(())
+    });
+    parsed.ok_or_else(|| refuse("--metric", name, format!("unknown metric; use cosine- or dot- followed by one of {}", known())))
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.epochs == 0 {
+            return Err(refuse("--epochs", 0, "must be at least 1"));
+        }
+        if self.epochs > 10_000 {
+            return Err(refuse("--epochs", self.epochs, "at most 10000"));
+        }
+        if self.batch_size < 2 {
+            return Err(refuse(
+                "--batch-size",
+                self.batch_size,
+                "must be at least 2: each question needs the other passages of its batch as negatives",
+            ));
+        }
+        if self.batch_size > 1_000_000 {
+            return Err(refuse("--batch-size", self.batch_size, "at most 1000000"));
+        }
+        if let Some(mini) = self.mini_batch_size {
+            if mini == 0 {
+                return Err(refuse("--mini-batch-size", 0, "must be at least 1 (leave it out to embed the whole batch at once)"));
+            }
+        }
+        if !(self.learning_rate.is_finite() && (0.0..1.0).contains(&self.learning_rate)) {
+            return Err(refuse("--learning-rate", self.learning_rate, "must be at least 0 and below 1"));
+        }
+        if !(self.weight_decay.is_finite() && (0.0..1.0).contains(&self.weight_decay)) {
+            return Err(refuse("--weight-decay", self.weight_decay, "must be at least 0 and below 1"));
+        }
+        if !(self.warmup_ratio.is_finite() && (0.0..1.0).contains(&self.warmup_ratio)) {
+            return Err(refuse("--warmup-ratio", self.warmup_ratio, "must be at least 0 and below 1"));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
+            return Err(refuse("--max-grad-norm", self.max_grad_norm, "must be a positive number"));
+        }
+        check_metric(&self.metric)
+    }
+
+    /// The resume checkpoint interval on the fleet, where a replaced trainer must find one.
+    pub fn fleet_checkpoint_every(&self) -> usize {
+        match self.checkpoint_every {
+            0 => self.evaluation_steps,
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        dataset: DatasetConfig,
+        #[command(flatten)]
+        train: TrainConfig,
+    }
+
+    fn parse(args: &[&str]) -> Flags {
+        Flags::try_parse_from(std::iter::once("x").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flag_defaults_are_the_serde_and_struct_defaults() {
+        // Env vars would leak into the parse; none of these tests' names are set in CI.
+        let flags = parse(&[]);
+        assert_eq!(flags.dataset, DatasetConfig::default());
+        assert_eq!(flags.train, TrainConfig::default());
+        assert_eq!(serde_json::from_str::<TrainConfig>("{}").unwrap(), TrainConfig::default());
+        assert_eq!(serde_json::from_str::<DatasetConfig>("{}").unwrap(), DatasetConfig::default());
+        assert_eq!(TrainConfig::default().epochs, 2, "the reference's default");
+        assert!(DatasetConfig::default().validate().is_ok());
+        assert!(TrainConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_flag() {
+        let cases: [(&[&str], &str); 12] = [
+            (&["--batch-size", "0"], "--batch-size"),
+            (&["--batch-size", "1"], "--batch-size"),
+            (&["--epochs", "0"], "--epochs"),
+            (&["--metric", "cosine-NDCG@7"], "--metric"),
+            (&["--metric", "ndcg"], "--metric"),
+            (&["--train-ratio", "1"], "--train-ratio"),
+            (&["--train-ratio", "0"], "--train-ratio"),
+            (&["--train-ratio", "NaN"], "--train-ratio"),
+            (&["--learning-rate=-1"], "--learning-rate"),
+            (&["--warmup-ratio", "1.5"], "--warmup-ratio"),
+            (&["--chunk-overlap", "600"], "--chunk-overlap"),
+            (&["--questions-per-chunk", "0"], "--questions-per-chunk"),
+        ];
+        for (args, flag) in cases {
+            let f = parse(args);
+            let err = f.dataset.validate().and_then(|_| f.train.validate()).unwrap_err();
+            assert_eq!(err.flag, flag, "{args:?}: {err}");
+        }
+        let err = check_metric("cosine-ndcg@10").unwrap_err().to_string();
+        assert!(err.contains("NDCG@10") && err.contains("MAP@100"), "the error lists the metrics: {err}");
+        for ok in ["cosine-NDCG@10", "dot-MRR@10", "cosine-Accuracy@1", "cosine-Recall@5", "dot-MAP@100"] {
+            assert!(check_metric(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn the_fleet_always_has_a_resume_checkpoint_interval() {
+        let c = TrainConfig { evaluation_steps: 7, ..Default::default() };
+        assert_eq!(c.fleet_checkpoint_every(), 7);
+        assert_eq!(TrainConfig { checkpoint_every: 3, ..c }.fleet_checkpoint_every(), 3);
+    }
+}
