@@ -113,6 +113,7 @@ check "yamllint" yamllint --strict -c deploy/yamllint.yaml "${yaml_files[@]}"
 check "hadolint" hadolint --config deploy/hadolint.yaml Dockerfile.cpu Dockerfile.gpu
 check "compose schema" compose_config
 check "compose contract" "$py" deploy/tools/check_compose.py
+check "worker environments are current" "$py" deploy/tools/worker_env.py
 check "promtool" prometheus_config
 check "dashboard is generated" "$py" deploy/tools/gen_dashboard.py --check
 check "metric names" "$py" deploy/tools/check_metrics.py

@@ -27,8 +27,11 @@ pub static CHUNKS_DONE: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("embedfleet_coordinator_chunks_done_total", "Chunks whose questions are in").expect("registers once")
 });
 
-/// Commands carried out between two record writes: a cancel written meanwhile stops the rest.
-const DRAIN_BATCH: usize = 16;
+/// Commands carried out between two record writes. One: a cancel written meanwhile stops the rest
+/// at once (at most the command in hand still goes out), at a KV write per command.
+const DRAIN_BATCH: usize = 1;
+/// Lost compare-and-set races before an event is put back for later.
+const MAX_LOST_RACES: usize = 50;
 
 pub struct Coordinator {
     pub bus: Bus,
@@ -71,11 +74,14 @@ pub async fn load_record(bus: &Bus, run_id: &str) -> Result<(Option<RunRecord>, 
 impl TaskHandler for Coordinator {
     async fn handle(&self, message: Message, _deliveries: i64) -> Result<(), TaskError> {
         let run_id = message.run_id().clone();
-        for _ in 0..100 {
+        let mut lost = 0;
+        while lost < MAX_LOST_RACES {
             let (record, revision) = load_record(&self.bus, &run_id).await?;
             // Finish what an earlier decision left before deciding anything new.
             if let Some(r) = record.as_ref().filter(|r| !r.outbox.is_empty()) {
-                self.drain(r, revision).await?;
+                if !self.drain(r, revision).await? {
+                    lost += 1;
+                }
                 continue;
             }
             let event = self.event_of(&message, &run_id, record.is_some()).await?;
@@ -86,6 +92,8 @@ impl TaskHandler for Coordinator {
                             let per = next.spec.chunks_per_task.max(1) as u32;
                             CHUNKS_DONE.inc_by(u64::from(per.min(next.chunks.saturating_sub(task * per))));
                         }
+                    } else {
+                        lost += 1;
                     }
                     // Written or lost to another replica: read again, carry out the outbox, and
                     // see the event as the duplicate it now is.
@@ -145,7 +153,7 @@ impl Coordinator {
     /// Carries out the first commands of the outbox, then writes the record without them and with
     /// the events they produced applied. Losing the write race is fine: the commands are idempotent
     /// and whoever won has the newer record.
-    async fn drain(&self, record: &RunRecord, revision: Option<u64>) -> Result<(), TaskError> {
+    async fn drain(&self, record: &RunRecord, revision: Option<u64>) -> Result<bool, TaskError> {
         let batch = record.outbox.len().min(DRAIN_BATCH);
         let mut follow_ups = Vec::new();
         for command in &record.outbox[..batch] {
@@ -160,8 +168,7 @@ impl Coordinator {
                 next = *r;
             }
         }
-        self.commit(&next, revision).await?;
-        Ok(())
+        self.commit(&next, revision).await
     }
 
     async fn execute(&self, record: &RunRecord, command: &Command) -> Result<Option<Event>, TaskError> {

@@ -39,10 +39,13 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// A SeaweedFS `weed mini` (master, volume, filer, S3) with one identity and one bucket.
+/// A SeaweedFS `weed mini` (master, volume, filer, S3) with one identity and one bucket. It can be
+/// stopped and started again on the same ports and data, to test an S3 outage.
 pub struct SeaweedFs {
-    child: Child,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    weed: PathBuf,
+    ports: Vec<u16>,
     pub s3_port: u16,
     pub bucket: String,
     pub access_key: String,
@@ -63,31 +66,54 @@ impl SeaweedFs {
             ),
         )
         .expect("write s3 config");
-        let bucket = "embedfleet".to_owned();
         let ports: Vec<u16> = (0..6).map(|_| free_port_pair()).collect();
         let s3_port = ports[3];
-        let child = Command::new(&weed)
+        let mut server = SeaweedFs { child: None, dir, weed, ports, s3_port, bucket: "embedfleet".to_owned(), access_key, secret_key };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let ports = &self.ports;
+        let child = Command::new(&self.weed)
             .arg("mini")
-            .arg(format!("-dir={}", dir.path().join("data").display()))
+            .arg(format!("-dir={}", self.dir.path().join("data").display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false"])
-            .arg(format!("-s3.config={}", config.display()))
-            .arg(format!("-bucket={bucket}"))
+            .arg(format!("-s3.config={}", self.dir.path().join("s3.json").display()))
+            .arg(format!("-bucket={}", self.bucket))
             .arg(format!("-master.port={}", ports[0]))
             .arg(format!("-volume.port={}", ports[1]))
             .arg(format!("-filer.port={}", ports[2]))
-            .arg(format!("-s3.port={s3_port}"))
+            .arg(format!("-s3.port={}", ports[3]))
             .arg(format!("-admin.port={}", ports[4]))
             .arg(format!("-webdav.port={}", ports[5]))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false"])
-            .current_dir(dir.path())
+            .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start weed mini");
-        let server = SeaweedFs { child, _dir: dir, s3_port, bucket, access_key, secret_key };
-        assert!(wait_for_port(s3_port, Duration::from_secs(60)), "SeaweedFS S3 did not start on {s3_port}");
-        server.wait_until_writable();
-        server
+        self.child = Some(child);
+        assert!(wait_for_port(self.s3_port, Duration::from_secs(60)), "SeaweedFS S3 did not start on {}", self.s3_port);
+        self.wait_until_writable();
+    }
+
+    /// Kills the server (an outage); `start_again` brings it back with its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn start_again(&mut self) {
+        self.stop();
+        // The old process's ports can take a moment to be free again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.ports.iter().any(|&p| TcpListener::bind(("127.0.0.1", p)).is_err()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.launch();
     }
 
     /// The S3 port opens before the volume server can take data; wait for a real write to pass.
@@ -128,7 +154,6 @@ impl SeaweedFs {
 
 impl Drop for SeaweedFs {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

@@ -53,6 +53,11 @@ impl Worker {
         }
     }
 
+    /// Whether the process has ended (crashed, aborted, killed).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     pub async fn ready(&self) -> bool {
         let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
         matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success())
@@ -165,6 +170,19 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// Every message in the dead-letter stream: (subject, reason header).
+pub async fn dead_letters(bus: &Bus) -> Vec<(String, String)> {
+    let mut stream = bus.js.get_stream(embedfleet_bus::subjects::DEAD_STREAM).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push((m.subject.to_string(), m.headers.get("Embedfleet-Reason").map(|v| v.to_string()).unwrap_or_default()));
+        }
+    }
+    out
 }
 
 /// The first `n` documents of the sample corpus, as a file.
