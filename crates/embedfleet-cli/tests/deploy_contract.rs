@@ -42,3 +42,63 @@ fn compose_variables_are_flags_of_the_workers() {
         }
     }
 }
+
+/// Each worker, started with exactly the environment the compose file or the chart gives its
+/// container (deploy/worker_env.json, kept current by deploy/check.sh), nothing else: no writable
+/// $HOME, no OPENAI_API_KEY. Only the addresses of NATS and the store are this test's own servers,
+/// and the S3 keys (the chart takes them from a Secret). Each must become ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_start_with_the_deploy_files_environment() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let envs: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("deploy/worker_env.json")).unwrap()).unwrap();
+    let nats = embedfleet_bus::testing::NatsServer::start();
+    let s3 = embedfleet_core::testing::SeaweedFs::start();
+    let work = tempfile::tempdir().unwrap();
+    for source in ["compose", "chart"] {
+        let roles = envs[source].as_object().unwrap();
+        assert_eq!(roles.len(), 4, "{source}: {roles:?}");
+        for (role, env) in roles {
+            let port = embedfleet_core::testing::free_port();
+            let mut cmd = Command::new(fleet::bin(&format!("embedfleet-{role}")));
+            cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+            for (k, v) in env.as_object().unwrap() {
+                cmd.env(k, v.as_str().unwrap());
+            }
+            cmd.env("HOME", "/proc/embedfleet-no-home") // exists nowhere and cannot be created
+                .env("EMBEDFLEET_NATS_URL", nats.url())
+                .env("EMBEDFLEET_STORE", format!("s3://{}/deploy-{source}", s3.bucket))
+                .env("EMBEDFLEET_S3_ENDPOINT", s3.endpoint())
+                .env("EMBEDFLEET_METRICS_ADDR", format!("127.0.0.1:{port}"))
+                .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+                .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+                .current_dir(work.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            assert!(!env.as_object().unwrap().contains_key("OPENAI_API_KEY") || env["OPENAI_API_KEY"] == "", "{source} {role}");
+            let mut child = cmd.spawn().unwrap();
+            let url = format!("http://127.0.0.1:{port}/readyz");
+            let started = std::time::Instant::now();
+            loop {
+                if matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()) {
+                    break;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut err = String::new();
+                    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                    panic!("{source} {role} exited with {status} before it was ready:\n{err}");
+                }
+                assert!(started.elapsed() < std::time::Duration::from_secs(60), "{source} {role} never became ready");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            // And it stops cleanly on SIGTERM, as a pod does.
+            unsafe { libc_kill(child.id() as i32, 15) };
+            let status = child.wait().unwrap();
+            assert!(status.success(), "{source} {role} did not exit cleanly on SIGTERM: {status}");
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
