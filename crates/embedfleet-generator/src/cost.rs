@@ -86,8 +86,9 @@ impl CostMeter {
     pub fn record(&self, prompt_tokens: u64, completion_tokens: u64) {
         let mut ledger = self.ledger.lock().expect("not poisoned");
         ledger.spent += self.pricing.cost(prompt_tokens, completion_tokens);
-        ledger.prompt_tokens += prompt_tokens;
-        ledger.completion_tokens += completion_tokens;
+        // Counts come from the server's `usage`; a server that claims u64::MAX must not overflow them.
+        ledger.prompt_tokens = ledger.prompt_tokens.saturating_add(prompt_tokens);
+        ledger.completion_tokens = ledger.completion_tokens.saturating_add(completion_tokens);
     }
 
     /// (prompt tokens, completion tokens, USD spent).
@@ -134,6 +135,16 @@ mod tests {
         assert_eq!(meter.totals(), (300, 50, 0.35));
         assert!(meter.reserve(300, 300).is_ok(), "0.35 + 0.6 fits in 1.0");
         assert!(meter.reserve(300, 400).is_err(), "0.35 + 0.7 would pass 1.0");
+    }
+
+    #[test]
+    fn absurd_usage_saturates_instead_of_overflowing() {
+        let meter = CostMeter::new(Pricing::default(), None);
+        meter.record(u64::MAX, u64::MAX);
+        meter.record(u64::MAX, 1);
+        let (prompt, completion, spent) = meter.totals();
+        assert_eq!((prompt, completion), (u64::MAX, u64::MAX));
+        assert!(spent.is_finite() && spent > 0.0);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod client;
 pub mod cost;
 pub mod failures;
 pub mod filter;
+pub mod fleet_limiter;
 pub mod generator;
 pub mod limiter;
 pub mod prompt;
