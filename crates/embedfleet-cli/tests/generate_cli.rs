@@ -97,3 +97,34 @@ fn unreachable_s3_fails_with_what_to_check() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("s3://bucket/data"), "{}", stderr(&o));
 }
+
+#[test]
+fn corpus_in_many_scripts_becomes_a_dataset() {
+    // Russian, Greek, Arabic, Hebrew, Hindi, Chinese, Japanese, Korean, Thai and emoji; the
+    // Japanese and Arabic records are whole HTML pages. Byte 512 of three records falls inside a
+    // character, which used to panic in the HTML sniffing.
+    let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/multiscript-corpus.json");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("data");
+    let o = embedfleet(&[
+        "generate", "--generator", "offline", "--input", corpus.to_str().unwrap(), "--output-dir", dir.to_str().unwrap(),
+        "--chunk-size", "300", "--chunk-overlap", "60",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(files_in(&dir).len(), 8);
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&corpus).unwrap()).unwrap();
+    let mut texts = String::new();
+    for split in ["train", "val"] {
+        let d: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("{split}_dataset.json"))).unwrap()).unwrap();
+        assert!(!d["queries"].as_object().unwrap().is_empty(), "{split} has questions");
+        for text in d["corpus"].as_object().unwrap().values() {
+            texts.push_str(text.as_str().unwrap());
+        }
+    }
+    // Every language made it through, and the HTML pages lost their markup.
+    for needle in ["Хранилище", "αποθήκη", "المخزن", "המאגר", "भंडार", "存储", "ストア", "저장소", "ที่เก็บข้อมูล", "🙂🚀"] {
+        assert!(texts.contains(needle), "{needle} is missing from the dataset");
+    }
+    assert!(!texts.contains("<p>") && !texts.contains("メニュー"), "HTML records became clean text");
+    assert_eq!(records.len(), 10);
+}

@@ -101,3 +101,43 @@ async fn refused_connection_and_wrong_key_are_one_line_errors() {
     assert_eq!(server.request_count(), 1, "a 401 is not retried");
     assert!(!dir.path().join("data").exists(), "nothing written");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_answers_belong_to_the_endpoint_that_gave_them() {
+    // Two servers that both call their model "test-model", as local vLLM or llama.cpp servers do.
+    let first = TestServer::start(ServerBehavior::default()).await.unwrap();
+    let second = TestServer::start(ServerBehavior::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: String| {
+        let d = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || generate(&d, &url, &["--overwrite"]))
+    };
+    let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let cache_dir = dir.path().join("cache");
+
+    let o = run(first.base_url()).await.unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(first.request_count(), 5);
+    assert!(
+        stdout(&o).contains(&format!("no chunk of 5 came from the resume cache {}", cache_dir.display())),
+        "{}",
+        stdout(&o)
+    );
+
+    // Same model name, same cache, another server: every chunk is asked again.
+    let o = run(second.base_url()).await.unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(second.request_count(), 5, "answers of another endpoint were served from the cache");
+    assert!(stdout(&o).contains("no chunk of 5 came from the resume cache"), "{}", stdout(&o));
+
+    // Back to the first server: all five from the cache, and the summary says whose they were.
+    let o = run(first.base_url()).await.unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(first.request_count(), 5, "nothing asked again");
+    let expected = format!(
+        "5 of 5 chunks answered from the resume cache {}, not asked again: 5 from test-model at {}/chat/completions",
+        cache_dir.display(),
+        first.base_url()
+    );
+    assert!(stdout(&o).contains(&expected), "wanted {expected:?} in:\n{}", stdout(&o));
+}

@@ -29,7 +29,8 @@ pub struct ChunkConfigError {
 impl ChunkConfig {
     pub fn validate(&self) -> Result<(), ChunkConfigError> {
         // Each chunk must advance past its overlap with a margin left for boundary snapping.
-        if self.size == 0 || self.overlap * 2 >= self.size {
+        // Saturating: `--chunk-overlap` near usize::MAX would otherwise wrap to a small number and pass.
+        if self.size == 0 || self.overlap.saturating_mul(2) >= self.size {
             return Err(ChunkConfigError { size: self.size, overlap: self.overlap });
         }
         Ok(())
@@ -220,5 +221,8 @@ mod tests {
     fn rejects_overlap_too_large() {
         assert!(ChunkConfig { size: 100, overlap: 50 }.validate().is_err());
         assert!(ChunkConfig { size: 100, overlap: 49 }.validate().is_ok());
+        // An overlap whose double does not fit in a usize is refused, not wrapped.
+        assert!(ChunkConfig { size: 100, overlap: usize::MAX / 2 + 1 }.validate().is_err());
+        assert!(ChunkConfig { size: usize::MAX, overlap: usize::MAX }.validate().is_err());
     }
 }

@@ -57,7 +57,9 @@ pub fn load_documents(path: &Path, options: &IngestOptions) -> Result<Vec<Docume
     Ok(docs)
 }
 
-/// Parses JSON documents from bytes already in memory (the fleet reads the corpus from S3).
+/// Parses JSON documents from bytes already in memory (the fleet reads the corpus from S3). Ids
+/// are unique, as [`load_documents`] makes them, so the fleet chunks a corpus exactly as
+/// `embedfleet generate` does.
 pub fn parse_json_documents(path: &Path, raw: &str, options: &IngestOptions) -> Result<Vec<Document>, IngestError> {
     let trimmed = raw.trim_start_matches('\u{feff}').trim_start();
     let records: Vec<Value> = if trimmed.starts_with('[') {
@@ -123,7 +125,7 @@ pub fn parse_json_documents(path: &Path, raw: &str, options: &IngestOptions) -> 
         };
         docs.extend(doc.filter(|d| !d.text.trim().is_empty()));
     }
-    Ok(docs)
+    Ok(dedupe_ids(docs))
 }
 
 fn load_json_file(path: &Path, options: &IngestOptions) -> Result<Vec<Document>, IngestError> {
@@ -134,10 +136,24 @@ fn load_json_file(path: &Path, options: &IngestOptions) -> Result<Vec<Document>,
 fn load_dir(root: &Path) -> Result<Vec<Document>, IngestError> {
     let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name() {
-        let entry = entry.map_err(|e| IngestError::Io {
-            path: e.path().unwrap_or(root).to_owned(),
-            source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("directory loop")),
-        })?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            // Documentation packages link their scripts and styles into other packages, which may
+            // not be installed: a link to nothing has no text to lose, so it is not worth failing for.
+            Err(e) if e.path().is_some_and(is_dangling_link) => {
+                let path = e.path().unwrap_or(root);
+                if kind_of(path).is_some() {
+                    tracing::warn!(path = %path.display(), "skipping a symbolic link whose target does not exist");
+                }
+                continue;
+            }
+            Err(e) => {
+                return Err(IngestError::Io {
+                    path: e.path().unwrap_or(root).to_owned(),
+                    source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("directory loop")),
+                });
+            }
+        };
         if entry.file_type().is_file() && kind_of(entry.path()).is_some() {
             files.push(entry.into_path());
         }
@@ -145,21 +161,34 @@ fn load_dir(root: &Path) -> Result<Vec<Document>, IngestError> {
     let mut docs = Vec::with_capacity(files.len());
     for path in files {
         let bytes = std::fs::read(&path).map_err(|e| IngestError::Io { path: path.clone(), source: e })?;
-        let raw = String::from_utf8_lossy(&bytes);
         let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-        let (text, title) = match kind_of(&path) {
-            Some(FileKind::Html) => {
-                let page = html_to_text(&raw);
-                (page.text, page.title)
-            }
-            _ => (raw.into_owned(), None),
-        };
-        if text.trim().is_empty() {
-            continue;
-        }
-        docs.push(Document { id: DocId::from_identity(&relative), text, url: None, title, source: relative });
+        docs.extend(parse_file_document(&relative, &bytes));
     }
     Ok(docs)
+}
+
+/// One file of a corpus directory, named by its path relative to the directory: HTML (by its
+/// extension) becomes clean text, anything else is taken as text. Bytes that are not UTF-8 are
+/// replaced rather than refused, since scraped files often mix encodings. None when the file holds
+/// no text, or its extension is not one the corpus reads.
+pub fn parse_file_document(relative: &str, bytes: &[u8]) -> Option<Document> {
+    let kind = kind_of(Path::new(relative))?;
+    let raw = String::from_utf8_lossy(bytes);
+    let (text, title) = match kind {
+        FileKind::Html => {
+            let page = html_to_text(&raw);
+            (page.text, page.title)
+        }
+        FileKind::Text => (raw.into_owned(), None),
+    };
+    if text.trim().is_empty() {
+        return None;
+    }
+    Some(Document { id: DocId::from_identity(relative), text, url: None, title, source: relative.to_owned() })
+}
+
+fn is_dangling_link(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) && std::fs::metadata(path).is_err()
 }
 
 #[derive(Clone, Copy)]
@@ -185,9 +214,12 @@ fn value_text(value: &Value) -> String {
     }
 }
 
-fn looks_like_html(text: &str) -> bool {
+/// Whether a record's text is a whole HTML page, judged by its first 512 characters (characters,
+/// not bytes: a byte offset can fall inside a multi-byte character).
+pub fn looks_like_html(text: &str) -> bool {
     let head = text.trim_start();
-    let head = &head[..head.len().min(512)].to_ascii_lowercase();
+    let end = head.char_indices().nth(512).map_or(head.len(), |(i, _)| i);
+    let head = head[..end].to_ascii_lowercase();
     head.starts_with("<!doctype html") || head.starts_with("<html") || head.contains("<body")
 }
 
@@ -277,6 +309,43 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_text_past_512_bytes_is_not_cut_inside_a_character() {
+        // Byte 512 falls inside the 171st "日" (3 bytes each): slicing there used to panic.
+        let text = "日".repeat(200);
+        assert!(!looks_like_html(&text));
+        let html = format!("<html><body><p>{}</p></body></html>", "é".repeat(400));
+        assert!(looks_like_html(&html));
+        let corpus = serde_json::json!([{ "content": text }, { "content": html }]).to_string();
+        let docs = parse_json_documents(Path::new("c.json"), &corpus, &IngestOptions::default()).unwrap();
+        assert_eq!(docs[0].text, "日".repeat(200));
+        assert_eq!(docs[1].text, "é".repeat(400), "the HTML record became its text");
+        // "<body" beyond the first 512 characters does not count, however many bytes they take.
+        let late = format!("{}<body>", "ü".repeat(600));
+        assert!(!looks_like_html(&late));
+    }
+
+    #[test]
+    fn records_sharing_a_url_get_distinct_ids_in_memory_too() {
+        // The fleet's coordinator parses the corpus from S3 with parse_json_documents: two records
+        // with one url (a page scraped twice) must not become two documents with one id.
+        let raw = r#"[{"url":"https://a","content":"one"},{"url":"https://a","content":"two"}]"#;
+        let docs = parse_json_documents(Path::new("c.json"), raw, &IngestOptions::default()).unwrap();
+        assert_ne!(docs[0].id, docs[1].id);
+        assert_eq!(docs[0].id, DocId::from_identity("https://a"), "the first keeps the plain id");
+    }
+
+    #[test]
+    fn file_documents_by_extension() {
+        let page = parse_file_document("a/b.HTML", b"<title>T</title><p>text</p>").unwrap();
+        assert_eq!((page.text.as_str(), page.title.as_deref(), page.source.as_str()), ("text", Some("T"), "a/b.HTML"));
+        let lossy = parse_file_document("n.txt", b"caf\xe9 ok").unwrap();
+        assert_eq!(lossy.text, "caf\u{fffd} ok", "bytes that are not UTF-8 are replaced, not refused");
+        assert!(parse_file_document("blank.md", b" \n\t").is_none());
+        assert!(parse_file_document("image.png", b"text").is_none());
+        assert!(parse_file_document("no-extension", b"text").is_none());
+    }
+
+    #[test]
     fn directory_of_text_markdown_and_html() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
@@ -289,5 +358,18 @@ mod tests {
         assert_eq!(sources, ["a.txt", "c.html", "sub/b.md"]);
         assert_eq!(docs[1].text, "page");
         assert_eq!(docs[1].title.as_deref(), Some("C"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_to_nothing_are_skipped() {
+        // As in Debian's python3.11-doc: _static/jquery.js links into a package that is not installed.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "page.html", "<p>text</p>");
+        std::os::unix::fs::symlink("/nonexistent/jquery.js", dir.path().join("jquery.js")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/gone.html", dir.path().join("gone.html")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/dir", dir.path().join("fonts")).unwrap();
+        let docs = load_documents(dir.path(), &IngestOptions::default()).unwrap();
+        assert_eq!(docs.iter().map(|d| d.source.as_str()).collect::<Vec<_>>(), ["page.html"]);
     }
 }

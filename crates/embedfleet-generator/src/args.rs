@@ -74,7 +74,13 @@ impl LlmArgs {
             api_key: None,
             temperature: self.llm_temperature,
             max_tokens: self.llm_max_tokens,
-            request_timeout: Duration::from_secs_f64(self.llm_timeout),
+            // try_: from_secs_f64 panics on a negative, NaN or infinite --llm-timeout.
+            request_timeout: Duration::try_from_secs_f64(self.llm_timeout).map_err(|_| {
+                crate::LlmError::InvalidConfig(format!(
+                    "--llm-timeout must be a positive number of seconds, got {}",
+                    self.llm_timeout
+                ))
+            })?,
             prompt,
             concurrency: self.llm_concurrency,
             limits: RateLimits {
@@ -88,5 +94,28 @@ impl LlmArgs {
             cache_dir,
             ..defaults
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        llm: LlmArgs,
+    }
+
+    #[test]
+    fn a_timeout_that_is_not_a_duration_is_an_error_not_a_panic() {
+        for bad in ["-1", "NaN", "inf", "1e300"] {
+            let cli = Cli::try_parse_from(["x", &format!("--llm-timeout={bad}")]).unwrap();
+            let err = cli.llm.config().unwrap_err().to_string();
+            assert!(err.contains("--llm-timeout"), "{bad}: {err}");
+        }
+        let cli = Cli::try_parse_from(["x", "--llm-timeout", "2.5"]).unwrap();
+        assert_eq!(cli.llm.config().unwrap().request_timeout, Duration::from_millis(2500));
     }
 }

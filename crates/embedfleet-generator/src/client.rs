@@ -4,11 +4,14 @@
 use crate::LlmError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_MODEL: &str = "gpt-3.5-turbo";
 pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
+/// The longest a 429's `Retry-After` is obeyed for. A server may say an hour (or `inf`, or a date
+/// next year); a run that sleeps that long looks hung, and the attempts left try again anyway.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// An API key and where it came from, so an authentication error can say which setting to fix.
 #[derive(Clone, PartialEq, Eq)]
@@ -179,7 +182,9 @@ struct Message<'a> {
 #[derive(Deserialize)]
 struct ChatResponse {
     choices: Vec<Choice>,
-    usage: Option<Usage>,
+    /// Read loosely (see [`parse_usage`]): a server's odd `usage` must not throw away an answer
+    /// that was paid for.
+    usage: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -239,7 +244,7 @@ impl ChatClient {
         }
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
-        let retry_after = retry_after(response.headers());
+        let retry_after = retry_after(response.headers(), SystemTime::now());
         let bytes = response.bytes().await.map_err(|e| self.transport_error(e))?;
         if status.is_success() {
             return parse_completion(&bytes);
@@ -283,7 +288,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn parse_completion(bytes: &[u8]) -> Result<Completion, CallError> {
+/// The body of a 200 answer: the first choice's text, why it ended, and the usage if readable.
+pub fn parse_completion(bytes: &[u8]) -> Result<Completion, CallError> {
     let response: ChatResponse = serde_json::from_slice(bytes)
         .map_err(|e| CallError::Malformed(format!("{e}; body starts {:?}", snippet(bytes))))?;
     let choice = response
@@ -292,21 +298,50 @@ fn parse_completion(bytes: &[u8]) -> Result<Completion, CallError> {
         .next()
         .ok_or_else(|| CallError::Malformed("no choices in the answer".into()))?;
     let content = choice.message.content.ok_or_else(|| CallError::Malformed("the answer has no content".into()))?;
-    Ok(Completion { content, finish_reason: choice.finish_reason, usage: response.usage })
+    Ok(Completion { content, finish_reason: choice.finish_reason, usage: response.usage.as_ref().and_then(parse_usage) })
 }
 
-/// `retry-after-ms` (OpenAI, sub-second) first, then `Retry-After` in seconds.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+/// `usage` as OpenAI writes it (non-negative integers). Anything else (negative or fractional
+/// counts, strings, a missing `completion_tokens`) is None, so the caller estimates the tokens
+/// instead of refusing the answer.
+pub fn parse_usage(value: &serde_json::Value) -> Option<Usage> {
+    if value.is_null() {
+        return None;
     }
-    header("retry-after").and_then(|v| v.parse::<f64>().ok()).map(|s| Duration::from_secs_f64(s.max(0.0)))
+    match Usage::deserialize(value) {
+        Ok(usage) => Some(usage),
+        Err(e) => {
+            tracing::warn!(error = %e, "the answer's usage is unreadable; estimating its tokens");
+            None
+        }
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    parse_retry_after(header("retry-after-ms"), header("retry-after"), now)
+}
+
+/// How long a 429 asks to wait: OpenAI's `retry-after-ms` first, then `Retry-After` as seconds or
+/// as an HTTP date (RFC 9110). At most [`MAX_RETRY_AFTER`]. A value that means nothing (negative,
+/// NaN, text) is ignored, so the caller falls back to its own back-off; a date already past is zero.
+pub fn parse_retry_after(retry_after_ms: Option<&str>, retry_after: Option<&str>, now: SystemTime) -> Option<Duration> {
+    let non_negative = |v: &str| v.trim().parse::<f64>().ok().filter(|x| *x >= 0.0);
+    let from_ms = retry_after_ms.and_then(non_negative).map(|ms| ms / 1000.0);
+    let seconds = from_ms.or_else(|| {
+        let value = retry_after?.trim();
+        non_negative(value).or_else(|| {
+            let at = httpdate::parse_http_date(value).ok()?;
+            Some(at.duration_since(now).unwrap_or_default().as_secs_f64())
+        })
+    })?;
+    // `min` before the conversion: from_secs_f64 panics on infinity and on anything past u64 seconds.
+    Some(Duration::try_from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())).unwrap_or(MAX_RETRY_AFTER))
 }
 
 /// The error text of the shapes servers use: OpenAI and vLLM `{"error": {"message", "code"}}`,
 /// Ollama and llama.cpp `{"error": "..."}` or `{"error": {"message"}}`, else the raw body.
-fn error_message(bytes: &[u8]) -> String {
+pub fn error_message(bytes: &[u8]) -> String {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return snippet(bytes);
     };
@@ -368,12 +403,60 @@ mod tests {
 
     #[test]
     fn retry_after_prefers_milliseconds() {
+        let now = SystemTime::now();
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("retry-after", "2".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(2)));
         h.insert("retry-after-ms", "150".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
-        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+        assert_eq!(retry_after(&h, now), Some(Duration::from_millis(150)));
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn hostile_retry_after_values_are_clamped_or_ignored() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        let secs = |v: &str| parse_retry_after(None, Some(v), now);
+        let ms = |v: &str| parse_retry_after(Some(v), None, now);
+        // Each of these used to panic in Duration::from_secs_f64.
+        for huge in ["inf", "+Infinity", "1e300", "18446744073709551616", "99999999999999999999999"] {
+            assert_eq!(secs(huge), Some(MAX_RETRY_AFTER), "Retry-After: {huge}");
+            assert_eq!(ms(huge), Some(MAX_RETRY_AFTER), "retry-after-ms: {huge}");
+        }
+        for meaningless in ["-1", "-inf", "NaN", "soon", "", "1,5", "0x10"] {
+            assert_eq!(secs(meaningless), None, "Retry-After: {meaningless:?}");
+            assert_eq!(ms(meaningless), None, "retry-after-ms: {meaningless:?}");
+        }
+        assert_eq!(secs(" 1.5 "), Some(Duration::from_millis(1500)));
+        assert_eq!(ms("0"), Some(Duration::ZERO));
+        // A meaningless retry-after-ms falls back to Retry-After.
+        assert_eq!(parse_retry_after(Some("-5"), Some("3"), now), Some(Duration::from_secs(3)));
+        // HTTP dates: in the future, in the past, far away.
+        assert_eq!(secs("Wed, 21 Oct 2015 07:28:30 GMT"), Some(Duration::from_secs(30)));
+        assert_eq!(secs("Wed, 21 Oct 2015 07:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(secs("Fri, 31 Dec 9999 23:59:59 GMT"), Some(MAX_RETRY_AFTER));
+        assert_eq!(secs("Wed, 21 Oct 2015 07:28:30 PST"), None);
+    }
+
+    #[test]
+    fn unreadable_usage_keeps_the_answer() {
+        let body = |usage: &str| {
+            format!(r#"{{"choices":[{{"message":{{"content":"Q?"}},"finish_reason":"stop"}}],"usage":{usage}}}"#)
+        };
+        for odd in [r#"{"prompt_tokens":-1,"completion_tokens":3}"#, r#"{"prompt_tokens":1.5,"completion_tokens":3}"#,
+                    r#"{"prompt_tokens":"10"}"#, r#""lots""#, "[]", r#"{"prompt_tokens":1e400}"#]
+        {
+            let c = parse_completion(body(odd).as_bytes());
+            // 1e400 is not even a JSON number serde_json accepts; every other body keeps its answer.
+            if odd.contains("1e400") {
+                assert!(matches!(c, Err(CallError::Malformed(_))), "{odd}");
+            } else {
+                let c = c.unwrap_or_else(|e| panic!("{odd}: {e}"));
+                assert_eq!((c.content.as_str(), c.usage), ("Q?", None), "{odd}");
+            }
+        }
+        let max = parse_completion(body(r#"{"prompt_tokens":18446744073709551615,"completion_tokens":1}"#).as_bytes());
+        assert_eq!(max.unwrap().usage.unwrap().prompt_tokens, u64::MAX);
+        assert_eq!(parse_completion(body("null").as_bytes()).unwrap().usage, None);
     }
 
     #[test]

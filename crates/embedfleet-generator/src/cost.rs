@@ -152,8 +152,9 @@ impl CostMeter {
     pub fn record(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
         let cost = self.pricing.cost(prompt_tokens, completion_tokens);
         let mut t = self.totals.lock().expect("not poisoned");
-        t.0 += prompt_tokens;
-        t.1 += completion_tokens;
+        // Counts come from the server's `usage`; a server that claims u64::MAX must not overflow them.
+        t.0 = t.0.saturating_add(prompt_tokens);
+        t.1 = t.1.saturating_add(completion_tokens);
         t.2 += cost;
         cost
     }
@@ -198,6 +199,16 @@ mod tests {
         let m = CostMeter::new(Pricing { input_per_1k: 1.0, output_per_1k: 2.0 });
         assert!((m.record(1000, 500) - 2.0).abs() < 1e-12);
         assert_eq!(m.totals(), (1000, 500, 2.0));
+    }
+
+    #[test]
+    fn absurd_usage_saturates_instead_of_overflowing() {
+        let meter = CostMeter::new(Pricing::default());
+        meter.record(u64::MAX, u64::MAX);
+        meter.record(u64::MAX, 1);
+        let (prompt, completion, spent) = meter.totals();
+        assert_eq!((prompt, completion), (u64::MAX, u64::MAX));
+        assert!(spent.is_finite() && spent > 0.0);
     }
 
     #[test]

@@ -86,16 +86,23 @@ impl<L: RateLimiter> LlmGenerator<L> {
     }
 
     pub fn stats(&self) -> GeneratorStats {
-        self.counters.snapshot(self.cost.totals())
+        let mut stats = self.counters.snapshot(self.cost.totals());
+        stats.cache_dir = self.cache_dir().map(|d| d.to_owned());
+        stats
     }
 
     fn template(&self) -> &PromptTemplate {
         &self.config.prompt
     }
 
-    /// The resume-cache key of `chunk` asked for `n` questions.
+    /// The resume-cache key of `chunk` asked for `n` questions of this endpoint and model.
     pub fn cache_key(&self, chunk: &Chunk, n: usize) -> String {
-        cache_key(&chunk.text, self.template().source(), &self.config.model, n)
+        cache_key(&chunk.text, self.template().source(), &self.config.model, self.client.endpoint().as_str(), n)
+    }
+
+    /// Where answered chunks are kept, when resuming is on.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.cache.as_ref().map(|c| c.dir())
     }
 
     async fn cached(&self, key: &str) -> Option<CachedAnswer> {
@@ -122,9 +129,10 @@ impl<L: RateLimiter> LlmGenerator<L> {
         }
         let key = self.cache_key(chunk, n);
         if let Some(answer) = self.cached(&key).await {
-            tracing::debug!(chunk = %chunk.id, "answer from the resume cache");
+            tracing::debug!(chunk = %chunk.id, origin = %answer.origin(), "answer from the resume cache");
             self.filter.remember(&answer.questions);
             bump(&self.counters.chunks_cached, 1);
+            self.counters.add_cached_from(answer.origin());
             bump(&self.counters.questions, answer.questions.len() as u64);
             return Ok(answer.questions);
         }
@@ -175,6 +183,7 @@ impl<L: RateLimiter> LlmGenerator<L> {
             let answer = CachedAnswer {
                 chunk_id: chunk.id.to_string(),
                 model: self.config.model.clone(),
+                endpoint: self.client.endpoint().to_string(),
                 questions: questions.clone(),
                 short,
             };
@@ -244,7 +253,7 @@ impl<L: RateLimiter> LlmGenerator<L> {
                         .filter(|d| !d.is_zero())
                         .unwrap_or_else(|| backoff_delay(attempt, self.config.backoff_base, self.config.backoff_max));
                     tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "rate limited; pausing all requests");
-                    self.limiter.hold_off(wait);
+                    self.limiter.hold_off(wait).await;
                 }
                 _ if !last => {
                     let wait = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_max);

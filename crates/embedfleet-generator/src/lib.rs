@@ -12,6 +12,7 @@ pub mod cost;
 pub mod failures;
 pub mod fleet_budget;
 pub mod filter;
+pub mod fleet_limiter;
 pub mod generator;
 pub mod limiter;
 pub mod prompt;

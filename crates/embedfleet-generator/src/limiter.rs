@@ -25,7 +25,10 @@ pub trait RateLimiter: Send + Sync {
     fn acquire(&self, tokens: u32) -> impl Future<Output = ()> + Send;
 
     /// The provider said "slow down" (a 429): no request anywhere should start within `wait`.
-    fn hold_off(&self, _wait: Duration) {}
+    /// Returns once the pause is in force, so the retry that follows cannot slip in before it.
+    fn hold_off(&self, _wait: Duration) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
     /// A finished request used `actual` tokens where `estimated` were acquired.
     fn record_usage(&self, _estimated: u32, _actual: u32) {}
@@ -124,8 +127,10 @@ impl RateLimiter for LocalRateLimiter {
         self.wait_for_hold_off().await;
     }
 
-    fn hold_off(&self, wait: Duration) {
-        let until = Instant::now() + wait;
+    async fn hold_off(&self, wait: Duration) {
+        // Instant + Duration panics past the clock's range; no pause needs to be longer than a day.
+        let now = Instant::now();
+        let until = now.checked_add(wait).unwrap_or(now + Duration::from_secs(86_400));
         let mut not_before = self.not_before.lock().expect("not poisoned");
         if not_before.is_none_or(|t| t < until) {
             *not_before = Some(until);
@@ -137,7 +142,9 @@ impl RateLimiter for LocalRateLimiter {
     /// the answer's length, so a refund would run ahead of the provider's own count.
     fn record_usage(&self, estimated: u32, actual: u32) {
         if actual > estimated && self.tokens.is_some() {
-            self.debt.fetch_add(actual - estimated, Ordering::SeqCst);
+            // Saturating: a wrapped debt would let the next request through as if nothing was owed.
+            let extra = actual - estimated;
+            let _ = self.debt.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| Some(d.saturating_add(extra)));
         }
     }
 }
@@ -191,11 +198,29 @@ mod tests {
     #[tokio::test]
     async fn hold_off_delays_every_acquisition() {
         let limiter = LocalRateLimiter::unlimited();
-        limiter.hold_off(Duration::from_millis(150));
-        limiter.hold_off(Duration::from_millis(10)); // a shorter pause never shortens a longer one
+        limiter.hold_off(Duration::from_millis(150)).await;
+        limiter.hold_off(Duration::from_millis(10)).await; // a shorter pause never shortens a longer one
         let start = std::time::Instant::now();
         limiter.acquire(1).await;
         assert!(start.elapsed() >= Duration::from_millis(140));
+    }
+
+    #[tokio::test]
+    async fn absurd_pauses_and_usage_do_not_panic() {
+        let limiter = LocalRateLimiter::new(&RateLimits {
+            tokens_per_minute: Some(60_000),
+            token_burst: Some(100),
+            ..Default::default()
+        })
+        .unwrap();
+        // Instant + Duration::MAX overflows; the pause is capped instead.
+        limiter.hold_off(Duration::MAX).await;
+        let until = limiter.not_before.lock().unwrap().unwrap();
+        assert!(until > Instant::now() + Duration::from_secs(3600));
+        // A server claiming u32::MAX tokens twice leaves the debt full, not wrapped to a small number.
+        limiter.record_usage(0, u32::MAX);
+        limiter.record_usage(0, u32::MAX);
+        assert_eq!(limiter.debt.load(Ordering::SeqCst), u32::MAX);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use crate::client::CallError;
 use crate::filter::FilterStats;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,6 +30,12 @@ pub struct GeneratorStats {
     pub chunks_done: u64,
     /// Chunks whose answer came from the resume cache (no request).
     pub chunks_cached: u64,
+    /// Cached chunks by who first answered them ("model at endpoint").
+    #[serde(default)]
+    pub cached_from: BTreeMap<String, u64>,
+    /// The resume cache, when resuming is on.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
     /// Chunks that ended with fewer questions than asked after their retry.
     pub chunks_short: u64,
     /// Chunks that failed after all their attempts.
@@ -35,6 +43,30 @@ pub struct GeneratorStats {
     /// Questions returned, cached ones included.
     pub questions: u64,
     pub filtered: FilterStats,
+}
+
+impl GeneratorStats {
+    /// Chunks this run handled: answered now, from the cache, or failed.
+    pub fn chunks_seen(&self) -> u64 {
+        self.chunks_done + self.chunks_cached + self.chunks_failed
+    }
+
+    /// One line on the resume cache for a summary: how many chunks it answered, where it is, and
+    /// who first answered them, so a user who changed servers sees that old answers were reused.
+    /// None when resuming is off.
+    pub fn cache_summary(&self) -> Option<String> {
+        let dir = self.cache_dir.as_ref()?.display();
+        let seen = self.chunks_seen();
+        if self.chunks_cached == 0 {
+            return Some(format!("no chunk of {seen} came from the resume cache {dir}; every answer is new"));
+        }
+        let origins: Vec<String> = self.cached_from.iter().map(|(origin, n)| format!("{n} from {origin}")).collect();
+        Some(format!(
+            "{} of {seen} chunks answered from the resume cache {dir}, not asked again: {}",
+            self.chunks_cached,
+            origins.join(", ")
+        ))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +84,7 @@ pub(crate) struct Counters {
     pub chunks_failed: AtomicU64,
     pub questions: AtomicU64,
     pub filtered: Mutex<FilterStats>,
+    pub cached_from: Mutex<BTreeMap<String, u64>>,
 }
 
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
@@ -69,6 +102,10 @@ impl Counters {
             CallError::Unauthorized { .. } | CallError::ModelNotFound { .. } | CallError::Rejected { .. } => return,
         };
         bump(counter, 1);
+    }
+
+    pub fn add_cached_from(&self, origin: String) {
+        *self.cached_from.lock().expect("not poisoned").entry(origin).or_default() += 1;
     }
 
     pub fn add_filtered(&self, stats: &FilterStats) {
@@ -90,6 +127,8 @@ impl Counters {
             cost_usd,
             chunks_done: get(&self.chunks_done),
             chunks_cached: get(&self.chunks_cached),
+            cached_from: self.cached_from.lock().expect("not poisoned").clone(),
+            cache_dir: None,
             chunks_short: get(&self.chunks_short),
             chunks_failed: get(&self.chunks_failed),
             questions: get(&self.questions),

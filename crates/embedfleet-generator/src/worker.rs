@@ -2,11 +2,10 @@
 //! to a deterministic key and the coordinator is told. With several replicas, the LLM rate limit is
 //! the fleet's (one GCRA in NATS KV), not each process's.
 
-use crate::limiter::RateLimiter;
-use crate::{GeneratorStats, LlmConfig, LlmGenerator};
+use crate::fleet_limiter::{FleetLimiter, RATE_WAIT};
+use crate::{GeneratorStats, LlmGenerator};
 use embedfleet_bus::layout::{self, TaskQuestions};
 use embedfleet_bus::messages::{Message, RunSpec};
-use embedfleet_bus::ratelimit::FleetRateLimit;
 use embedfleet_bus::worker::{TaskError, TaskHandler};
 use embedfleet_bus::{Bus, Stage};
 use crate::cost::{Budget, LocalBudget};
@@ -14,10 +13,9 @@ use crate::fleet_budget::FleetBudget;
 use embedfleet_core::generate::{GenerationStop, generate_questions};
 use embedfleet_core::progress::NoProgress;
 use embedfleet_core::{ArtifactStore, Chunk, GenerateError, GeneratorKind, OfflineGenerator, QuestionGenerator, RunId};
-use prometheus::{Counter, Histogram, IntCounter, IntCounterVec, register_counter, register_histogram, register_int_counter, register_int_counter_vec};
+use prometheus::{Counter, IntCounter, IntCounterVec, register_counter, register_int_counter, register_int_counter_vec};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
 
 static LLM_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("embedfleet_generator_llm_requests_total", "LLM requests by outcome", &["outcome"]).expect("registers once")
@@ -31,14 +29,6 @@ static LLM_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 static LLM_COST: LazyLock<Counter> = LazyLock::new(|| {
     register_counter!("embedfleet_generator_llm_cost_usd_total", "LLM spend in USD").expect("registers once")
 });
-static RATE_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
-        "embedfleet_generator_ratelimit_wait_seconds",
-        "Time a request waited for the fleet-wide rate limit",
-        vec![0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
-    )
-    .expect("registers once")
-});
 static CHUNKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("embedfleet_generator_chunks_total", "Chunks handled, by outcome", &["outcome"]).expect("registers once")
 });
@@ -49,38 +39,6 @@ static SKIPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("embedfleet_generator_tasks_skipped_total", "Tasks of cancelled, failed or budget-spent runs skipped")
         .expect("registers once")
 });
-
-/// The fleet's limits: requests and tokens per minute, each one GCRA key in KV.
-pub struct FleetLimiter {
-    requests: FleetRateLimit,
-    tokens: Option<FleetRateLimit>,
-}
-
-impl FleetLimiter {
-    pub fn new(bus: &Bus, config: &LlmConfig) -> Self {
-        let key = format!("{}-{}", config.base_url, config.model);
-        let requests = FleetRateLimit::new(bus.rate.clone(), &format!("rpm-{key}"), config.limits.requests_per_minute.unwrap_or(u32::MAX / 2), config.limits.request_burst);
-        let tokens = config.limits.tokens_per_minute.map(|tpm| {
-            FleetRateLimit::new(bus.rate.clone(), &format!("tpm-{key}"), tpm, config.limits.token_burst.unwrap_or(tpm / 10))
-        });
-        Self { requests, tokens }
-    }
-}
-
-impl RateLimiter for FleetLimiter {
-    async fn acquire(&self, tokens: u32) {
-        let mut waited = self.requests.acquire(1).await;
-        if let Some(t) = &self.tokens {
-            waited += t.acquire(tokens).await;
-        }
-        RATE_WAIT.observe(waited.as_secs_f64());
-    }
-
-    fn hold_off(&self, wait: Duration) {
-        let requests = self.requests.clone();
-        tokio::spawn(async move { requests.hold_off(wait).await });
-    }
-}
 
 pub struct GenerateWorker {
     pub bus: Bus,

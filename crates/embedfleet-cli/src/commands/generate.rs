@@ -135,9 +135,12 @@ pub fn report_failures(failures: &[ChunkFailure]) -> Result<ExitCode> {
 
 pub fn print_llm_stats(s: &GeneratorStats) {
     println!(
-        "  llm        {} requests ({} retries, {} x 429, {} x 5xx, {} timeouts), {} chunks from the resume cache",
-        s.requests, s.retries, s.rate_limited, s.server_errors, s.timeouts, s.chunks_cached
+        "  llm        {} requests ({} retries, {} x 429, {} x 5xx, {} timeouts)",
+        s.requests, s.retries, s.rate_limited, s.server_errors, s.timeouts
     );
+    if let Some(cache) = s.cache_summary() {
+        println!("  cache      {cache}");
+    }
     println!(
         "  tokens     {} prompt + {} completion = ${:.4}",
         s.prompt_tokens, s.completion_tokens, s.cost_usd
