@@ -215,6 +215,11 @@ impl Coordinator {
             "steps": record.steps,
         });
         self.store.put(&layout::report(run_id), serde_json::to_vec_pretty(&report).expect("json")).await.map_err(retry)?;
+        embedfleet_report::fleet::write_run_report(&self.store, &embedfleet_report::fleet::FleetRun {
+            run_id, base_model: &record.spec.model_id, best, split_by: &record.spec.split_by, generator: &record.spec.generator,
+            failed_chunks: record.failed_chunks as usize, run_prefix: layout::run(run_id), results_prefix: layout::results(run_id),
+            model_prefix: layout::model(run_id), data_prefix: layout::data(run_id), chunks_key: layout::chunks(run_id),
+        }).await.map_err(retry)?;
         Ok(())
     }
 }
