@@ -67,7 +67,12 @@ pub fn is_hub_id(s: &str) -> bool {
 pub fn base_model_name(spec: &str, folder_card: Option<&str>) -> String {
     let path = Path::new(spec);
     if !path.is_dir() {
-        return spec.to_owned();
+        // A folder on another machine (a fleet worker's) is still named by its last part.
+        let looks_local = !spec.contains("://") && (spec.starts_with('/') || spec.starts_with('.') || !is_hub_id(spec));
+        return match path.file_name().and_then(|n| n.to_str()) {
+            Some(name) if looks_local => name.to_owned(),
+            _ => spec.to_owned(),
+        };
     }
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_owned());
     for component in canonical.components().rev() {
@@ -85,6 +90,12 @@ pub fn base_model_name(spec: &str, folder_card: Option<&str>) -> String {
         }
     }
     canonical.file_name().and_then(|n| n.to_str()).unwrap_or(spec).to_owned()
+}
+
+/// [`base_model_name`] reading the card of a local folder itself.
+pub fn describe_base_model(spec: &str) -> String {
+    let card = std::fs::read_to_string(Path::new(spec).join("README.md")).ok();
+    base_model_name(spec, card.as_deref())
 }
 
 /// A YAML double-quoted scalar (JSON's string syntax is a subset of it).
@@ -326,6 +337,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(base_model_name("BAAI/bge-small-en", None), "BAAI/bge-small-en");
         assert_eq!(base_model_name("s3://models/bge", None), "s3://models/bge");
+        assert_eq!(base_model_name("/srv/models/tiny-model", None), "tiny-model", "a folder elsewhere");
         let cached = dir.path().join("hub/models--BAAI--bge-small-en/snapshots/abc123");
         std::fs::create_dir_all(&cached).unwrap();
         assert_eq!(base_model_name(cached.to_str().unwrap(), None), "BAAI/bge-small-en");
