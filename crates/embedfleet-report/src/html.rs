@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 pub const QUESTIONS_SHOWN: usize = 25;
 /// Passages shown per model and question.
 pub const PASSAGES_SHOWN: usize = 3;
-const SNIPPET_CHARS: usize = 240;
+const SNIPPET_CHARS: usize = 180;
 
 const STYLE: &str = r#"
 *{box-sizing:border-box}
@@ -39,7 +39,9 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:now
 .delta{display:block;font-size:12.5px}
 .up{color:#116329}.down{color:#a40e26}.same{color:#59636e}
 figure{margin:0}
-figure svg{display:block;max-width:100%;height:auto}
+figure svg{display:block;width:100%;max-width:960px;height:auto}
+nav{font-size:14px;margin:10px 0 0;color:#59636e}
+nav a{color:#0969da;margin-right:14px}
 .filters{display:flex;flex-wrap:wrap;gap:8px 16px;align-items:center;margin:8px 0 4px}
 .filters input[type=search]{flex:1 1 320px;font:inherit;padding:6px 10px;border:1px solid #afb8c1;border-radius:6px}
 .q{border:1px solid #d8dee4;border-radius:6px;padding:12px 14px;margin:0 0 12px}
@@ -312,16 +314,20 @@ pub fn render(report: &RunReport) -> String {
         None => "neutral",
     };
     let text = if v.text.is_empty() { "One model was evaluated; there is nothing to compare it with.".to_string() } else { v.text };
-    let _ = write!(out, r#"<header><p class="kicker">embedfleet report</p><h1>{}</h1><p id="verdict" class="verdict {class}">{}</p></header>"#, escape(title), escape(&text));
+    let _ = write!(out, r##"<header><p class="kicker">embedfleet report</p><h1>{}</h1><p id="verdict" class="verdict {class}">{}</p><nav><a href="#headline">headline</a><a href="#comparison">every metric</a>{}<a href="#facts">dataset and training</a><a href="#questions">the questions</a></nav></header>"##,
+        escape(title),
+        escape(&text),
+        if report.curve.is_some() { r##"<a href="#training">training curves</a>"## } else { "" }
+    );
     headline(&mut out, report);
 
-    if let Some(svg) = metrics_chart(&report.models, "Every metric, each model") {
+    let chart_title = format!("Retrieval metrics on {} validation questions", report.models.first().map(|m| m.hit_rate.total).unwrap_or(0));
+    if let Some(svg) = metrics_chart(&report.models, &chart_title) {
         let _ = write!(out, r#"<section id="comparison"><h2>Every metric</h2><figure>{svg}</figure></section>"#);
     }
     if let Some(svg) = report.curve.as_ref().and_then(training_chart) {
         let _ = write!(out, r#"<section id="training"><h2>Training curves</h2><figure>{svg}</figure></section>"#);
     }
-    questions(&mut out, report);
 
     out.push_str(r#"<section id="facts"><h2>Dataset and training</h2>"#);
     if report.dataset.is_none() && report.training.is_none() {
@@ -334,7 +340,10 @@ pub fn render(report: &RunReport) -> String {
     if let Some(t) = &report.training {
         training_table(&mut out, t);
     }
-    out.push_str("</div></section><footer>");
+    out.push_str("</div></section>");
+    // Last: the long part of the page.
+    questions(&mut out, report);
+    out.push_str("<footer>");
     if !report.files.is_empty() {
         out.push_str("<ul>");
         for (what, path) in &report.files {

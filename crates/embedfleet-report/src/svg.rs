@@ -111,11 +111,13 @@ pub struct TextStyle<'a> {
     pub anchor: Anchor,
     pub bold: bool,
     pub fill: &'a str,
+    /// A white outline under the glyphs, so a grid line behind the label does not cross it.
+    pub halo: bool,
 }
 
 impl Default for TextStyle<'_> {
     fn default() -> Self {
-        TextStyle { size: 12.0, anchor: Anchor::Start, bold: false, fill: "#1f2328" }
+        TextStyle { size: 12.0, anchor: Anchor::Start, bold: false, fill: "#1f2328", halo: false }
     }
 }
 
@@ -213,13 +215,14 @@ impl Svg {
         let b = TextBox::new(x, y, style.size, style.anchor, style.bold, text);
         let _ = write!(
             self.body,
-            r#"<text x="{}" y="{}" font-size="{}" text-anchor="{}" fill="{}"{}>{}</text>"#,
+            r#"<text x="{}" y="{}" font-size="{}" text-anchor="{}" fill="{}"{}{}>{}</text>"#,
             num(x),
             num(y),
             num(style.size),
             style.anchor.name(),
             style.fill,
             if style.bold { r#" font-weight="bold""# } else { "" },
+            if style.halo { r#" stroke="white" stroke-width="3" paint-order="stroke""# } else { "" },
             escape(text)
         );
         self.labels.push(b.clone());

@@ -92,7 +92,7 @@ pub fn metrics_chart(models: &[ModelResult], title: &str) -> Option<String> {
             }
             let text = if value.is_finite() { format!("{value:.4}") } else { "n/a".into() };
             let x = if value.is_finite() { scale(*value) + 4.0 } else { left + 4.0 };
-            svg.text(x, by + BAR / 2.0 + 0.35 * VALUE_SIZE, &text, TextStyle { size: VALUE_SIZE, fill: TEXT_COLOR, ..Default::default() });
+            svg.text(x, by + BAR / 2.0 + 0.35 * VALUE_SIZE, &text, TextStyle { size: VALUE_SIZE, fill: TEXT_COLOR, halo: true, ..Default::default() });
         }
     }
     let axis_y = top + plot_h + 6.0;

@@ -16,9 +16,9 @@ const METRIC_COLOR: &str = "#1a7f37";
 const BEST_COLOR: &str = "#cf222e";
 const LR_COLOR: &str = "#8250df";
 
-/// How many steps the moving average spans: about a twentieth of the run, at least 1, at most 50.
+/// How many steps the moving average spans: about a tenth of the run, at least 1, at most 50.
 pub fn smoothing_window(steps: usize) -> usize {
-    steps.div_ceil(20).clamp(1, 50)
+    steps.div_ceil(10).clamp(1, 50)
 }
 
 /// The trailing mean of the last `window` values at each point.
@@ -188,7 +188,7 @@ pub fn training_chart(curve: &TrainingCurve) -> Option<String> {
                 Some(step) => format!("best {v:.4} at step {step} (kept)"),
                 None => format!("nothing beat the base ({v:.4}): base kept"),
             };
-            let style = TextStyle { size: 12.0, fill: BEST_COLOR, bold: true, ..Default::default() };
+            let style = TextStyle { size: 12.0, fill: BEST_COLOR, bold: true, halo: true, ..Default::default() };
             let w = text_width(&text, 12.0, true);
             layout.annotate(&p, &[(x + 10.0, y - 10.0), (x - 10.0 - w, y - 10.0), (x + 10.0, y + 20.0), (x - 10.0 - w, y + 20.0), (p.left + 6.0, p.top + 14.0)], &text, style);
         }
@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(moving_average(&[4.0, 2.0, 0.0, 2.0], 2), [4.0, 3.0, 1.0, 1.0]);
         assert_eq!(moving_average(&[1.0, 2.0], 1), [1.0, 2.0]);
         assert_eq!(smoothing_window(10), 1);
-        assert_eq!(smoothing_window(100), 5);
+        assert_eq!(smoothing_window(48), 5);
         assert_eq!(smoothing_window(100_000), 50);
     }
 }
