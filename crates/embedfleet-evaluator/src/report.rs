@@ -1,15 +1,16 @@
 //! Comparing models: the hit-rate table and the full metric table side by side, `report.json`,
-//! a bar chart of every metric per model, and `per_query.jsonl` (which questions got better or worse).
+//! the comparison chart (drawn by embedfleet-report), and `per_query.jsonl` (which questions got
+//! better or worse).
 
-use crate::{Comparison, Evaluation};
-use plotters::prelude::*;
+use crate::Comparison;
+use embedfleet_report::ModelResult;
+use embedfleet_report::write::write_atomic;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-/// The metric that decides whether fine-tuning helped.
-pub const PRIMARY_METRIC: &str = "NDCG@10";
+pub use embedfleet_report::data::PRIMARY_METRIC;
 
 pub fn hit_rate_table(models: &Comparison) -> String {
     let mut s = String::new();
@@ -33,7 +34,7 @@ pub fn metric_table(models: &Comparison) -> String {
         let _ = write!(s, " {:>14}", truncate(name, 14));
     }
     s.push('\n');
-    for (metric, _) in metric_names(models) {
+    for metric in metric_names(models) {
         let _ = write!(s, "{metric:<22}");
         for e in models.values() {
             let _ = write!(s, " {:>14.4}", e.metric(&metric).unwrap_or(f64::NAN));
@@ -45,30 +46,16 @@ pub fn metric_table(models: &Comparison) -> String {
 
 /// A plain sentence on whether the last model beats the first on the primary metric.
 pub fn verdict(models: &Comparison) -> String {
-    let (Some((base_name, base)), Some((last_name, last))) = (models.first(), models.last()) else {
-        return String::new();
-    };
-    if models.len() < 2 {
-        return String::new();
-    }
-    let (b, f) = (base.metric(PRIMARY_METRIC).unwrap_or(0.0), last.metric(PRIMARY_METRIC).unwrap_or(0.0));
-    if f > b {
-        format!("{last_name} is better than {base_name}: {PRIMARY_METRIC} {f:.4} vs {b:.4} ({:+.4}).", f - b)
-    } else {
-        format!(
-            "{last_name} is NOT better than {base_name}: {PRIMARY_METRIC} {f:.4} vs {b:.4} ({:+.4}). Keep the base model, or fine-tune with more data or other settings.",
-            f - b
-        )
-    }
+    embedfleet_report::summary::verdict(&results(models)).text
 }
 
-fn metric_names(models: &Comparison) -> Vec<(String, f64)> {
-    let Some(first) = models.values().next() else { return Vec::new() };
-    first
-        .metrics
-        .iter()
-        .flat_map(|(f, m)| m.named().into_iter().map(move |(n, v)| (format!("{}-{n}", f.name()), v)))
-        .collect()
+/// The report's view of each evaluation, named as in `models` (sources unknown here).
+pub fn results(models: &Comparison) -> Vec<ModelResult> {
+    models.iter().map(|(name, e)| e.to_result(name, name)).collect()
+}
+
+fn metric_names(models: &Comparison) -> Vec<String> {
+    models.values().next().map(|first| crate::named_metrics(&first.metrics).into_keys().collect()).unwrap_or_default()
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -84,15 +71,12 @@ pub fn write_report(dir: &Path, models: &Comparison) -> std::io::Result<()> {
         "models": models.iter().map(|(name, e)| json!({
             "name": name,
             "hit_rate": e.hit_rate,
-            "metrics": metric_names(&Comparison::from([(name.clone(), e.clone())]))
-                .into_iter()
-                .map(|(n, v)| (n, json!(v)))
-                .collect::<serde_json::Map<_, _>>(),
+            "metrics": crate::named_metrics(&e.metrics),
             "dropped_queries": e.dropped_queries,
             "timings": e.timings,
         })).collect::<Vec<_>>(),
     });
-    atomic_write(&dir.join("report.json"), &serde_json::to_vec_pretty(&report).expect("json"))?;
+    write_atomic(&dir.join("report.json"), &serde_json::to_vec_pretty(&report).expect("json")).map_err(std::io::Error::other)?;
 
     let mut lines = Vec::new();
     if let Some(first) = models.values().next() {
@@ -102,69 +86,7 @@ pub fn write_report(dir: &Path, models: &Comparison) -> std::io::Result<()> {
             writeln!(lines, "{}", json!({"query_id": outcome.query_id, "rank": ranks}))?;
         }
     }
-    atomic_write(&dir.join("per_query.jsonl"), &lines)?;
-    chart(&dir.join("metrics.svg"), models)
-}
-
-fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)
-}
-
-/// Grouped bars: one group per metric, one bar per model.
-fn chart(path: &Path, models: &Comparison) -> std::io::Result<()> {
-    let names: Vec<String> = metric_names(models).into_iter().map(|(n, _)| n).collect();
-    let evaluations: Vec<(&String, &Evaluation)> = models.iter().collect();
-    let groups = names.len().max(1);
-    let per = evaluations.len().max(1);
-    let width = (160 + groups * (per * 14 + 14)).max(640) as u32;
-    let tmp = path.with_extension("partial.svg");
-    {
-        let root = SVGBackend::new(&tmp, (width, 460)).into_drawing_area();
-        let err = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
-        root.fill(&WHITE).map_err(|e| err(&e))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Retrieval metrics on the validation set", ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(110)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0f64..groups as f64, 0f64..1.0f64)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(groups)
-            .x_label_formatter(&|x| names.get(x.floor() as usize).cloned().unwrap_or_default())
-            .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
-            .y_desc("score")
-            .draw()
-            .map_err(|e| err(&e))?;
-        let bar = 0.8 / per as f64;
-        for (m, (model, e)) in evaluations.iter().enumerate() {
-            let color = Palette99::pick(m).to_rgba();
-            let bars: Vec<_> = names
-                .iter()
-                .enumerate()
-                .map(|(g, n)| {
-                    let x0 = g as f64 + 0.1 + m as f64 * bar;
-                    Rectangle::new([(x0, 0.0), (x0 + bar, e.metric(n).unwrap_or(0.0))], color.filled())
-                })
-                .collect();
-            chart
-                .draw_series(bars)
-                .map_err(|e| err(&e))?
-                .label(model.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))?;
-    }
-    std::fs::rename(tmp, path)
+    write_atomic(&dir.join("per_query.jsonl"), &lines).map_err(std::io::Error::other)?;
+    embedfleet_report::write::write_metrics_chart(&dir.join("metrics.svg"), &results(models)).map_err(std::io::Error::other)?;
+    Ok(())
 }

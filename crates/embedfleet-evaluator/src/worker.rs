@@ -72,6 +72,10 @@ impl TaskHandler for EvaluateWorker {
                 .await
                 .map_err(|e| TaskError::transient(format!("the evaluation thread ended: {e}")))??;
                 let _ = std::fs::remove_dir_all(&local);
+                // Before the result itself: a redelivery that finds the result finds this too.
+                let for_report = evaluation.to_result(&label, &label);
+                let key = embedfleet_report::fleet::model_result_key(&layout::run(&run_id), &label);
+                self.store.put(&key, serde_json::to_vec(&for_report).expect("serializes")).await?;
                 self.store.put(&result_key, serde_json::to_vec(&evaluation).expect("serializes")).await?;
                 self.write_tables(&run_id, &label, &evaluation, &options).await?;
                 evaluation

@@ -7,6 +7,7 @@ use crate::error::ModelError;
 use crate::pooling::{normalize, pool};
 use crate::precision::Precision;
 use crate::tokenize::{TextTokenizer, TokenBatch};
+use embedfleet_report::{ModelCard, ModelFacts};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor, nn};
@@ -42,14 +43,6 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self { device: Device::Cpu, precision: Precision::Fp32 }
     }
-}
-
-/// What a saved model's card says about it.
-#[derive(Debug, Clone, Default)]
-pub struct ModelCard {
-    pub base_model: String,
-    pub training_data: String,
-    pub metrics: Vec<(String, f64)>,
 }
 
 impl SentenceEncoder {
@@ -292,40 +285,15 @@ impl SentenceEncoder {
                 "similarity_fn_name": "cosine"
             })),
         )?;
-        write(dir.join("README.md"), model_card(card, self).into_bytes())?;
+        let facts = ModelFacts {
+            dimension: self.dimension(),
+            max_seq_length: self.max_seq_length,
+            pooling: format!("{:?}", self.pooling).to_lowercase(),
+            normalize: self.normalize,
+        };
+        write(dir.join("README.md"), embedfleet_report::card::render(card, &facts).into_bytes())?;
         Ok(())
     }
-}
-
-fn model_card(card: &ModelCard, model: &SentenceEncoder) -> String {
-    let mut s = String::new();
-    s.push_str("---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\ntags:\n- sentence-transformers\n- embedfleet\n");
-    if !card.base_model.is_empty() {
-        s.push_str(&format!("base_model: {}\n", card.base_model));
-    }
-    s.push_str("---\n\n# Fine-tuned sentence embedding model\n\n");
-    s.push_str(&format!(
-        "Fine-tuned with [embedfleet](https://github.com/) from `{}` with MultipleNegativesRankingLoss.\n\n",
-        if card.base_model.is_empty() { "unknown" } else { &card.base_model }
-    ));
-    s.push_str(&format!(
-        "- Output dimension: {}\n- Max sequence length: {}\n- Pooling: {:?}, normalized: {}\n",
-        model.dimension(),
-        model.max_seq_length,
-        model.pooling,
-        model.normalize
-    ));
-    if !card.training_data.is_empty() {
-        s.push_str(&format!("- Training data: {}\n", card.training_data));
-    }
-    if !card.metrics.is_empty() {
-        s.push_str("\n## Validation metrics\n\n| metric | value |\n|---|---|\n");
-        for (name, value) in &card.metrics {
-            s.push_str(&format!("| {name} | {value:.4} |\n"));
-        }
-    }
-    s.push_str("\n## Usage\n\n```python\nfrom sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(\"path/to/this/folder\")\nembeddings = model.encode([\"a question\", \"a passage\"])\n```\n");
-    s
 }
 
 /// Copies checkpoint tensors into the variables, accepting keys with or without a `bert.` prefix,

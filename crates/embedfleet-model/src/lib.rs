@@ -14,7 +14,8 @@ pub mod tokenize;
 
 pub use args::RuntimeArgs;
 pub use config::{BertConfig, PoolingMode};
-pub use encoder::{LoadOptions, ModelCard, SentenceEncoder};
+pub use embedfleet_report::ModelCard;
+pub use encoder::{LoadOptions, SentenceEncoder};
 pub use error::ModelError;
 pub use precision::{Precision, PrecisionKind, parse_device};
 pub use resolve::resolve_model;

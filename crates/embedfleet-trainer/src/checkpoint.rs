@@ -5,13 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LogRow {
-    pub step: usize,
-    pub epoch: usize,
-    pub loss: f64,
-    pub lr: f64,
-}
+pub use embedfleet_report::LogRow;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalRow {
@@ -19,6 +13,24 @@ pub struct EvalRow {
     pub step: i64,
     pub metrics: Vec<(embedfleet_evaluator::rank::ScoreFunction, embedfleet_evaluator::metrics::RetrievalMetrics)>,
     pub value: f64,
+    /// Absent in checkpoints written before the report had it.
+    #[serde(default)]
+    pub hit_rate: Option<embedfleet_evaluator::metrics::HitRate>,
+}
+
+impl EvalRow {
+    /// The report's view of this evaluation (no per-question detail: training keeps none).
+    pub fn to_result(&self, name: &str, source: &str) -> embedfleet_report::ModelResult {
+        embedfleet_report::ModelResult {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            hit_rate: self.hit_rate.unwrap_or(embedfleet_report::HitRate { k: 0, hits: 0, total: 0, rate: f64::NAN }),
+            metrics: embedfleet_evaluator::named_metrics(&self.metrics),
+            questions: Vec::new(),
+            depth: 0,
+            step: Some(self.step.max(0) as u64),
+        }
+    }
 }
 
 /// Where training stood when a checkpoint was written.

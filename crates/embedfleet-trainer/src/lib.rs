@@ -6,7 +6,6 @@ pub mod batching;
 pub mod checkpoint;
 pub mod loss;
 pub mod optim;
-pub mod plot;
 pub mod train;
 pub mod worker;
 

@@ -8,7 +8,8 @@ use crate::optim::{AdamW, AdamWConfig, linear_schedule};
 use embedfleet_core::{Progress, QaDataset};
 use embedfleet_evaluator::csv::{csv_file_name, csv_header, csv_row};
 use embedfleet_evaluator::{EvalOptions, PreparedDataset, evaluate_model};
-use embedfleet_model::{ModelCard, SentenceEncoder};
+use embedfleet_model::{Device, ModelCard, SentenceEncoder};
+use embedfleet_report::{TrainingCurve, TrainingFacts};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -112,6 +113,11 @@ pub struct TrainOutcome {
     /// Every step the schedule evaluates at (0 is the base model), whether this process ran it or
     /// an earlier one it resumed from.
     pub evaluation_points: Vec<usize>,
+    /// Every evaluation, the base model's (step 0) first.
+    pub evals: Vec<EvalRow>,
+    /// What the report and the model card say about this training.
+    pub facts: TrainingFacts,
+    pub curve: TrainingCurve,
 }
 
 impl TrainOutcome {
@@ -222,11 +228,17 @@ pub fn train_with_hooks(
         evals: Vec::new(),
         fingerprint: fingerprint.clone(),
     };
-    let card = |value: Option<f64>| ModelCard {
-        base_model: job.base_model.clone(),
-        training_data: format!("{} (question, passage) pairs", pairs.len()),
-        metrics: value.map(|v| vec![(config.metric.clone(), v)]).unwrap_or_default(),
+    // Training time starts after the base model's evaluation.
+    let started = std::cell::Cell::new(Instant::now());
+    let facts = |model: &SentenceEncoder, steps: usize, trained_pairs: usize, best_step: Option<usize>| {
+        let seconds = started.get().elapsed().as_secs_f64();
+        training_facts(job, model, pairs.len(), steps, seconds, trained_pairs as f64 / seconds.max(1e-9), best_step)
     };
+    let card = |evals: &[EvalRow], best_step: Option<usize>, facts: TrainingFacts| {
+        model_card(job, pairs.len(), output, val, evals, best_step, facts)
+    };
+    // Steps are numbered across epochs, so the batches trained in this process are a contiguous run.
+    let trained_pairs = |from: usize, to: usize| -> usize { batches_per_epoch.iter().flatten().skip(from).take(to - from).map(Vec::len).sum() };
 
     if resume {
         let dir = latest(output).ok_or_else(|| TrainError::NoCheckpoint(output.to_owned()))?;
@@ -242,13 +254,13 @@ pub fn train_with_hooks(
         state.best_value = Some(value);
         state.evals.push(row);
         write_eval_csv(output, job, &state.evals)?;
-        model.save(output, &card(Some(value)))?;
+        model.save(output, &card(&state.evals, None, facts(model, 0, 0, None)))?;
         tracing::info!(metric = %config.metric, value, "base model evaluated");
     } else {
         hooks.evaluation_point(0, model).map_err(hook_err(0))?;
     }
 
-    let started = Instant::now();
+    started.set(Instant::now());
     let start_step = state.global_step;
     progress.start("train", Some(total_steps as u64));
     progress.advance(start_step as u64);
@@ -287,7 +299,8 @@ pub fn train_with_hooks(
                 if state.best_value.is_none_or(|best| value > best) {
                     state.best_value = Some(value);
                     state.best_step = Some(state.global_step);
-                    model.save(output, &card(Some(value)))?;
+                    let so_far = facts(model, state.global_step, trained_pairs(start_step, state.global_step), state.best_step);
+                    model.save(output, &card(&state.evals, state.best_step, so_far))?;
                     tracing::info!(step = state.global_step, value, "new best checkpoint");
                 }
             }
@@ -305,19 +318,26 @@ pub fn train_with_hooks(
         }
     }
     progress.finish();
+    let final_facts = facts(model, state.global_step, trained_pairs(start_step, state.global_step), state.best_step);
     if val.is_none() && !stopped_early {
-        model.save(output, &card(None))?;
+        model.save(output, &card(&[], None, final_facts.clone()))?;
     }
     write_log(output, &state.log)?;
-    if !state.evals.is_empty() && !state.log.is_empty() {
-        let chart = output.join("training.svg");
-        crate::plot::training_chart(&chart, &state.log, &state.evals, &config.metric)
-            .map_err(|e| TrainError::Write { path: chart, source: e })?;
+    let curve = TrainingCurve {
+        log: state.log.clone(),
+        evaluations: state.evals.iter().map(|e| (e.step.max(0) as u64, e.value)).collect(),
+        metric: config.metric.clone(),
+        best_step: state.best_step.map(|s| s as u64),
+    };
+    if !state.log.is_empty() {
+        embedfleet_report::write::write_training_chart(&output.join("training.svg"), &curve).map_err(report_error)?;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    // Steps are numbered across epochs, so the batches trained in this process are a contiguous run.
-    let trained_pairs: usize =
-        batches_per_epoch.iter().flatten().skip(start_step).take(state.global_step - start_step).map(Vec::len).sum();
+    if val.is_some() && !state.evals.is_empty() {
+        // The card of the kept model, now with the whole training's time and speed.
+        embedfleet_report::write::rewrite_card(output, &card(&state.evals, state.best_step, final_facts.clone())).map_err(report_error)?;
+    }
+    let seconds = final_facts.seconds;
+    let pairs_per_second = final_facts.pairs_per_second;
     Ok(TrainOutcome {
         steps: state.global_step,
         base_value: state.base_value,
@@ -325,10 +345,98 @@ pub fn train_with_hooks(
         best_step: state.best_step,
         pairs_per_epoch: pairs.len(),
         seconds,
-        pairs_per_second: trained_pairs as f64 / seconds.max(1e-9),
+        pairs_per_second,
         log: state.log,
         evaluation_points,
+        evals: state.evals,
+        facts: final_facts,
+        curve,
     })
+}
+
+fn report_error(e: embedfleet_report::ReportError) -> TrainError {
+    match e {
+        embedfleet_report::ReportError::Write { path, source } => TrainError::Write { path, source },
+        other => TrainError::Write { path: PathBuf::new(), source: std::io::Error::other(other.to_string()) },
+    }
+}
+
+/// `cpu (4 threads)`, `cuda:0`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        Device::Cuda(n) => format!("cuda:{n}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn training_facts(
+    job: &TrainJob,
+    model: &SentenceEncoder,
+    pairs: usize,
+    steps: usize,
+    seconds: f64,
+    pairs_per_second: f64,
+    best_step: Option<usize>,
+) -> TrainingFacts {
+    let config = &job.config;
+    let loss_fn = job.loss();
+    let loss = format!(
+        "MultipleNegativesRankingLoss{}: cosine similarity times {}, cross-entropy against the other passages of the batch",
+        if loss_fn.symmetric { " (symmetric: questions to passages and back)" } else { "" },
+        loss_fn.scale
+    );
+    TrainingFacts {
+        base_model: job.base_model.clone(),
+        loss,
+        batch_size: config.batch_size,
+        mini_batch_size: config.mini_batch_size,
+        epochs: config.epochs,
+        steps,
+        learning_rate: config.learning_rate,
+        warmup_ratio: config.warmup_ratio,
+        weight_decay: config.weight_decay,
+        max_grad_norm: config.max_grad_norm,
+        evaluation_steps: config.evaluation_steps,
+        metric: config.metric.clone(),
+        seed: config.train_seed,
+        precision: format!("{:?}", model.precision()).to_lowercase(),
+        device: device_name(model.device()),
+        pairs_per_epoch: pairs,
+        seconds,
+        pairs_per_second,
+        best_step: best_step.map(|s| s as u64),
+    }
+}
+
+/// The card of the model in `output`: base against the kept checkpoint (the base alone while
+/// nothing beats it).
+fn model_card(
+    job: &TrainJob,
+    pairs: usize,
+    output: &Path,
+    val: Option<&PreparedDataset>,
+    evals: &[EvalRow],
+    best_step: Option<usize>,
+    facts: TrainingFacts,
+) -> ModelCard {
+    let base = evals.iter().find(|e| e.step == 0);
+    let best = best_step.and_then(|s| evals.iter().find(|e| e.step == s as i64));
+    let location = output.display().to_string();
+    ModelCard {
+        base_model: job.base_model.clone(),
+        training_data: format!("{pairs} (question, passage) pairs"),
+        metrics: Vec::new(),
+        evaluation: base
+            .map(|b| b.to_result("base", &job.base_model))
+            .into_iter()
+            .chain(best.map(|b| b.to_result("finetuned", &location)))
+            .collect(),
+        evaluation_size: val.map(|v| (v.query_ids.len(), v.corpus_ids.len())),
+        training: Some(facts),
+        dataset: None,
+        location,
+    }
 }
 
 /// Step 0, every `every` steps, and each epoch's last step: where the loop evaluates.
@@ -446,7 +554,7 @@ pub fn cached_step(
 fn evaluate(model: &SentenceEncoder, val: &PreparedDataset, job: &TrainJob, epoch: i64, step: i64) -> Result<(f64, EvalRow), TrainError> {
     let evaluation = evaluate_model(model, val, &job.eval)?;
     let value = evaluation.metric(&job.config.metric).unwrap_or(f64::NAN);
-    Ok((value, EvalRow { epoch, step, metrics: evaluation.metrics, value }))
+    Ok((value, EvalRow { epoch, step, metrics: evaluation.metrics, value, hit_rate: Some(evaluation.hit_rate) }))
 }
 
 /// The reference's evaluation CSV in `<output>/eval/`, one row per evaluation.

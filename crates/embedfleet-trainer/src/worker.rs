@@ -12,6 +12,7 @@ use embedfleet_core::dataset::read_dataset;
 use embedfleet_core::progress::NoProgress;
 use embedfleet_core::{ArtifactStore, DatasetSplit, RunId, StoreOptions};
 use embedfleet_model::{Device, LoadOptions, ModelCard, Precision, SentenceEncoder, resolve_model};
+use embedfleet_report::fleet::FleetTraining;
 use prometheus::{Gauge, IntCounter, register_gauge, register_int_counter};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -183,6 +184,10 @@ impl TaskHandler for TrainWorker {
             }
             Err(e) => return Err(TaskError::classify(e)),
         };
+        // Before TrainDone, so the run's report finds it when the run is finalized.
+        let training = FleetTraining { facts: outcome.facts.clone(), log: outcome.log.clone() };
+        let key = embedfleet_report::fleet::training_key(&layout::run(&run_id));
+        self.store.put(&key, serde_json::to_vec(&training).expect("serializes")).await?;
         let checkpoints = outcome.evaluation_points.iter().map(|&s| layout::label(s as u64)).collect();
         self.bus.publish(Stage::Coordinate, &Message::TrainDone { run_id: run_id.clone(), steps: outcome.steps as u64, checkpoints }).await?;
         let _ = std::fs::remove_dir_all(self.work_dir.join(run_id.as_str()));

@@ -49,7 +49,7 @@ async fn minilm_fine_tunes_and_saves_a_sentence_transformers_folder() {
     let st: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("sentence_bert_config.json")).unwrap()).unwrap();
     assert_eq!(st["max_seq_length"], 256);
     let card = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
-    assert!(card.contains("base_model: sentence-transformers/all-MiniLM-L6-v2"));
+    assert!(card.contains("base_model: \"sentence-transformers/all-MiniLM-L6-v2\""), "{card}");
     let reloaded = SentenceEncoder::load(dir.path(), LoadOptions::default()).unwrap();
     assert_eq!(reloaded.dimension(), 384);
 }

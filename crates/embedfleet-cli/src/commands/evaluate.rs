@@ -9,8 +9,9 @@ use embedfleet_core::QaDataset;
 use embedfleet_evaluator::csv::append_csv;
 use embedfleet_evaluator::metrics::MetricsConfig;
 use embedfleet_evaluator::rank::ScoreFunction;
-use embedfleet_evaluator::report::{hit_rate_table, metric_table, verdict, write_report};
-use embedfleet_evaluator::{Comparison, EvalOptions, PreparedDataset, evaluate_model};
+use embedfleet_evaluator::report::{hit_rate_table, metric_table, write_report};
+use embedfleet_evaluator::{Comparison, EvalOptions, PreparedDataset, evaluate_model_with_progress};
+use embedfleet_report::RunReport;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -84,12 +85,22 @@ pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
         batch_size: args.batch_size,
         ..Default::default()
     };
-    compare_models(&models, &data, &options, args.query_prompt.as_deref(), &args.runtime, &args.storage, &args.results_dir).await?;
+    let comparison =
+        compare_models(&models, &data, &options, args.query_prompt.as_deref(), &args.runtime, &args.storage, &args.results_dir).await?;
+    let report = RunReport {
+        title: format!("{} on {}", models.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" vs "), args.val_dataset.display()),
+        models: super::report::model_results(&comparison, &models),
+        validation: dataset,
+        files: vec![("results".into(), args.results_dir.display().to_string())],
+        ..Default::default()
+    };
+    super::report::finish(&args.results_dir, report)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Evaluates each (name, model) on `data`, writes the CSVs and the report to `results_dir`, and
-/// prints the tables and the verdict. Shared with `run`.
+/// Evaluates each (name, model) on `data`, writes the CSVs, `report.json`, `per_query.jsonl` and
+/// `metrics.svg` to `results_dir`, and prints the full tables. Shared with `run`, which, like
+/// `evaluate`, then writes `report.html` and ends with the summary.
 pub async fn compare_models(
     models: &[(String, String)],
     data: &PreparedDataset,
@@ -102,16 +113,21 @@ pub async fn compare_models(
     check_writable(results_dir)?;
     let progress = crate::progress::for_terminal();
     let mut comparison = Comparison::new();
-    progress.start("evaluate", Some(models.len() as u64));
+    // Counted in texts encoded, so the rate and the ETA mean something.
+    let per_model = (data.queries.len() + data.corpus.len()) as u64;
+    progress.start("evaluate", Some(per_model * models.len() as u64));
     for (name, spec) in models {
         progress.message(name);
         let model = runtime.load(spec, &storage.options()).await.with_context(|| format!("loading model {name} ({spec})"))?;
         let mut opts = options.clone();
         opts.query_prompt = query_prompt.map(|p| model.named_prompt(p).unwrap_or(p).to_owned());
         let data = data.clone();
-        let evaluation = tokio::task::spawn_blocking(move || evaluate_model(&model, &data, &opts)).await??;
+        let bar = progress.clone();
+        let evaluation = tokio::task::spawn_blocking(move || {
+            evaluate_model_with_progress(&model, &data, &opts, &mut |n| bar.advance(n as u64))
+        })
+        .await??;
         comparison.insert(name.clone(), evaluation);
-        progress.advance(1);
     }
     progress.finish();
     // Everything is computed before the first write, so a failure leaves no half report.
@@ -129,10 +145,5 @@ pub async fn compare_models(
     println!("{} queries, {} corpus chunks\n", data.query_ids.len(), data.corpus_ids.len());
     println!("{}", hit_rate_table(&comparison));
     println!("{}", metric_table(&comparison));
-    let verdict = verdict(&comparison);
-    if !verdict.is_empty() {
-        println!("{verdict}");
-    }
-    println!("results in {}", results_dir.display());
     Ok(comparison)
 }

@@ -52,7 +52,8 @@ pub async fn finetune(
     // Bad settings are refused before the model is loaded.
     training.validate()?;
     let mut model = runtime.load(model_id, &storage.options()).await.with_context(|| format!("loading {model_id}"))?;
-    let job = TrainJob::new(training.clone(), model_id);
+    // The card names the base by its hub id or name, never by a local path.
+    let job = TrainJob::new(training.clone(), &embedfleet_report::card::describe_base_model(model_id));
     let val = PreparedDataset::new(&val)?;
     let progress = crate::progress::for_terminal();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -90,5 +91,15 @@ pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
     )
     .await?;
     print_outcome(&outcome, &args.training.metric, &args.output_path);
+    // The headline of the training's own evaluations: the base, and the kept checkpoint.
+    let location = args.output_path.display().to_string();
+    let base = outcome.evals.iter().find(|e| e.step == 0).map(|e| e.to_result("base", &args.model_id));
+    let best = outcome.best_step.and_then(|s| outcome.evals.iter().find(|e| e.step == s as i64)).map(|e| e.to_result("finetuned", &location));
+    let report = embedfleet_report::RunReport {
+        models: base.into_iter().chain(best).collect(),
+        files: vec![("model".into(), location)],
+        ..Default::default()
+    };
+    println!("\n== summary\n{}", embedfleet_report::summary::summary_block(&report));
     Ok(ExitCode::SUCCESS)
 }

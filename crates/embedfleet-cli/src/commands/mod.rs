@@ -1,7 +1,9 @@
+pub mod download;
 pub mod encode;
 pub mod evaluate;
 pub mod finetune;
 pub mod fleet;
 pub mod generate;
+pub mod report;
 pub mod run;
 pub mod storage;

@@ -2,6 +2,7 @@
 //! functions as the separate commands and the fleet's workers.
 
 use super::evaluate::compare_models;
+use super::report;
 use super::finetune::{finetune, print_outcome};
 use super::generate::{build_dataset, print_llm_stats, print_summary, report_failures};
 use embedfleet_core::{DatasetConfig, TrainConfig};
@@ -12,6 +13,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use embedfleet_core::dataset::write_dataset;
 use embedfleet_evaluator::{EvalOptions, PreparedDataset};
+use embedfleet_model::ModelCard;
+use embedfleet_report::card::describe_base_model;
+use embedfleet_report::write::rewrite_card;
+use embedfleet_report::{ModelResult, RunReport};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -77,7 +82,34 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     println!("\n== evaluate");
     let data = PreparedDataset::new(&built.val)?;
     let models = vec![("base".to_owned(), args.model_id.clone()), ("finetuned".to_owned(), model_dir.display().to_string())];
-    compare_models(&models, &data, &EvalOptions::default(), None, &args.runtime, &args.storage, &args.output_dir.join("results")).await?;
-    println!("\nembedfleet run finished in {:.1} s", started.elapsed().as_secs_f64());
+    let results_dir = args.output_dir.join("results");
+    let comparison = compare_models(&models, &data, &EvalOptions::default(), None, &args.runtime, &args.storage, &results_dir).await?;
+
+    let results = report::model_results(&comparison, &models);
+    let dataset = report::dataset_facts(&built, &args.dataset, &args.llm);
+    let base_model = describe_base_model(&args.model_id);
+    // The card gets the final evaluation, every metric base against fine-tuned.
+    let card = ModelCard {
+        base_model: base_model.clone(),
+        training_data: format!("{} (question, passage) pairs", outcome.pairs_per_epoch),
+        metrics: Vec::new(),
+        evaluation: results.iter().map(|m| ModelResult { questions: Vec::new(), ..m.clone() }).collect(),
+        evaluation_size: Some((data.query_ids.len(), data.corpus_ids.len())),
+        training: Some(outcome.facts.clone()),
+        dataset: Some(dataset.clone()),
+        location: model_dir.display().to_string(),
+    };
+    rewrite_card(&model_dir, &card).with_context(|| format!("writing the model card in {}", model_dir.display()))?;
+    let report = RunReport {
+        title: format!("{base_model} fine-tuned on {}", args.input.display()),
+        models: results,
+        validation: built.val.clone(),
+        dataset: Some(dataset),
+        training: Some(outcome.facts.clone()),
+        curve: Some(outcome.curve.clone()),
+        files: vec![("model".into(), model_dir.display().to_string()), ("results".into(), results_dir.display().to_string())],
+    };
+    report::finish(&results_dir, report)?;
+    println!("embedfleet run finished in {:.1} s", started.elapsed().as_secs_f64());
     report_failures(&built.failures)
 }
