@@ -163,6 +163,21 @@ def xlmr_tokenizer(dest: Path, work: Path) -> Path:
     return dest
 
 
+def base_model_folder(family: str, dest: Path) -> Path:
+    """A random-weight sentence-transformers folder of the family's real size (mpnet-base,
+    xlm-roberta-base: 12 layers, 768 wide, the real vocabulary), for benchmarks."""
+    if (dest / "modules.json").exists():
+        return dest
+    with tempfile.TemporaryDirectory(prefix="bench-model.") as tmp:
+        work = Path(tmp)
+        hf_dir = build_hf_folder(family, "base", work, work / "hf")
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        sentence_transformer(hf_dir, family).save(str(partial))
+        partial.rename(dest)
+    return dest
+
+
 def family_tokenizer(family: str, work: Path) -> Path:
     dest = work / f"{family}-tokenizer"
     if dest.exists():
@@ -205,10 +220,13 @@ def hf_model(family: str, size: str, vocab_size: int | None = None):
 
 def build_hf_folder(family: str, size: str, work: Path, dest: Path, vocab_size: int | None = None) -> Path:
     tok_dir = family_tokenizer(family, work)
+    dest.mkdir(parents=True, exist_ok=True)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    model = hf_model(family, size, vocab_size if vocab_size is not None else (len(tok) if family != "mpnet" else None))
+    if vocab_size is None and size == "tiny" and family != "mpnet":
+        vocab_size = len(tok)  # the trained tokenizer's vocabulary; base size keeps the real 250,002 rows
+    model = hf_model(family, size, vocab_size)
     if model.config.vocab_size < len(tok):
         raise SystemExit(f"{family}: tokenizer has {len(tok)} tokens, model only {model.config.vocab_size}")
     model.save_pretrained(str(dest))
