@@ -4,11 +4,16 @@
 Run with the reference venv (tools/reference/README.md):
 
     ~/.cache/embedfleet/reference-venv/bin/python tools/bench/encode_bench.py [--texts N] [--threads T]
-        [--quick] [--bin PATH] [--model PATH] [--corpus PATH] [--keep DIR]
+        [--quick] [--bin PATH] [--family minilm|mpnet|xlm-roberta] [--model PATH] [--corpus PATH] [--keep DIR]
+
+--family mpnet / xlm-roberta runs on a random-weight model of the real size (mpnet-base and
+xlm-roberta-base: 12 layers, hidden 768, the real vocabulary of 30,527 / 250,002 rows) with the
+family's tokenizer, built once by tools/reference/make_family_fixtures.py's builders and cached in
+~/.cache/embedfleet/bench-models/. --family minilm (the default) runs .deps/all-MiniLM-L6-v2.
 
 What it does:
 
-1. Builds N texts (default 2000; --quick: 300) of about 200 word-piece tokens each (198 content
+1. Builds N texts (default 2000, base-sized families 300; --quick: 300 / 96) of about 200 tokens each (198 content
    tokens + [CLS]/[SEP]) by sliding a window over the concatenated `content` of
    examples/sample-corpus.json, cut at word boundaries with the model's own tokenizer; writes them
    one per line to a temp file (whitespace collapsed, so no newlines inside a text).
@@ -209,8 +214,10 @@ def cpu_peak(threads, fpc_override):
     return peak, desc
 
 
-def model_flops(lens, layers=6, h=384, inter=1536):
+def model_flops(lens, model_dir):
     """Useful forward FLOPs (no padding): per token per layer 2*(4h^2 + 2hi) + 2*2*seq*h."""
+    c = json.loads((Path(model_dir) / "config.json").read_text())
+    layers, h, inter = c["num_hidden_layers"], c["hidden_size"], c["intermediate_size"]
     return sum(layers * s * (2 * (4 * h * h + 2 * h * inter) + 2 * 2 * s * h) for s in lens)
 
 
@@ -220,11 +227,14 @@ def fmt_mib(kib):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--texts", type=int, default=None, help="number of texts (default 2000; --quick 300)")
+    ap.add_argument("--texts", type=int, default=None,
+                    help="number of texts (default 2000, or 300 for mpnet/xlm-roberta; --quick 300 / 96)")
+    ap.add_argument("--family", choices=["minilm", "mpnet", "xlm-roberta"], default="minilm",
+                    help="model: the real MiniLM, or a random-weight mpnet-base / xlm-roberta-base")
     ap.add_argument("--quick", action="store_true", help="300-text run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bin", default=None, help="embedfleet binary")
-    ap.add_argument("--model", default=str(REPO / ".deps" / "all-MiniLM-L6-v2"))
+    ap.add_argument("--model", default=None, help="sentence-transformers folder (overrides --family's model)")
     ap.add_argument("--corpus", default=str(REPO / "examples" / "sample-corpus.json"))
     ap.add_argument("--flops-per-cycle", type=int, default=None,
                     help="override the fp32 FLOP/cycle/core peak assumption")
@@ -237,7 +247,18 @@ def main():
     if args.ref_child:
         return reference_child(args)
 
-    n = args.texts if args.texts is not None else (300 if args.quick else 2000)
+    base = args.family != "minilm"
+    if args.model is None:
+        if base:
+            sys.path.insert(0, str(REPO / "tools" / "reference"))
+            from make_family_fixtures import CACHE, base_model_folder
+
+            family = args.family.replace("-", "_")
+            print(f"model: random-weight {args.family}-base (building it once into the cache if needed)", flush=True)
+            args.model = str(base_model_folder(family, CACHE / "bench-models" / f"{family}-base"))
+        else:
+            args.model = str(REPO / ".deps" / "all-MiniLM-L6-v2")
+    n = args.texts if args.texts is not None else ((96 if base else 300) if args.quick else (300 if base else 2000))
     if n <= WARMUP_TEXTS:
         sys.exit(f"--texts must be > {WARMUP_TEXTS}")
     T = args.threads
@@ -248,6 +269,7 @@ def main():
     print(f"command: {cmdline}")
     print(f"work dir: {work}")
     print(f"embedfleet binary: {binp}")
+    print(f"family: {args.family}, model: {args.model}")
 
     texts, lens, ntok = build_texts(args.model, args.corpus, n)
     full = work / "texts.txt"
@@ -344,7 +366,7 @@ def main():
                            f"{'PASS' if mc >= 0.999 else 'FAIL'}, mean {mean:.6f}, max |diff| {mad:.2e}")
 
     # ---- table ----
-    flops = model_flops(lens)
+    flops = model_flops(lens, args.model)
     peak, peak_desc = cpu_peak(T, args.flops_per_cycle)
     ref_tps = results["reference fp32"]["tps"]
     goals = {"embedfleet fp32": 0.95, "embedfleet bf16": 1.5}

@@ -3,7 +3,12 @@
 
 Loads the folder with the real sentence-transformers library (CPU, fp32), encodes the fixture's
 texts and compares against the fixture's embeddings. Exits 1 when the minimum cosine similarity is
-below 0.99999 or the maximum absolute difference is above 1e-4.
+below 0.99999, the maximum absolute difference is above 1e-4, or loading the folder logged any
+warning (Python warnings, or transformers / sentence-transformers log records at WARNING or above,
+such as "weights newly initialized" or a deprecated config key).
+
+The fixture can be MiniLM's (the default) or a family fixture from make_family_fixtures.py
+(mpnet_reference.json, xlm_roberta_reference.json, bert_st6_reference.json).
 
     ~/.cache/embedfleet/reference-venv/bin/python tools/reference/check_saved_model.py \
         --saved PATH/TO/SAVED --fixture crates/embedfleet-model/tests/fixtures/minilm_reference.json
@@ -38,9 +43,30 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     fixture = json.loads(args.fixture.read_text(encoding="utf-8"))
     texts = fixture["texts"]
+    if "embeddings_from" in fixture:
+        fixture["embeddings"] = json.loads((args.fixture.parent / fixture["embeddings_from"]).read_text(encoding="utf-8"))["embeddings"]
     expected = np.asarray(fixture["embeddings"], dtype=np.float32)
 
-    model = SentenceTransformer(str(args.saved), device="cpu")
+    import logging
+    import warnings
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(f"{record.name}: {record.getMessage()}")
+
+    collect = Collect()
+    for name in ("transformers", "sentence_transformers"):
+        logging.getLogger(name).addHandler(collect)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = SentenceTransformer(str(args.saved), device="cpu")
+    problems = collect.records + [f"{w.category.__name__}: {w.message}" for w in caught]
+    for p in problems:
+        print(f"WARNING while loading: {p}")
     model.eval()
     model.float()
     if model.max_seq_length != fixture["max_seq_length"]:
@@ -59,8 +85,9 @@ def main() -> int:
     print(f"texts: {len(texts)}")
     print(f"min cosine similarity: {cos.min():.9f} (text #{worst_cos}: {texts[worst_cos][:40]!r})")
     print(f"max abs difference:    {abs_diff.max():.3e} (text #{worst_diff}: {texts[worst_diff][:40]!r})")
-    ok = bool(cos.min() >= MIN_COSINE and abs_diff.max() <= MAX_ABS_DIFF)
-    print(("OK" if ok else "FAIL") + f" (thresholds: min cosine >= {MIN_COSINE}, max abs diff <= {MAX_ABS_DIFF})")
+    print(f"warnings while loading: {len(problems)}")
+    ok = bool(cos.min() >= MIN_COSINE and abs_diff.max() <= MAX_ABS_DIFF and not problems)
+    print(("OK" if ok else "FAIL") + f" (thresholds: min cosine >= {MIN_COSINE}, max abs diff <= {MAX_ABS_DIFF}, no warnings)")
     return 0 if ok else 1
 
 

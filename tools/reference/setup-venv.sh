@@ -8,7 +8,9 @@ set -euo pipefail
 cache=${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}
 venv="$cache/reference-venv"
 wheels="$cache/wheels"
-reqs=(torch==2.13.0 "sentence-transformers[train]==6.2.0")  # train: datasets + accelerate (compare_training.py)
+# train: datasets + accelerate (compare_training.py); sentencepiece, protobuf and pycountry: the XLM-R
+# fixture's tokenizer (make_family_fixtures.py).
+reqs=(torch==2.13.0 "sentence-transformers[train]==6.2.0" sentencepiece==0.2.1 protobuf==7.36.2 pycountry==26.2.16)
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf 'setup-venv: %s\n' "$*" >&2; }

@@ -1,175 +1,166 @@
-//! The JSON files of a sentence-transformers folder, read with the defaults transformers and
-//! sentence-transformers apply when a key is absent.
+//! The JSON files of a sentence-transformers folder, in both layouts: the one sentence-transformers
+//! 2.x–3.x wrote (and most hub models still ship) and the one 5.x–6.x writes.
 
 use crate::error::ModelError;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use std::path::Path;
 
-/// Architectures whose weights have the BERT layout this crate runs.
-
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BertConfig {
-    #[serde(default = "default_model_type")]
-    pub model_type: String,
-    pub vocab_size: i64,
-    pub hidden_size: i64,
-    pub num_hidden_layers: i64,
-    pub num_attention_heads: i64,
-    pub intermediate_size: i64,
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
-    #[serde(default = "default_max_positions")]
-    pub max_position_embeddings: i64,
-    #[serde(default = "default_type_vocab")]
-    pub type_vocab_size: i64,
-    #[serde(default = "default_eps")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "default_dropout")]
-    pub hidden_dropout_prob: f64,
-    #[serde(default = "default_dropout")]
-    pub attention_probs_dropout_prob: f64,
-    /// RoBERTa-style models offset positions past the padding index.
-    #[serde(default)]
-    pub pad_token_id: Option<i64>,
-    /// Everything else in config.json, written back unchanged on save.
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
+/// `config.json` as transformers wrote it. The family named by `model_type` reads its own fields
+/// from it; saving writes it back with only `architectures` (and the weights' dtype) changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    json: Map<String, Value>,
 }
 
-fn default_model_type() -> String {
-    "bert".into()
-}
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_max_positions() -> i64 {
-    512
-}
-fn default_type_vocab() -> i64 {
-    2
-}
-fn default_eps() -> f64 {
-    1e-12
-}
-fn default_dropout() -> f64 {
-    0.1
-}
-
-impl BertConfig {
+impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let config: BertConfig = read_json(&dir.join("config.json"))?;
-        config.check()?;
-        Ok(config)
+        let path = dir.join("config.json");
+        let value: Value = read_json(&path)?;
+        Self::from_json(value).map_err(|e| ModelError::InvalidConfig(format!("{}: {e}", path.display())))
     }
 
-    pub fn check(&self) -> Result<(), ModelError> {
-        let supported = ["bert"];
-        if !supported.contains(&self.model_type.as_str()) {
-            return Err(ModelError::UnsupportedArchitecture {
-                model_type: self.model_type.clone(),
-                supported: supported.join(", "),
-            });
+    pub fn from_json(value: Value) -> Result<Self, ModelError> {
+        match value {
+            Value::Object(json) => Ok(Self { json }),
+            _ => Err(ModelError::InvalidConfig("config.json is not a JSON object".into())),
         }
-        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu") {
-            return Err(ModelError::UnsupportedArchitecture {
-                model_type: format!("{} with activation {}", self.model_type, self.hidden_act),
-                supported: "bert with gelu, gelu_new, gelu_pytorch_tanh or relu".into(),
-            });
-        }
-        if self.num_attention_heads <= 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return Err(ModelError::InvalidConfig(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
-        Ok(())
     }
 
-    /// A tiny randomly initialised model for fast tests.
-    pub fn tiny(vocab_size: i64) -> Self {
-        BertConfig {
-            model_type: "bert".into(),
-            vocab_size,
-            hidden_size: 32,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            intermediate_size: 64,
-            hidden_act: "gelu".into(),
-            max_position_embeddings: 128,
-            type_vocab_size: 2,
-            layer_norm_eps: 1e-12,
-            hidden_dropout_prob: 0.1,
-            attention_probs_dropout_prob: 0.1,
-            pad_token_id: Some(0),
-            extra: Default::default(),
-        }
+    /// transformers' `model_type`; folders from before it existed are BERTs.
+    pub fn model_type(&self) -> &str {
+        self.json.get("model_type").and_then(Value::as_str).unwrap_or("bert")
+    }
+
+    pub fn json(&self) -> &Map<String, Value> {
+        &self.json
+    }
+
+    /// Sets one field (tests use it to switch dropout off).
+    pub fn set(&mut self, key: &str, value: Value) {
+        self.json.insert(key.to_owned(), value);
+    }
+
+    /// The family's view of the config, with transformers' defaults for absent keys.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ModelError> {
+        T::deserialize(Value::Object(self.json.clone()))
+            .map_err(|e| ModelError::InvalidConfig(format!("config.json ({}): {e}", self.model_type())))
+    }
+
+    pub fn vocab_size(&self) -> Option<i64> {
+        self.json.get("vocab_size").and_then(Value::as_i64)
+    }
+
+    pub fn max_position_embeddings(&self) -> Option<i64> {
+        self.json.get("max_position_embeddings").and_then(Value::as_i64)
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum PoolingMode {
+    #[serde(rename = "cls")]
     Cls,
+    #[serde(rename = "mean")]
     Mean,
+    #[serde(rename = "max")]
     Max,
+    #[serde(rename = "mean_sqrt_len_tokens")]
+    MeanSqrtLen,
+    #[serde(rename = "weightedmean")]
+    WeightedMean,
+    #[serde(rename = "lasttoken")]
+    LastToken,
 }
 
-/// `1_Pooling/config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl PoolingMode {
+    /// In the order sentence-transformers lists the old `pooling_mode_*` flags.
+    const LEGACY: [(&'static str, PoolingMode); 6] = [
+        ("pooling_mode_cls_token", PoolingMode::Cls),
+        ("pooling_mode_max_tokens", PoolingMode::Max),
+        ("pooling_mode_mean_tokens", PoolingMode::Mean),
+        ("pooling_mode_mean_sqrt_len_tokens", PoolingMode::MeanSqrtLen),
+        ("pooling_mode_weightedmean_tokens", PoolingMode::WeightedMean),
+        ("pooling_mode_lasttoken", PoolingMode::LastToken),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolingMode::Cls => "cls",
+            PoolingMode::Mean => "mean",
+            PoolingMode::Max => "max",
+            PoolingMode::MeanSqrtLen => "mean_sqrt_len_tokens",
+            PoolingMode::WeightedMean => "weightedmean",
+            PoolingMode::LastToken => "lasttoken",
+        }
+    }
+}
+
+/// `1_Pooling/config.json`, in either layout: 6.x writes `{"embedding_dimension", "pooling_mode",
+/// "include_prompt"}`, older versions `{"word_embedding_dimension", "pooling_mode_cls_token": bool, …}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolingConfig {
-    pub word_embedding_dimension: i64,
-    #[serde(default)]
-    pub pooling_mode_cls_token: bool,
-    #[serde(default)]
-    pub pooling_mode_mean_tokens: bool,
-    #[serde(default)]
-    pub pooling_mode_max_tokens: bool,
-    #[serde(default)]
-    pub pooling_mode_mean_sqrt_len_tokens: bool,
-    #[serde(default)]
-    pub pooling_mode_weightedmean_tokens: bool,
-    #[serde(default)]
-    pub pooling_mode_lasttoken: bool,
-    #[serde(default)]
-    pub include_prompt: Option<bool>,
+    pub dimension: i64,
+    pub mode: PoolingMode,
+    pub include_prompt: bool,
 }
 
 impl PoolingConfig {
-    pub fn mode(&self) -> Result<PoolingMode, ModelError> {
-        let unsupported = self.pooling_mode_mean_sqrt_len_tokens
-            || self.pooling_mode_weightedmean_tokens
-            || self.pooling_mode_lasttoken;
-        let chosen = [self.pooling_mode_cls_token, self.pooling_mode_mean_tokens, self.pooling_mode_max_tokens]
-            .iter()
-            .filter(|b| **b)
-            .count();
-        if unsupported || chosen != 1 {
-            return Err(ModelError::InvalidConfig(
-                "1_Pooling/config.json must choose exactly one of cls, mean or max pooling".into(),
-            ));
-        }
-        Ok(if self.pooling_mode_cls_token {
-            PoolingMode::Cls
-        } else if self.pooling_mode_mean_tokens {
-            PoolingMode::Mean
-        } else {
-            PoolingMode::Max
-        })
+    pub fn new(dimension: i64, mode: PoolingMode) -> Self {
+        Self { dimension, mode, include_prompt: true }
     }
 
-    pub fn new(dim: i64, mode: PoolingMode) -> Self {
-        PoolingConfig {
-            word_embedding_dimension: dim,
-            pooling_mode_cls_token: mode == PoolingMode::Cls,
-            pooling_mode_mean_tokens: mode == PoolingMode::Mean,
-            pooling_mode_max_tokens: mode == PoolingMode::Max,
-            pooling_mode_mean_sqrt_len_tokens: false,
-            pooling_mode_weightedmean_tokens: false,
-            pooling_mode_lasttoken: false,
-            include_prompt: Some(true),
-        }
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let value: Value = read_json(path)?;
+        Self::from_json(&value).map_err(|e| ModelError::InvalidConfig(format!("{}: {e}", path.display())))
     }
+
+    pub fn from_json(value: &Value) -> Result<Self, String> {
+        let dimension = value["embedding_dimension"]
+            .as_i64()
+            .or_else(|| value["word_embedding_dimension"].as_i64())
+            .ok_or("neither embedding_dimension nor word_embedding_dimension is set")?;
+        let modes: Vec<PoolingMode> = match &value["pooling_mode"] {
+            Value::Null => {
+                let set: Vec<PoolingMode> =
+                    PoolingMode::LEGACY.iter().filter(|(key, _)| value[*key].as_bool() == Some(true)).map(|(_, m)| *m).collect();
+                // No flag set means mean pooling, as sentence-transformers reads it.
+                if set.is_empty() { vec![PoolingMode::Mean] } else { set }
+            }
+            mode @ Value::String(_) => vec![parse_mode(mode)?],
+            Value::Array(list) => list.iter().map(parse_mode).collect::<Result<_, _>>()?,
+            other => return Err(format!("pooling_mode {other} is neither a name nor a list")),
+        };
+        let [mode] = modes[..] else {
+            let names: Vec<&str> = modes.iter().map(|m| m.name()).collect();
+            return Err(format!(
+                "it concatenates several pooling modes ({}); embedfleet pools with exactly one",
+                names.join(" + ")
+            ));
+        };
+        let include_prompt = value["include_prompt"].as_bool().unwrap_or(true);
+        Ok(Self { dimension, mode, include_prompt })
+    }
+
+    /// The layout every sentence-transformers version reads: 2.x–3.x need `word_embedding_dimension`
+    /// and the `pooling_mode_*` flags, and 6.x converts them without a warning. `include_prompt`
+    /// is written only when false, since 2.x before 2.4 refuses keys it does not know.
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("word_embedding_dimension".into(), self.dimension.into());
+        for (key, mode) in PoolingMode::LEGACY {
+            out.insert(key.into(), (mode == self.mode).into());
+        }
+        if !self.include_prompt {
+            out.insert("include_prompt".into(), false.into());
+        }
+        Value::Object(out)
+    }
+}
+
+fn parse_mode(v: &Value) -> Result<PoolingMode, String> {
+    PoolingMode::deserialize(v).map_err(|_| {
+        format!("unknown pooling_mode {v}; sentence-transformers' modes are cls, mean, max, mean_sqrt_len_tokens, weightedmean, lasttoken")
+    })
 }
 
 /// One entry of `modules.json`.
@@ -184,6 +175,33 @@ pub struct ModuleEntry {
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::MissingFile { path: path.to_owned(), source: e })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ModelError::InvalidConfig(format!("{}: {e}", path.display())))
+    serde_json::from_slice(&bytes).map_err(|e| ModelError::InvalidConfig(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn both_pooling_layouts_read_the_same() {
+        let old = json!({"word_embedding_dimension": 384, "pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true});
+        let new = json!({"embedding_dimension": 384, "pooling_mode": "mean", "include_prompt": true});
+        assert_eq!(PoolingConfig::from_json(&old).unwrap(), PoolingConfig::from_json(&new).unwrap());
+        let none_set = json!({"word_embedding_dimension": 8});
+        assert_eq!(PoolingConfig::from_json(&none_set).unwrap().mode, PoolingMode::Mean);
+        let last = json!({"embedding_dimension": 8, "pooling_mode": ["lasttoken"], "include_prompt": false});
+        let last = PoolingConfig::from_json(&last).unwrap();
+        assert_eq!((last.mode, last.include_prompt), (PoolingMode::LastToken, false));
+        assert_eq!(PoolingConfig::from_json(&last.to_json()).unwrap(), last);
+    }
+
+    #[test]
+    fn pooling_errors_say_what_is_wrong() {
+        let two = json!({"word_embedding_dimension": 8, "pooling_mode_cls_token": true, "pooling_mode_max_tokens": true});
+        assert!(PoolingConfig::from_json(&two).unwrap_err().contains("cls + max"));
+        let unknown = json!({"embedding_dimension": 8, "pooling_mode": "median"});
+        assert!(PoolingConfig::from_json(&unknown).unwrap_err().contains("lasttoken"));
+        assert!(PoolingConfig::from_json(&json!({"pooling_mode": "cls"})).unwrap_err().contains("embedding_dimension"));
+    }
 }

@@ -1,9 +1,11 @@
 //! A sentence-transformers model: Transformer → Pooling → (Normalize), loaded from and saved to
-//! the sentence-transformers folder layout so Python loads what embedfleet writes, and back.
+//! the sentence-transformers folder layout so Python loads what embedfleet writes, and back. The
+//! Transformer is any family behind the [`Encoder`] seam; everything here is family-agnostic.
 
-use crate::bert::Bert;
-use crate::config::{BertConfig, ModuleEntry, PoolingConfig, PoolingMode, read_json};
+use crate::config::{ModelConfig, PoolingConfig, PoolingMode};
 use crate::error::ModelError;
+use crate::families::{Encoder, Family, family_of};
+use crate::folder::Layout;
 use crate::pooling::{normalize, pool};
 use crate::precision::Precision;
 use crate::tokenize::{TextTokenizer, TokenBatch};
@@ -12,23 +14,38 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor, nn};
 
-/// Files copied unchanged from the source folder on save.
-const TOKENIZER_FILES: &[&str] =
-    &["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json"];
+/// Files copied unchanged from the source folder on save: the fast tokenizer, its settings, and the
+/// slow tokenizers' vocabularies that older transformers versions look for.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "vocab.json",
+    "merges.txt",
+];
 
 pub struct SentenceEncoder {
     vs: nn::VarStore,
-    bert: Bert,
-    config: BertConfig,
+    encoder: Box<dyn Encoder>,
+    family: &'static Family,
+    config: ModelConfig,
     tokenizer: TextTokenizer,
     pooling: PoolingMode,
+    /// false: pooling leaves the prompt's tokens out (INSTRUCTOR-style models).
+    include_prompt: bool,
     normalize: bool,
     max_seq_length: usize,
+    do_lower_case: bool,
     /// Named prompts from config_sentence_transformers.json (bge's query instruction, …).
     prompts: serde_json::Map<String, serde_json::Value>,
+    default_prompt_name: Option<String>,
     source_dir: PathBuf,
     precision: Precision,
-    /// Checkpoint tensors the encoder does not use (BERT's pooler), written back on save so
+    /// Checkpoint tensors the encoder does not use (the pooler), written back on save so
     /// transformers loads the folder without "newly initialized" warnings.
     passthrough: Vec<(String, Tensor)>,
 }
@@ -46,82 +63,79 @@ impl Default for LoadOptions {
 }
 
 impl SentenceEncoder {
+    /// Loads a sentence-transformers folder of either layout (2.x–3.x or 5.x–6.x), or a bare
+    /// transformers folder (mean pooling, as sentence-transformers gives it).
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self, ModelError> {
-        let config = BertConfig::load(dir)?;
-        let modules: Vec<ModuleEntry> =
-            if dir.join("modules.json").exists() { read_json(&dir.join("modules.json"))? } else { Vec::new() };
-        let pooling_dir = modules
-            .iter()
-            .find(|m| m.kind.ends_with("Pooling"))
-            .map(|m| dir.join(&m.path))
-            .unwrap_or_else(|| dir.join("1_Pooling"));
-        // A bare transformers folder (no sentence-transformers files) gets mean pooling, as
-        // sentence-transformers itself does.
-        let pooling = if pooling_dir.join("config.json").exists() {
-            read_json::<PoolingConfig>(&pooling_dir.join("config.json"))?.mode()?
-        } else {
-            PoolingMode::Mean
-        };
-        let normalize = modules.iter().any(|m| m.kind.ends_with("Normalize"));
-        let st_config: serde_json::Value = if dir.join("sentence_bert_config.json").exists() {
-            read_json(&dir.join("sentence_bert_config.json"))?
-        } else {
-            json!({})
-        };
-        let max_seq_length = st_config["max_seq_length"]
-            .as_u64()
-            .map(|n| n as usize)
-            .unwrap_or(config.max_position_embeddings as usize)
-            .min(config.max_position_embeddings as usize);
-        let prompts = if dir.join("config_sentence_transformers.json").exists() {
-            let c: serde_json::Value = read_json(&dir.join("config_sentence_transformers.json"))?;
-            c["prompts"].as_object().cloned().unwrap_or_default()
-        } else {
-            Default::default()
-        };
-        let tokenizer = TextTokenizer::load(dir, max_seq_length)?;
-        if tokenizer.vocab_size() as i64 > config.vocab_size {
-            return Err(ModelError::TokenizerMismatch {
-                tokenizer_vocab: tokenizer.vocab_size(),
-                model_vocab: config.vocab_size,
-            });
-        }
+        let layout = Layout::read(dir)?;
+        let model_dir = layout.transformer_dir.clone();
+        let config = ModelConfig::load(&model_dir)?;
+        let family = family_of(&config)?;
         let mut vs = nn::VarStore::new(options.device);
-        let bert = Bert::new(&vs.root(), &config);
-        let passthrough = load_weights(&mut vs, dir)?;
+        let encoder = (family.build)(&vs.root(), &config)?;
+        let max_seq_length = layout.max_seq_length(&config, encoder.max_positions())?;
+        let tokenizer = TextTokenizer::load_with(&model_dir, max_seq_length, layout.do_lower_case)?;
+        check_vocabulary(&tokenizer, &config)?;
+        let pooling = layout.pooling.unwrap_or_else(|| PoolingConfig::new(encoder.hidden_size(), PoolingMode::Mean));
+        if pooling.dimension != encoder.hidden_size() {
+            return Err(ModelError::InvalidConfig(format!(
+                "the pooling config says the token embeddings have {} dimensions, the model makes {}",
+                pooling.dimension,
+                encoder.hidden_size()
+            )));
+        }
+        let passthrough = crate::weights::load_into(
+            &mut vs,
+            &model_dir,
+            &crate::weights::KeyRules { strip_prefixes: family.checkpoint_prefixes, passthrough: family.passthrough },
+        )?;
         Ok(Self {
             vs,
-            bert,
+            encoder,
+            family,
             config,
             tokenizer,
-            pooling,
-            normalize,
+            pooling: pooling.mode,
+            include_prompt: pooling.include_prompt,
+            normalize: layout.normalize,
             max_seq_length,
-            prompts,
-            source_dir: dir.to_owned(),
+            do_lower_case: layout.do_lower_case,
+            prompts: layout.prompts,
+            default_prompt_name: layout.default_prompt_name,
+            source_dir: model_dir,
             precision: options.precision,
             passthrough,
         })
     }
 
-    /// A randomly initialised model with `config`, using the tokenizer files of `tokenizer_dir`:
-    /// tiny models for fast tests.
-    pub fn random(config: BertConfig, tokenizer_dir: &Path, seed: i64, options: LoadOptions) -> Result<Self, ModelError> {
-        config.check()?;
+    /// A randomly initialised model with `config` (a [`crate::BertConfig`] or any family's
+    /// config.json), using the tokenizer files of `tokenizer_dir`: tiny models for fast tests.
+    pub fn random(
+        config: impl Into<ModelConfig>,
+        tokenizer_dir: &Path,
+        seed: i64,
+        options: LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let config = config.into();
+        let family = family_of(&config)?;
         tch::manual_seed(seed);
-        let max_seq_length = config.max_position_embeddings as usize;
-        let tokenizer = TextTokenizer::load(tokenizer_dir, max_seq_length)?;
         let vs = nn::VarStore::new(options.device);
-        let bert = Bert::new(&vs.root(), &config);
+        let encoder = (family.build)(&vs.root(), &config)?;
+        let max_seq_length = (config.max_position_embeddings().unwrap_or(512).max(1) as usize).min(encoder.max_positions());
+        let tokenizer = TextTokenizer::load(tokenizer_dir, max_seq_length)?;
+        check_vocabulary(&tokenizer, &config)?;
         Ok(Self {
             vs,
-            bert,
+            encoder,
+            family,
             config,
             tokenizer,
             pooling: PoolingMode::Mean,
+            include_prompt: true,
             normalize: true,
             max_seq_length,
+            do_lower_case: false,
             prompts: Default::default(),
+            default_prompt_name: None,
             source_dir: tokenizer_dir.to_owned(),
             precision: options.precision,
             passthrough: Vec::new(),
@@ -129,7 +143,7 @@ impl SentenceEncoder {
     }
 
     pub fn dimension(&self) -> i64 {
-        self.config.hidden_size
+        self.encoder.hidden_size()
     }
     pub fn device(&self) -> Device {
         self.vs.device()
@@ -137,8 +151,15 @@ impl SentenceEncoder {
     pub fn max_seq_length(&self) -> usize {
         self.max_seq_length
     }
-    pub fn config(&self) -> &BertConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+    /// The model family's `model_type` (`bert`, `mpnet`, `xlm-roberta`).
+    pub fn model_type(&self) -> &'static str {
+        self.family.model_type
+    }
+    pub fn pooling(&self) -> PoolingMode {
+        self.pooling
     }
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
@@ -163,8 +184,9 @@ impl SentenceEncoder {
 
     /// Sentence embeddings `[batch, dim]` with gradients when `train` (dropout on) — the trainer's path.
     pub fn forward(&self, batch: &TokenBatch, train: bool) -> Tensor {
-        let tokens = self.bert.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, train, self.precision);
-        let pooled = pool(&tokens, &batch.attention_mask, self.pooling);
+        let tokens = self.encoder.forward(batch, train, self.precision);
+        let prompt_length = if self.include_prompt { None } else { batch.prompt_length };
+        let pooled = pool(&tokens, &batch.attention_mask, self.pooling, prompt_length);
         if self.normalize { normalize(&pooled) } else { pooled }
     }
 
@@ -182,8 +204,12 @@ impl SentenceEncoder {
         on_batch: &mut dyn FnMut(usize),
     ) -> Result<Tensor, ModelError> {
         let prompted: Vec<String>;
+        let mut prompt_length = None;
         let texts: Vec<&str> = match prompt {
             Some(p) if !p.is_empty() => {
+                if !self.include_prompt {
+                    prompt_length = Some(self.tokenizer.prompt_length(p)?);
+                }
                 prompted = texts.iter().map(|t| format!("{p}{t}")).collect();
                 prompted.iter().map(String::as_str).collect()
             }
@@ -213,7 +239,8 @@ impl SentenceEncoder {
         let mut out = Tensor::zeros([unique.len() as i64, self.dimension()], (Kind::Float, Device::Cpu));
         let _guard = tch::no_grad_guard();
         for idx in order.chunks(batch_size.max(1)) {
-            let batch = self.tokenizer.pad(&idx.iter().map(|&i| &encoded[i]).collect::<Vec<_>>(), self.device());
+            let mut batch = self.tokenizer.pad(&idx.iter().map(|&i| &encoded[i]).collect::<Vec<_>>(), self.device());
+            batch.prompt_length = prompt_length;
             let emb = self.forward(&batch, false).to_kind(Kind::Float).to_device(Device::Cpu);
             let index = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
             out = out.index_copy(0, &index, &emb);
@@ -228,7 +255,8 @@ impl SentenceEncoder {
         Ok(out.index_select(0, &gather))
     }
 
-    /// Writes a complete sentence-transformers folder that `SentenceTransformer(dir)` loads.
+    /// Writes a complete sentence-transformers folder that `SentenceTransformer(dir)` loads, in the
+    /// layout both sentence-transformers 2.x–3.x and 6.x read.
     pub fn save(&self, dir: &Path, card: &ModelCard) -> Result<(), ModelError> {
         let write = |path: PathBuf, bytes: Vec<u8>| -> Result<(), ModelError> {
             if let Some(parent) = path.parent() {
@@ -238,9 +266,7 @@ impl SentenceEncoder {
         };
         let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("json values serialize");
 
-        let mut config = serde_json::to_value(&self.config).expect("config serializes");
-        config["architectures"] = json!(["BertModel"]);
-        write(dir.join("config.json"), pretty(&config))?;
+        write(dir.join("config.json"), pretty(&crate::folder::saved_config(&self.config, self.family)))?;
 
         let variables = self.vs.variables();
         let mut named: Vec<(String, Tensor)> = variables
@@ -252,6 +278,8 @@ impl SentenceEncoder {
         let weights = dir.join("model.safetensors");
         std::fs::create_dir_all(dir).map_err(|e| ModelError::Write { path: dir.to_owned(), source: e })?;
         Tensor::write_safetensors(&named, &weights)?;
+        // A resave over the source folder must not leave older weight files that loaders prefer or mix in.
+        crate::folder::remove_other_weights(dir)?;
 
         for name in TOKENIZER_FILES {
             let src = self.source_dir.join(name);
@@ -269,11 +297,11 @@ impl SentenceEncoder {
                 .map_err(|e| ModelError::Write { path: dir.join("2_Normalize"), source: e })?;
         }
         write(dir.join("modules.json"), pretty(&json!(modules)))?;
-        let pooling = PoolingConfig::new(self.dimension(), self.pooling);
-        write(dir.join("1_Pooling/config.json"), pretty(&serde_json::to_value(pooling).expect("serializes")))?;
+        let pooling = PoolingConfig { dimension: self.dimension(), mode: self.pooling, include_prompt: self.include_prompt };
+        write(dir.join("1_Pooling/config.json"), pretty(&pooling.to_json()))?;
         write(
             dir.join("sentence_bert_config.json"),
-            pretty(&json!({"max_seq_length": self.max_seq_length, "do_lower_case": false})),
+            pretty(&json!({"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case})),
         )?;
         write(
             dir.join("config_sentence_transformers.json"),
@@ -281,7 +309,7 @@ impl SentenceEncoder {
                 "__version__": {"embedfleet": env!("CARGO_PKG_VERSION")},
                 "model_type": "SentenceTransformer",
                 "prompts": self.prompts,
-                "default_prompt_name": null,
+                "default_prompt_name": self.default_prompt_name,
                 "similarity_fn_name": "cosine"
             })),
         )?;
@@ -296,48 +324,10 @@ impl SentenceEncoder {
     }
 }
 
-/// Copies checkpoint tensors into the variables, accepting keys with or without a `bert.` prefix,
-/// and returns the pooler's tensors (kept for saving); other heads (MLM, NSP) are dropped.
-fn load_weights(vs: &mut nn::VarStore, dir: &Path) -> Result<Vec<(String, Tensor)>, ModelError> {
-    let safetensors = dir.join("model.safetensors");
-    let bin = dir.join("pytorch_model.bin");
-    let (path, tensors) = if safetensors.exists() {
-        let t = Tensor::read_safetensors(&safetensors)
-            .map_err(|e| ModelError::BadWeights { path: safetensors.clone(), message: e.to_string() })?;
-        (safetensors, t)
-    } else if bin.exists() {
-        let t = Tensor::loadz_multi(&bin).map_err(|e| ModelError::BadWeights {
-            path: bin.clone(),
-            message: format!("{e}; convert it to model.safetensors"),
-        })?;
-        (bin, t)
-    } else {
-        return Err(ModelError::MissingFile {
-            path: safetensors,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors or pytorch_model.bin"),
-        });
-    };
-    let mut by_name: std::collections::HashMap<String, Tensor> = tensors
-        .into_iter()
-        .map(|(name, t)| (name.strip_prefix("bert.").map(str::to_owned).unwrap_or(name), t))
-        .collect();
-    let mut variables = vs.variables();
-    let _guard = tch::no_grad_guard();
-    for (name, var) in variables.iter_mut() {
-        let src = by_name.remove(name).ok_or_else(|| ModelError::BadWeights {
-            path: path.clone(),
-            message: format!("tensor '{name}' is missing"),
-        })?;
-        if src.size() != var.size() {
-            return Err(ModelError::BadWeights {
-                path: path.clone(),
-                message: format!("tensor '{name}' has shape {:?}, the config wants {:?}", src.size(), var.size()),
-            });
-        }
-        var.f_copy_(&src.to_kind(Kind::Float))?;
+fn check_vocabulary(tokenizer: &TextTokenizer, config: &ModelConfig) -> Result<(), ModelError> {
+    let model_vocab = config.vocab_size().unwrap_or(i64::MAX);
+    if tokenizer.vocab_size() as i64 > model_vocab {
+        return Err(ModelError::TokenizerMismatch { tokenizer_vocab: tokenizer.vocab_size(), model_vocab });
     }
-    let mut passthrough: Vec<(String, Tensor)> =
-        by_name.into_iter().filter(|(name, _)| name.starts_with("pooler.")).map(|(n, t)| (n, t.to_kind(Kind::Float))).collect();
-    passthrough.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(passthrough)
+    Ok(())
 }

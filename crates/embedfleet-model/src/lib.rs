@@ -1,22 +1,26 @@
-//! Sentence-embedding models on libtorch: a BERT encoder built from `config.json`, the
-//! sentence-transformers pipeline around it (tokenizer, pooling, normalization, prompts), and the
-//! folder layout Python's `SentenceTransformer(path)` reads.
+//! Sentence-embedding models on libtorch: one [`families::Encoder`] per model family (BERT, MPNet,
+//! XLM-RoBERTa) built from `config.json`, the sentence-transformers pipeline around it (tokenizer,
+//! pooling, normalization, prompts), and the folder layouts Python's `SentenceTransformer(path)`
+//! reads and writes.
 
 pub mod args;
-mod bert;
 pub mod config;
 mod encoder;
 mod error;
+pub mod families;
+mod folder;
 pub mod pooling;
 mod precision;
 pub mod resolve;
 pub mod tokenize;
+pub mod weights;
 
 pub use args::RuntimeArgs;
-pub use config::{BertConfig, PoolingMode};
+pub use config::{ModelConfig, PoolingMode};
 pub use embedfleet_report::ModelCard;
 pub use encoder::{LoadOptions, SentenceEncoder};
 pub use error::ModelError;
+pub use families::BertConfig;
 pub use precision::{Precision, PrecisionKind, parse_device};
 pub use resolve::resolve_model;
 pub use tch::{Device, Kind, Tensor};

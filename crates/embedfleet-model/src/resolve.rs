@@ -2,11 +2,13 @@
 //! Hugging Face hub id (through hf-hub's cache, `HF_HOME`, and `HF_HUB_OFFLINE`).
 
 use crate::error::ModelError;
+use crate::weights::{WEIGHT_FILES, shard_files};
 use embedfleet_core::{ArtifactStore, StoreOptions};
 use std::path::{Path, PathBuf};
 
-/// Files a sentence-transformers folder needs; the others are optional.
-const REQUIRED: &[&str] = &["config.json", "tokenizer.json", "model.safetensors"];
+/// Files a sentence-transformers folder needs besides its weights (one of `WEIGHT_FILES`); the
+/// others are optional.
+const REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
 const OPTIONAL: &[&str] = &[
     "modules.json",
     "1_Pooling/config.json",
@@ -54,8 +56,11 @@ fn cache_dir() -> PathBuf {
 fn from_hub(id: &str) -> Result<PathBuf, ModelError> {
     let cache = hf_hub::Cache::from_env();
     let repo = cache.model(id.to_owned());
-    if let Some(config) = REQUIRED.iter().map(|f| repo.get(f)).collect::<Option<Vec<_>>>() {
-        return Ok(config[0].parent().expect("a cached file has a folder").to_owned());
+    if let Some(files) = REQUIRED.iter().map(|f| repo.get(f)).collect::<Option<Vec<_>>>() {
+        let folder = files[0].parent().expect("a cached file has a folder").to_owned();
+        if cached_weights(&repo, &folder) {
+            return Ok(folder);
+        }
     }
     let offline = std::env::var("HF_HUB_OFFLINE").map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false);
     if offline {
@@ -71,9 +76,36 @@ fn from_hub(id: &str) -> Result<PathBuf, ModelError> {
         let path = remote.get(file).map_err(|e| ModelError::NotCached { id: id.to_owned(), reason: e.to_string() })?;
         folder.get_or_insert_with(|| path.parent().expect("a downloaded file has a folder").to_owned());
     }
+    let folder = folder.expect("REQUIRED is not empty");
+    // The first weight file the repository has, as transformers prefers them; an index brings its shards.
+    let mut found = false;
+    for file in WEIGHT_FILES {
+        let Ok(path) = remote.get(file) else { continue };
+        if file.ends_with(".index.json") {
+            for shard in shard_files(&path)? {
+                remote.get(&shard).map_err(|e| ModelError::NotCached { id: id.to_owned(), reason: e.to_string() })?;
+            }
+        }
+        found = true;
+        break;
+    }
+    if !found {
+        return Err(ModelError::NotCached { id: id.to_owned(), reason: "the repository has no weight file".into() });
+    }
     for file in OPTIONAL {
         // Absent optional files are normal (bare transformers repos have no modules.json).
         let _ = remote.get(file);
     }
-    Ok(folder.expect("REQUIRED is not empty"))
+    Ok(folder)
+}
+
+/// Whether the hub cache holds a complete set of weights for the folder.
+fn cached_weights(repo: &hf_hub::CacheRepo, folder: &Path) -> bool {
+    WEIGHT_FILES.iter().any(|file| match repo.get(file) {
+        Some(path) if file.ends_with(".index.json") => {
+            shard_files(&path).map(|shards| shards.iter().all(|s| folder.join(s).exists())).unwrap_or(false)
+        }
+        Some(_) => true,
+        None => false,
+    })
 }

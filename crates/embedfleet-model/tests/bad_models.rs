@@ -51,7 +51,87 @@ fn unsupported_architecture_names_the_supported_ones() {
     std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     let err = load(dir.path());
     assert!(matches!(err, ModelError::UnsupportedArchitecture { .. }));
-    assert!(err.to_string().contains("gpt2") && err.to_string().contains("bert"), "{err}");
+    let text = err.to_string();
+    for family in ["gpt2", "bert", "mpnet", "xlm-roberta", "sentence-transformers/all-mpnet-base-v2"] {
+        assert!(text.contains(family), "{family} missing from: {err}");
+    }
+}
+
+fn write_json(path: &Path, value: serde_json::Value) {
+    std::fs::write(path, serde_json::to_vec(&value).unwrap()).unwrap();
+}
+
+#[test]
+fn modules_embedfleet_does_not_run_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    write_json(
+        &dir.path().join("modules.json"),
+        serde_json::json!([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        ]),
+    );
+    let err = load(dir.path());
+    assert!(matches!(err, ModelError::UnsupportedModule { .. }) && err.to_string().contains("Dense"), "{err}");
+}
+
+#[test]
+fn module_paths_outside_the_folder_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    write_json(
+        &dir.path().join("modules.json"),
+        serde_json::json!([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "../elsewhere", "type": "sentence_transformers.models.Pooling"},
+        ]),
+    );
+    assert!(load(dir.path()).to_string().contains("leaves the folder"));
+}
+
+#[test]
+fn concatenated_pooling_modes_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    write_json(
+        &dir.path().join("1_Pooling/config.json"),
+        serde_json::json!({"embedding_dimension": 384, "pooling_mode": ["cls", "mean"], "include_prompt": true}),
+    );
+    let err = load(dir.path()).to_string();
+    assert!(err.contains("cls + mean") && err.contains("1_Pooling"), "{err}");
+}
+
+#[test]
+fn pooling_dimension_that_does_not_fit_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    write_json(&dir.path().join("1_Pooling/config.json"), serde_json::json!({"embedding_dimension": 768, "pooling_mode": "mean"}));
+    assert!(load(dir.path()).to_string().contains("768"));
+}
+
+#[test]
+fn corrupt_pickle_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    std::fs::write(dir.path().join("pytorch_model.bin"), b"PK\x03\x04 truncated zip").unwrap();
+    let err = load(dir.path());
+    assert!(matches!(err, ModelError::BadWeights { .. }) && err.to_string().contains("pytorch_model.bin"), "{err}");
+}
+
+#[test]
+fn missing_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    write_json(
+        &dir.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": {"embeddings.word_embeddings.weight": "model-00001-of-00002.safetensors"}}),
+    );
+    let err = load(dir.path());
+    assert!(matches!(err, ModelError::MissingFile { .. }) && err.to_string().contains("model-00001-of-00002"), "{err}");
 }
 
 #[test]
