@@ -91,14 +91,10 @@ async fn workers_start_with_the_deploy_files_environment() {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             // And it stops cleanly on SIGTERM, as a pod does.
-            unsafe { libc_kill(child.id() as i32, 15) };
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let status = child.wait().unwrap();
             assert!(status.success(), "{source} {role} did not exit cleanly on SIGTERM: {status}");
         }
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
