@@ -5,10 +5,10 @@
 # and replaced. At the end the run must be done and its dataset identical to what a local
 # `embedfleet generate` makes of the same corpus.
 #
-#   tools/fleet/kill_run.sh [PAGES]      (default 24; needs scripts/setup.sh and a built workspace)
+#   tools/fleet/kill_run.sh [PAGES]      (default 12; needs scripts/setup.sh and a built workspace)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-pages=${1:-24}
+pages=${1:-12}
 bin=${CARGO_TARGET_DIR:-${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}/target}/debug
 docs=$("$root/../shared/tools/real-docs.sh" | sed -n 's/^postgresql docs[^:]*: *\([^ ]*\).*/\1/p')
 work=$(mktemp -d)
@@ -47,17 +47,17 @@ run=run-by-hand
 "$bin/embedfleet" submit --input "$work/corpus.jsonl" --run-id $run --generator offline --chunks-per-task 2 \
   --model-id "$root/.deps/all-MiniLM-L6-v2" --epochs 1 --evaluation-steps 10 --checkpoint-every 3 >/dev/null
 say "submitted $pages pages"
-state() { "$bin/embedfleet" status $run; }
+state() { "$bin/embedfleet" status $run 2>/dev/null | head -1; }
 until state | grep -Eq 'generate +[1-9][0-9]*/'; do sleep 0.2; done
 kill -9 "$gen_a"; say "kill -9 generator-a: $(state | cut -c1-90)"
 spawn generator generator-a2 >/dev/null
 until [ -n "$(find "$work/store/runs/$run/train/resume" -name state.json 2>/dev/null)" ]; do sleep 0.5; done
 kill -9 "$trainer"; say "kill -9 the trainer: $(state | cut -c1-110)"
 spawn trainer trainer-2 >/dev/null
-timeout 900 "$bin/embedfleet" watch $run >/dev/null 2>&1 || true
+timeout 3600 "$bin/embedfleet" watch $run >/dev/null 2>&1 || true
 say "$(state)"
 
-"$bin/embedfleet" generate --input "$work/corpus.jsonl" --generator offline --output-dir "$work/local" >/dev/null
+"$bin/embedfleet" generate --input "$work/corpus.jsonl" --generator offline --output-dir "$work/local" >/dev/null 2>&1
 same=yes
 for f in train_corpus train_queries train_relevant_docs val_corpus val_queries val_relevant_docs; do
   if ! python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1])) != json.load(open(sys.argv[2])))' \
@@ -68,5 +68,5 @@ done
 questions=$(python3 -c 'import json,sys; print(sum(len(json.load(open(f"{sys.argv[1]}/{s}_queries.json"))) for s in ("train","val")))' "$work/local")
 say "dataset identical to a local embedfleet generate: $same ($questions questions)"
 grep -h "resuming training" "$work"/trainer-2.log | head -1 | cut -c1-160
-"$bin/embedfleet" results $run | head -8
+"$bin/embedfleet" results $run 2>/dev/null | head -8
 [ "$same" = yes ] && state | grep -q ' done '
