@@ -1,9 +1,11 @@
 //! A real nats-server with JetStream per test, on a free loopback port, stopped on Drop; it can be
-//! restarted on the same port and store to test reconnection.
+//! restarted on the same port and store to test reconnection. Its log is kept so that a failing
+//! test can show why the server went away.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 pub struct NatsServer {
     child: Option<Child>,
@@ -20,33 +22,70 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
 }
 
+/// Whether a NATS server answers on `port`: it greets every client with an `INFO {…}` line. A bare
+/// TCP connect is not enough; another process may hold the port.
+fn greets(port: u16) -> bool {
+    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ")
+}
+
 impl NatsServer {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = embedfleet_core::testing::free_port();
-        let mut server = NatsServer { child: None, dir, port };
-        server.launch();
-        server
+        let mut dir = tempfile::tempdir().expect("temp dir");
+        // The port is free when chosen but not held until nats-server binds it; if something takes
+        // it in between, the server exits and another port is tried.
+        for _ in 0..5 {
+            let port = embedfleet_core::testing::free_port();
+            let mut server = NatsServer { child: None, dir, port };
+            if server.launch().is_ok() {
+                return server;
+            }
+            dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("temp dir"));
+        }
+        panic!("nats-server did not start on any of 5 free ports:\n{}", std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default());
     }
 
-    fn launch(&mut self) {
-        let child = Command::new(binary())
+    fn launch(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("nats.log")).expect("nats log");
+        let mut child = Command::new(binary())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .arg(self.dir.path().join("store"))
+            .stdout(log.try_clone().expect("nats log"))
+            .stderr(log)
             .spawn()
             .expect("start nats-server (scripts/setup.sh installs it)");
-        self.child = Some(child);
-        assert!(
-            embedfleet_core::testing::wait_for_port(self.port, Duration::from_secs(20)),
-            "nats-server did not start on {}",
-            self.port
-        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("nats-server exited with {status} on port {}", self.port));
+            }
+            if greets(self.port) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("nats-server did not answer on port {} within 20 s", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the server process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Everything the server has logged since the test began, restarts included.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 
     pub fn stop(&mut self) {
@@ -59,7 +98,9 @@ impl NatsServer {
     /// Stops and starts again on the same port with the same JetStream store.
     pub fn restart(&mut self) {
         self.stop();
-        self.launch();
+        if let Err(e) = self.launch() {
+            panic!("{e}\n{}", self.log());
+        }
     }
 }
 

@@ -107,7 +107,7 @@ async fn three_runs_survive_seeded_kills_a_nats_restart_and_an_s3_outage() {
             "--epochs", &EPOCHS.to_string(), "--evaluation-steps", &EVALUATION_STEPS.to_string(),
             "--checkpoint-every", "2", "--learning-rate", "0.0005",
         ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stderr), fleet.logs());
     }
 
     // Seeded fault schedule within the first 15 s (the runs take longer): one kill of each kind, one nats restart, one

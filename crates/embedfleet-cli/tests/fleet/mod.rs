@@ -150,6 +150,7 @@ impl Fleet {
                 out.push_str(&format!("--- {}\n{}\n", entry.path().display(), std::fs::read_to_string(entry.path()).unwrap_or_default()));
             }
         }
+        out.push_str(&format!("--- nats-server on port {}\n{}\n", self.nats.port, self.nats.log()));
         out
     }
 
