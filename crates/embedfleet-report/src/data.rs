@@ -161,6 +161,17 @@ pub struct DatasetFacts {
     pub llm: Option<LlmFacts>,
 }
 
+impl DatasetFacts {
+    /// Whether the "questions" are the offline generator's spans of each chunk: a reader must be
+    /// told, since finding the chunk a span was cut from is easier than answering a question.
+    pub fn offline_spans(&self) -> bool {
+        self.generator.starts_with("offline")
+    }
+}
+
+/// Said wherever numbers measured on offline spans are shown.
+pub const OFFLINE_SPANS_CAVEAT: &str = "These questions are the offline generator's pseudo-queries: spans cropped from each chunk, not questions a person wrote. The numbers say how well a model finds the chunk a span came from, which is easier than answering real questions; use an LLM generator for questions.";
+
 /// Everything one report page shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {

@@ -3,7 +3,7 @@
 
 use crate::charts::{metrics_chart, training_chart};
 use crate::data::{DatasetFacts, ModelResult, RunReport, TrainingFacts};
-use crate::questions::{QuestionChange, changes, rank_label, snippet};
+use crate::questions::{QuestionChange, changes, passage_snippet, rank_label};
 use crate::summary::{headline_columns, headline_values, verdict};
 use crate::svg::escape;
 use std::fmt::Write as _;
@@ -31,6 +31,7 @@ h5{font-size:13px;margin:0 0 4px;color:#59636e}
 .verdict.bad{background:#ffebe9;color:#a40e26}
 .verdict.neutral{background:#f6f8fa;color:#1f2328}
 .note{color:#59636e;font-size:14px;margin:0 0 10px}
+.caveat{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:8px 10px;color:#3b2e00}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #d8dee4;vertical-align:top}
 th{font-size:13px;color:#59636e;font-weight:600}
@@ -113,6 +114,12 @@ fn delta_cell(v: f64, base: f64) -> String {
     format!(r#"<span class="delta {class}">{d:+.4} vs base</span>"#)
 }
 
+fn offline_caveat(out: &mut String, report: &RunReport) {
+    if report.dataset.as_ref().is_some_and(|d| d.offline_spans()) {
+        let _ = write!(out, r#"<p class="note caveat">{}</p>"#, escape(crate::data::OFFLINE_SPANS_CAVEAT));
+    }
+}
+
 fn headline(out: &mut String, report: &RunReport) {
     let columns = headline_columns(&report.models);
     out.push_str(r#"<section id="headline"><h2>Headline metrics</h2>"#);
@@ -123,6 +130,7 @@ fn headline(out: &mut String, report: &RunReport) {
         report.validation.corpus.len(),
         escape(report.base().map(|b| b.name.as_str()).unwrap_or("the first model"))
     );
+    offline_caveat(out, report);
     out.push_str(r#"<table id="headline-table"><thead><tr><th>model</th><th>from</th>"#);
     for c in &columns {
         let _ = write!(out, r#"<th class="num">{}</th>"#, escape(c));
@@ -161,7 +169,7 @@ fn passages(out: &mut String, report: &RunReport, model: &ModelResult, change: &
             escape(&hit.corpus_id),
             hit.score,
             if right { r#"<span class="badge">right passage</span>"# } else { "" },
-            escape(&snippet(text, SNIPPET_CHARS))
+            escape(&passage_snippet(&hit.corpus_id, text, SNIPPET_CHARS))
         );
     }
     if top.is_empty() {
@@ -190,7 +198,7 @@ fn question_card(out: &mut String, report: &RunReport, change: &QuestionChange, 
                 out,
                 r#"<p class="right"><b>The right passage</b> (in no model's top {PASSAGES_SHOWN}): <span class="cid">{}</span><br>{}</p>"#,
                 escape(id),
-                escape(&snippet(text, SNIPPET_CHARS))
+                escape(&passage_snippet(id, text, SNIPPET_CHARS))
             );
         }
     }
@@ -213,6 +221,7 @@ fn questions(out: &mut String, report: &RunReport) {
         cand = escape(&candidate.name),
         base = escape(&base.name),
     );
+    offline_caveat(out, report);
     out.push_str(
         r#"<div class="filters" id="q-filters" hidden><input type="search" id="q-filter" placeholder="Filter by words in the question or passages" aria-label="Filter questions"><label><input type="radio" name="q-kind" value="all" checked> all</label><label><input type="radio" name="q-kind" value="improved"> improved</label><label><input type="radio" name="q-kind" value="worse"> worse</label><span id="q-count" class="note"></span></div>"#,
     );

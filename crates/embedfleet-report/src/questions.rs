@@ -89,6 +89,20 @@ pub fn snippet(text: &str, max_chars: usize) -> String {
     format!("{}…", trimmed.trim_end_matches(|c: char| c.is_ascii_punctuation() || c == ' '))
 }
 
+/// A passage's snippet. A chunk after the first of its document begins `overlap` characters before
+/// the previous chunk's end, usually inside a word; the partial word is dropped and an ellipsis
+/// says the text goes on from before.
+pub fn passage_snippet(chunk_id: &str, text: &str, max_chars: usize) -> String {
+    let continues = chunk_id.rsplit_once('-').and_then(|(_, n)| n.parse::<u32>().ok()).is_some_and(|n| n > 0);
+    if !continues || !text.starts_with(|c: char| c.is_alphanumeric()) {
+        return snippet(text, max_chars);
+    }
+    match text.char_indices().take(40).find(|(_, c)| c.is_whitespace()) {
+        Some((i, _)) => format!("…{}", snippet(&text[i..], max_chars)),
+        None => format!("…{}", snippet(text, max_chars)),
+    }
+}
+
 /// How a rank reads in a table: `1`, or `> 100` when it is beyond the depth searched.
 pub fn rank_label(rank: Option<usize>, depth: usize) -> String {
     match (rank, depth) {
@@ -179,6 +193,15 @@ mod tests {
         let c = changes(&r);
         assert!(c.improved.is_empty() && c.worse.is_empty());
         assert_eq!(c.unchanged, 0);
+    }
+
+    #[test]
+    fn a_continuation_chunk_loses_its_partial_first_word() {
+        assert_eq!(passage_snippet("d0123456789ab-0003", "tus: firing, labels", 50), "…firing, labels");
+        assert_eq!(passage_snippet("d0123456789ab-0000", "tus: firing, labels", 50), "tus: firing, labels", "a first chunk starts its document");
+        assert_eq!(passage_snippet("d0123456789ab-0002", "\"firing\" now", 50), "\"firing\" now", "it starts at punctuation, not inside a word");
+        assert_eq!(passage_snippet("llama-index-uuid", "tus: firing", 50), "tus: firing", "ids without a chunk number are left alone");
+        assert_eq!(passage_snippet("d0123456789ab-0001", "éé fin", 50), "…fin");
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub fn summary_block(report: &RunReport) -> String {
     if !verdict.text.is_empty() {
         let _ = write!(s, "\n{}\n", verdict.text);
     }
+    if report.dataset.as_ref().is_some_and(|d| d.offline_spans()) {
+        let _ = writeln!(s, "Note: {}", crate::data::OFFLINE_SPANS_CAVEAT);
+    }
     if !report.files.is_empty() {
         s.push('\n');
         let w = report.files.iter().map(|(what, _)| what.chars().count()).max().unwrap_or(0);
@@ -134,5 +137,19 @@ mod tests {
         assert!(lines[3].contains('-'), "a metric the models lack shows as -");
         assert!(s.contains("finetuned is better than base"));
         assert!(s.contains("report  out/results/report.html"));
+        assert!(!s.contains("pseudo-queries"), "no dataset facts, no caveat");
+    }
+
+    #[test]
+    fn numbers_on_offline_spans_say_so_in_the_summary_and_the_page() {
+        let facts = |generator: &str| crate::data::DatasetFacts { generator: generator.into(), ..Default::default() };
+        let mut report = RunReport { models: vec![model("base", 0.5), model("finetuned", 0.75)], ..Default::default() };
+        report.dataset = Some(facts("offline (pseudo-queries cropped from each chunk)"));
+        assert!(summary_block(&report).contains(crate::data::OFFLINE_SPANS_CAVEAT));
+        let page = crate::html::render(&report);
+        assert_eq!(page.matches("not questions a person wrote").count(), 2, "under the headline and above the questions");
+        report.dataset = Some(facts("llm (gpt-4o-mini)"));
+        assert!(!summary_block(&report).contains("pseudo-queries"));
+        assert!(!crate::html::render(&report).contains("not questions a person wrote"));
     }
 }
