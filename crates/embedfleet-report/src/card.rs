@@ -188,6 +188,9 @@ fn evaluation_section(s: &mut String, card: &ModelCard) {
     if !v.text.is_empty() {
         let _ = writeln!(s, "\n{}", v.text);
     }
+    if card.dataset.as_ref().is_some_and(|d| d.offline_spans()) {
+        let _ = writeln!(s, "\n{}", crate::data::OFFLINE_SPANS_CAVEAT);
+    }
 }
 
 fn training_section(s: &mut String, card: &ModelCard) {
@@ -198,7 +201,7 @@ fn training_section(s: &mut String, card: &ModelCard) {
             let _ = writeln!(s, "- Documents: {n}");
         }
         let _ = writeln!(s, "- Chunks: {} (training {}, validation {})", d.chunks, d.train_chunks, d.val_chunks);
-        let _ = writeln!(s, "- Questions: {} training, {} validation, written by the {} generator", d.train_questions, d.val_questions, d.generator);
+        let _ = writeln!(s, "- Questions: {} training, {} validation; generator: {}", d.train_questions, d.val_questions, d.generator);
         let _ = writeln!(s, "- Split: by {}", d.split_by);
         if let Some(llm) = &d.llm {
             let _ = writeln!(s, "- LLM: {}, {} requests, {} prompt + {} completion tokens, ${:.4}", llm.model, llm.requests, llm.prompt_tokens, llm.completion_tokens, llm.cost_usd);
