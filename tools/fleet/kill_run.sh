@@ -37,8 +37,6 @@ spawn() { # role, log name
 }
 spawn coordinator coordinator-a >/dev/null
 spawn coordinator coordinator-b >/dev/null
-gen_a=$(spawn generator generator-a)
-spawn generator generator-b >/dev/null
 trainer=$(spawn trainer trainer-1)
 spawn evaluator evaluator >/dev/null
 sleep 2
@@ -48,9 +46,17 @@ run=run-by-hand
   --model-id "$root/.deps/all-MiniLM-L6-v2" --epochs 1 --evaluation-steps 10 --checkpoint-every 3 >/dev/null
 say "submitted $pages pages"
 state() { "$bin/embedfleet" status $run 2>/dev/null | head -1; }
-until state | grep -Eq 'generate +[1-9][0-9]*/'; do sleep 0.2; done
-kill -9 "$gen_a"; say "kill -9 generator-a: $(state | cut -c1-90)"
+# The offline generator answers a task in milliseconds, so one generator starts alone on a queue
+# that is already full and is killed as soon as its first answer is stored: it dies mid-generation,
+# with tasks in hand that JetStream must redeliver to the others.
+until state | grep -q generating; do sleep 0.2; done
+gen_a=$(spawn generator generator-a)
+until compgen -G "$work/store/runs/$run/questions/*" >/dev/null; do sleep 0.01; done
+kill -9 "$gen_a"
+answered=$(find "$work/store/runs/$run/questions" -type f | wc -l)
+say "kill -9 generator-a after $answered answers stored: $(state | cut -c1-90)"
 spawn generator generator-a2 >/dev/null
+spawn generator generator-b >/dev/null
 until [ -n "$(find "$work/store/runs/$run/train/resume" -name state.json 2>/dev/null)" ]; do sleep 0.5; done
 kill -9 "$trainer"; say "kill -9 the trainer: $(state | cut -c1-110)"
 spawn trainer trainer-2 >/dev/null
