@@ -359,19 +359,20 @@ mod tests {
                 let mut order: Vec<usize> = (0..row.len()).filter(|&j| j != i).collect();
                 order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap().then(cids[a].cmp(&cids[b])));
                 let doc = |j: usize| cids[j].rsplit_once('-').unwrap().0.to_owned();
-                let expected: Vec<String> = order
+                // Every candidate of the window is judged (and counted); the first three survive.
+                let survivors: Vec<usize> = order
                     .iter()
                     .take(s.range_max)
-                    .filter(|&&j| {
+                    .copied()
+                    .filter(|&j| {
                         let same = doc(j) == doc(i);
                         let margin = row[j] as f64 >= row[i] as f64 * 0.9;
                         dropped.0 += same as usize;
                         dropped.1 += (!same && margin) as usize;
                         !same && !margin
                     })
-                    .take(3)
-                    .map(|&j| cids[j].clone())
                     .collect();
+                let expected: Vec<String> = survivors.iter().take(3).map(|&j| cids[j].clone()).collect();
                 assert_eq!(mined.0[&format!("{}-q0", cids[i])], expected, "seed {seed} query {i}");
             }
             assert_eq!((report.dropped_same_document, report.dropped_margin), dropped, "seed {seed}");

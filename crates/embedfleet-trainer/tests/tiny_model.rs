@@ -203,22 +203,22 @@ fn hard_negatives_train_the_same_under_grad_cache() {
         let dir = tempfile::tempdir().unwrap();
         let mut model = tiny(0.0);
         let outcome = train(&mut model, &d, None, &job(config).with_negatives(negatives.clone()), dir.path(), false, false, &NoProgress).unwrap();
-        (outcome, weights(&model))
+        outcome
     };
-    let (plain, plain_weights) = run(with_negatives(2));
-    let (cached, cached_weights) = run(TrainConfig { mini_batch_size: Some(3), ..with_negatives(2) });
+    let plain = run(with_negatives(2));
+    let cached = run(TrainConfig { mini_batch_size: Some(3), ..with_negatives(2) });
+    // The whole loss curve, not the weights: AdamW turns float noise in gradients that are zero
+    // in exact arithmetic (see cached_loss_equals_the_plain_loss_and_gradients) into lr-sized steps.
     assert_eq!(plain.steps, cached.steps);
     for (a, b) in plain.log.iter().zip(&cached.log) {
         assert!((a.loss - b.loss).abs() < 1e-4, "step {}: {} vs {}", a.step, a.loss, b.loss);
     }
-    let diff = max_diff(&plain_weights, &cached_weights);
-    assert!(diff < 1e-4, "weights differ by {diff}");
     assert!(plain.facts.loss.contains("hard negatives"), "{}", plain.facts.loss);
 
     // The negatives are in the loss: one per question gives another first step than two.
-    let (one, _) = run(with_negatives(1));
+    let one = run(with_negatives(1));
     assert!((one.log[0].loss - plain.log[0].loss).abs() > 1e-6, "{} vs {}", one.log[0].loss, plain.log[0].loss);
-    let (none, _) = run(config());
+    let none = run(config());
     assert!(none.log[0].loss < one.log[0].loss, "more candidates, higher first loss: {} vs {}", none.log[0].loss, one.log[0].loss);
 }
 
