@@ -398,10 +398,8 @@ impl TrainConfig {
         if self.batch_size > 1_000_000 {
             return Err(refuse("--batch-size", self.batch_size, "at most 1000000"));
         }
-        if let Some(mini) = self.mini_batch_size {
-            if mini == 0 {
-                return Err(refuse("--mini-batch-size", 0, "must be at least 1 (leave it out to embed the whole batch at once)"));
-            }
+        if self.mini_batch_size == Some(0) {
+            return Err(refuse("--mini-batch-size", 0, "must be at least 1 (leave it out to embed the whole batch at once)"));
         }
         if !(self.learning_rate.is_finite() && (0.0..1.0).contains(&self.learning_rate)) {
             return Err(refuse("--learning-rate", self.learning_rate, "must be at least 0 and below 1"));

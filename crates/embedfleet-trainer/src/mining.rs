@@ -89,10 +89,10 @@ impl Guard {
         if self.positives.iter().any(|p| p == candidate) {
             return Err(Rejection::Positive);
         }
-        if let Some(doc) = ChunkId::from(candidate).doc_id() {
-            if self.documents.contains(&doc) {
-                return Err(Rejection::SameDocument);
-            }
+        if let Some(doc) = ChunkId::from(candidate).doc_id()
+            && self.documents.contains(&doc)
+        {
+            return Err(Rejection::SameDocument);
         }
         if (score as f64) < self.threshold { Ok(()) } else { Err(Rejection::Margin) }
     }
@@ -411,7 +411,7 @@ mod tests {
     #[test]
     fn range_min_skips_survivors_and_random_is_seeded() {
         let base = settings(2);
-        let (top, _, ..) = run(&base, Blocks::default(), 3);
+        let (top, ..) = run(&base, Blocks::default(), 3);
         let skip = MineSettings { range_min: 1, ..base.clone() };
         let (skipped, report, ..) = run(&skip, Blocks::default(), 3);
         let all = MineSettings { negatives: 9, ..base.clone() };

@@ -284,8 +284,7 @@ pub fn train_with_hooks(
     progress.start("train", Some(total_steps as u64));
     progress.advance(start_step as u64);
     let mut stopped_early = false;
-    'epochs: for epoch in state.epoch..config.epochs {
-        let batches = &batches_per_epoch[epoch];
+    'epochs: for (epoch, batches) in batches_per_epoch.iter().enumerate().skip(state.epoch) {
         let first = if epoch == state.epoch { state.batch_in_epoch } else { 0 };
         for (b, batch) in batches.iter().enumerate().skip(first) {
             if job.stop_after.is_some_and(|n| state.global_step - start_step >= n) {
@@ -307,7 +306,7 @@ pub fn train_with_hooks(
             progress.message(&format!("loss {loss:.4} lr {lr:.2e}"));
 
             let end_of_epoch = b + 1 == batches.len();
-            let eval_now = config.evaluation_steps > 0 && state.global_step % config.evaluation_steps == 0;
+            let eval_now = config.evaluation_steps > 0 && state.global_step.is_multiple_of(config.evaluation_steps);
             if val.is_none() && (eval_now || end_of_epoch) {
                 hooks.evaluation_point(state.global_step, model).map_err(hook_err(state.global_step))?;
             }
@@ -327,7 +326,7 @@ pub fn train_with_hooks(
                 state.epoch = epoch + 1;
                 state.batch_in_epoch = 0;
             }
-            if config.checkpoint_every > 0 && state.global_step % config.checkpoint_every == 0 {
+            if config.checkpoint_every > 0 && state.global_step.is_multiple_of(config.checkpoint_every) {
                 save_checkpoint(model, &optimizer, output, &state)?;
                 write_log(output, &state.log)?;
                 hooks

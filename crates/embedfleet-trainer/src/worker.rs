@@ -88,10 +88,10 @@ impl TrainHooks for FleetHooks {
         if self.last_cancel_check.elapsed() >= CANCEL_CHECK {
             self.last_cancel_check = Instant::now();
             // NATS unreachable for a moment is no reason to stop training: look again next time.
-            if let Ok(Some(state)) = self.rt.block_on(self.bus.run_state(&self.run_id)) {
-                if state.is_terminal() {
-                    return Err(HookError::Stop(format!("the run is {}", state.name())));
-                }
+            if let Ok(Some(state)) = self.rt.block_on(self.bus.run_state(&self.run_id))
+                && state.is_terminal()
+            {
+                return Err(HookError::Stop(format!("the run is {}", state.name())));
             }
         }
         Ok(())

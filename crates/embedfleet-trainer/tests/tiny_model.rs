@@ -202,8 +202,7 @@ fn hard_negatives_train_the_same_under_grad_cache() {
     let run = |config: TrainConfig| {
         let dir = tempfile::tempdir().unwrap();
         let mut model = tiny(0.0);
-        let outcome = train(&mut model, &d, None, &job(config).with_negatives(negatives.clone()), dir.path(), false, false, &NoProgress).unwrap();
-        outcome
+        train(&mut model, &d, None, &job(config).with_negatives(negatives.clone()), dir.path(), false, false, &NoProgress).unwrap()
     };
     let plain = run(with_negatives(2));
     let cached = run(TrainConfig { mini_batch_size: Some(3), ..with_negatives(2) });

@@ -38,6 +38,7 @@ pub struct FinetuneArgs {
 }
 
 /// Loads, trains, and returns the outcome; shared with `run`.
+#[allow(clippy::too_many_arguments)]
 pub async fn finetune(
     model_id: &str,
     train: QaDataset,
