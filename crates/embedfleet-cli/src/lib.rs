@@ -28,6 +28,8 @@ pub enum Command {
     Encode(commands::encode::EncodeArgs),
     /// Score models on a validation set and compare them (hit rate, NDCG, MRR, MAP, …).
     Evaluate(commands::evaluate::EvaluateArgs),
+    /// Mine hard negatives for the training questions, behind a false-negative guard.
+    Mine(commands::mine::MineArgs),
     /// Fine-tune a model on the dataset with MultipleNegativesRankingLoss.
     Finetune(commands::finetune::FinetuneArgs),
     /// Generate, fine-tune and evaluate in one process.
@@ -58,6 +60,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Generate(args) => commands::generate::run(args).await,
             Command::Encode(args) => commands::encode::run(args).await,
             Command::Evaluate(args) => commands::evaluate::run(args).await,
+            Command::Mine(args) => commands::mine::run(args).await,
             Command::Finetune(args) => commands::finetune::run(args).await,
             Command::Run(args) => commands::run::run(args).await,
             Command::Submit(args) => commands::fleet::submit(args).await,

@@ -40,6 +40,12 @@ pub mod defaults {
     pub const EVALUATION_STEPS: usize = 50;
     pub const METRIC: &str = "cosine-NDCG@10";
     pub const MODEL_ID: &str = "BAAI/bge-small-en";
+    /// Negatives per question `embedfleet mine` writes when `--hard-negatives` is left out.
+    pub const MINE_NEGATIVES: usize = 5;
+    /// The candidate window: the closest 50 chunks that are not the positive.
+    pub const RANGE_MAX: usize = 50;
+    /// NV-Retriever's TopK-PercPos 95 %: a negative scores below 95 % of the positive.
+    pub const RELATIVE_MARGIN: f64 = 0.05;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
@@ -149,6 +155,108 @@ fn open_unit(flag: &'static str, v: f64) -> Result<(), ConfigError> {
     }
 }
 
+/// How candidates are picked among those the false-negative guard keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// The closest survivors (NV-Retriever's TopK).
+    #[default]
+    Top,
+    /// A seeded random choice among the survivors.
+    Random,
+}
+
+/// Hard-negative mining: for each training question, chunks the mining model ranks close to it
+/// that are not its answer. A candidate is kept only outside the positive's own document (the
+/// chunks overlap, so a neighbour chunk holds part of the answer) and only if it scores below
+/// `positive × (1 − relative_margin)`.
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MiningConfig {
+    /// Hard negatives per question. finetune and run: mine them (or read `{train}_negatives.json`
+    /// beside the training set) and add them to each question's candidates in the loss; left out,
+    /// the other passages of the batch are the only negatives. mine: how many to write (default 5).
+    #[arg(long, env = "EMBEDFLEET_HARD_NEGATIVES", alias = "hard_negatives")]
+    pub hard_negatives: Option<usize>,
+    /// The model that ranks the candidates (folder, s3:// prefix or hub id); default: the base model.
+    #[arg(long, env = "EMBEDFLEET_MINING_MODEL", alias = "mining_model")]
+    pub mining_model: Option<String>,
+    /// Skip this many of the closest candidates that pass the guard (sentence-transformers' range_min).
+    #[arg(long, env = "EMBEDFLEET_RANGE_MIN", alias = "range_min", default_value_t = 0)]
+    pub range_min: usize,
+    /// Look at the closest N chunks that are not the positive (sentence-transformers' range_max).
+    #[arg(long, env = "EMBEDFLEET_RANGE_MAX", alias = "range_max", default_value_t = defaults::RANGE_MAX)]
+    pub range_max: usize,
+    /// Keep a candidate only if it scores below positive × (1 − margin); 0 keeps anything below the positive.
+    #[arg(long, env = "EMBEDFLEET_RELATIVE_MARGIN", alias = "relative_margin", default_value_t = defaults::RELATIVE_MARGIN)]
+    pub relative_margin: f64,
+    /// top: the closest survivors; random: a seeded choice among them.
+    #[arg(long, env = "EMBEDFLEET_SAMPLING", aliases = ["sampling_strategy", "sampling-strategy"], value_enum, default_value_t = Sampling::Top)]
+    pub sampling: Sampling,
+    /// Seed of `--sampling random`.
+    #[arg(long, env = "EMBEDFLEET_MINING_SEED", alias = "mining_seed", default_value_t = defaults::SEED)]
+    pub mining_seed: u64,
+}
+
+impl Default for MiningConfig {
+    fn default() -> Self {
+        Self {
+            hard_negatives: None,
+            mining_model: None,
+            range_min: 0,
+            range_max: defaults::RANGE_MAX,
+            relative_margin: defaults::RELATIVE_MARGIN,
+            sampling: Sampling::Top,
+            mining_seed: defaults::SEED,
+        }
+    }
+}
+
+impl MiningConfig {
+    /// The settings alone, whether or not negatives are asked for.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(0) = self.hard_negatives {
+            return Err(refuse("--hard-negatives", 0, "must be at least 1 (leave it out to train on in-batch negatives only)"));
+        }
+        if let Some(n) = self.hard_negatives.filter(|&n| n > 1_000) {
+            return Err(refuse("--hard-negatives", n, "at most 1000 negatives per question"));
+        }
+        if self.range_max == 0 {
+            return Err(refuse("--range-max", 0, "must be at least 1"));
+        }
+        if self.range_max > 100_000 {
+            return Err(refuse("--range-max", self.range_max, "at most 100000 candidates per question"));
+        }
+        if self.range_min >= self.range_max {
+            return Err(refuse(
+                "--range-min",
+                self.range_min,
+                format!("must be below --range-max ({}): the range would hold no candidate", self.range_max),
+            ));
+        }
+        if !(self.relative_margin.is_finite() && (0.0..1.0).contains(&self.relative_margin)) {
+            return Err(refuse("--relative-margin", self.relative_margin, "must be at least 0 and below 1"));
+        }
+        if self.mining_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            return Err(refuse("--mining-model", "''", "is empty; leave it out to mine with the base model"));
+        }
+        self.check_room(self.hard_negatives.unwrap_or(0))
+    }
+
+    /// Whether the range can hold `count` negatives at all.
+    pub fn check_room(&self, count: usize) -> Result<(), ConfigError> {
+        let room = self.range_max.saturating_sub(self.range_min);
+        if count > room {
+            return Err(refuse(
+                "--range-max",
+                self.range_max,
+                format!("leaves room for {room} candidates after --range-min {}, fewer than --hard-negatives {count}", self.range_min),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Fine-tuning settings: MultipleNegativesRankingLoss, AdamW, evaluation and checkpoints.
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 #[serde(default)]
@@ -187,6 +295,9 @@ pub struct TrainConfig {
     /// Seed for batch order and dropout.
     #[arg(long = "train-seed", env = "EMBEDFLEET_TRAIN_SEED", default_value_t = defaults::SEED)]
     pub train_seed: u64,
+    /// Hard negatives: how many per question, and how they are mined.
+    #[command(flatten)]
+    pub mining: MiningConfig,
 }
 
 impl Default for TrainConfig {
@@ -204,6 +315,7 @@ impl Default for TrainConfig {
             metric: defaults::METRIC.to_owned(),
             symmetric_loss: false,
             train_seed: defaults::SEED,
+            mining: MiningConfig::default(),
         }
     }
 }
@@ -286,10 +398,8 @@ impl TrainConfig {
         if self.batch_size > 1_000_000 {
             return Err(refuse("--batch-size", self.batch_size, "at most 1000000"));
         }
-        if let Some(mini) = self.mini_batch_size {
-            if mini == 0 {
-                return Err(refuse("--mini-batch-size", 0, "must be at least 1 (leave it out to embed the whole batch at once)"));
-            }
+        if self.mini_batch_size == Some(0) {
+            return Err(refuse("--mini-batch-size", 0, "must be at least 1 (leave it out to embed the whole batch at once)"));
         }
         if !(self.learning_rate.is_finite() && (0.0..1.0).contains(&self.learning_rate)) {
             return Err(refuse("--learning-rate", self.learning_rate, "must be at least 0 and below 1"));
@@ -303,6 +413,7 @@ impl TrainConfig {
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
             return Err(refuse("--max-grad-norm", self.max_grad_norm, "must be a positive number"));
         }
+        self.mining.validate()?;
         check_metric(&self.metric)
     }
 
@@ -347,7 +458,14 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_naming_the_flag() {
-        let cases: [(&[&str], &str); 12] = [
+        let cases: [(&[&str], &str); 19] = [
+            (&["--hard-negatives", "0"], "--hard-negatives"),
+            (&["--range-min", "50", "--range-max", "50"], "--range-min"),
+            (&["--range-min", "60"], "--range-min"),
+            (&["--range-max", "0"], "--range-max"),
+            (&["--hard-negatives", "8", "--range-min", "45"], "--range-max"),
+            (&["--relative-margin", "1"], "--relative-margin"),
+            (&["--relative-margin=-0.1"], "--relative-margin"),
             (&["--batch-size", "0"], "--batch-size"),
             (&["--batch-size", "1"], "--batch-size"),
             (&["--epochs", "0"], "--epochs"),
@@ -371,6 +489,20 @@ mod tests {
         for ok in ["cosine-NDCG@10", "dot-MRR@10", "cosine-Accuracy@1", "cosine-Recall@5", "dot-MAP@100"] {
             assert!(check_metric(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn mining_settings_decode_from_old_specs_and_accept_the_edges() {
+        // A run spec written before mining existed has no `mining` object.
+        let old: TrainConfig = serde_json::from_str(r#"{"epochs": 3, "batch_size": 16}"#).unwrap();
+        assert_eq!(old.mining, MiningConfig::default());
+        assert_eq!(old.mining.hard_negatives, None);
+        let f = parse(&["--hard-negatives", "3", "--relative-margin", "0", "--sampling", "random", "--range-min", "2", "--range-max", "5"]);
+        assert!(f.train.validate().is_ok());
+        assert_eq!(f.train.mining.sampling, Sampling::Random);
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&f.train).unwrap()).unwrap();
+        assert_eq!(back, f.train);
+        assert!(parse(&["--hard-negatives", "4", "--range-min", "2", "--range-max", "5"]).train.validate().is_err());
     }
 
     #[test]

@@ -146,10 +146,10 @@ pub async fn write_dataset(
     let key = |name: &str| if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
     if !overwrite {
         for (name, bytes) in &files {
-            if let Some(existing) = store.get_opt(&key(name)).await? {
-                if existing.as_ref() != bytes.as_slice() {
-                    return Err(DatasetError::WouldOverwrite { location: store.describe(&key(name)) });
-                }
+            if let Some(existing) = store.get_opt(&key(name)).await?
+                && existing.as_ref() != bytes.as_slice()
+            {
+                return Err(DatasetError::WouldOverwrite { location: store.describe(&key(name)) });
             }
         }
     }

@@ -1,6 +1,10 @@
 //! MultipleNegativesRankingLoss as sentence-transformers defines it: every question scored against
 //! every passage of the batch by cosine similarity times a scale (20), cross-entropy with each
 //! question's own passage as the target; optionally symmetric (passages against questions too).
+//!
+//! Hard negatives are extra candidate rows after the positives, as sentence-transformers stacks
+//! (anchor, positive, negative_1, …, negative_n) columns: every question is scored against every
+//! positive and every negative of the batch, so one question's negatives are the others' too.
 
 use tch::{Kind, Reduction, Tensor};
 
@@ -17,16 +21,22 @@ impl Default for MnrlLoss {
 }
 
 impl MnrlLoss {
-    /// Mean loss over the batch for question and passage embeddings `[batch, dim]`.
-    pub fn compute(&self, questions: &Tensor, passages: &Tensor) -> Tensor {
-        let scores = cos_sim(questions, passages) * self.scale;
-        let n = scores.size()[0];
+    /// Mean loss over the batch for question embeddings `[batch, dim]` and candidates
+    /// `[batch + negatives, dim]`: row i of the first `batch` is question i's positive, the rest
+    /// are hard negatives (none for plain MNRL).
+    pub fn compute(&self, questions: &Tensor, candidates: &Tensor) -> Tensor {
+        let n = questions.size()[0];
+        assert!(candidates.size()[0] >= n, "every question needs its positive among the candidates");
+        let scores = cos_sim(questions, candidates) * self.scale;
         let targets = Tensor::arange(n, (Kind::Int64, scores.device()));
         let forward = scores.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
         if !self.symmetric {
             return forward;
         }
-        let backward = scores.transpose(0, 1).cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
+        // Passages to questions: only the positives have a question of their own
+        // (sentence-transformers' "doc_to_query" direction, averaged per direction).
+        let backward =
+            scores.narrow(1, 0, n).transpose(0, 1).cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
         (forward + backward) / 2.0
     }
 }
@@ -57,6 +67,24 @@ mod tests {
         // Columns: col 0 scores 12, 16 → target 0; col 1 scores 0, 20 → target 1.
         let col0 = -(12f64.exp() / (12f64.exp() + 16f64.exp())).ln();
         let col1 = -(20f64.exp() / (1.0 + 20f64.exp())).ln();
+        assert!((sym - ((row0 + row1) / 2.0 + (col0 + col1) / 2.0) / 2.0).abs() < 1e-5, "{sym}");
+    }
+
+    #[test]
+    fn hard_negatives_are_extra_columns_for_every_question() {
+        let q = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([2, 2]);
+        // Positives, then one negative per question.
+        let c = Tensor::from_slice(&[0.6f32, 0.8, 0.0, 1.0, 1.0, 0.0, 0.8, 0.6]).view([4, 2]);
+        let loss = f64::try_from(MnrlLoss::default().compute(&q, &c)).unwrap();
+        // Row 0 scores 12, 0, 20, 16 → target 0; row 1 scores 16, 20, 0, 12 → target 1.
+        let e = f64::exp;
+        let row0 = -(e(12.0) / (e(12.0) + e(0.0) + e(20.0) + e(16.0))).ln();
+        let row1 = -(e(20.0) / (e(16.0) + e(20.0) + e(0.0) + e(12.0))).ln();
+        assert!((loss - (row0 + row1) / 2.0).abs() < 1e-5, "{loss}");
+        // Symmetric: the backward direction sees only the positives' columns.
+        let sym = f64::try_from(MnrlLoss { symmetric: true, ..Default::default() }.compute(&q, &c)).unwrap();
+        let col0 = -(e(12.0) / (e(12.0) + e(16.0))).ln();
+        let col1 = -(e(20.0) / (e(0.0) + e(20.0))).ln();
         assert!((sym - ((row0 + row1) / 2.0 + (col0 + col1) / 2.0) / 2.0).abs() < 1e-5, "{sym}");
     }
 }

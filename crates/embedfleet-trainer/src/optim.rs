@@ -82,7 +82,7 @@ impl AdamW {
             let _ = m.g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
             let _ = v.g_mul_scalar_(c.beta2).g_add_(&(&g * &g * (1.0 - c.beta2)));
             let denom = (v.sqrt() / bias2.sqrt()) + c.eps;
-            let _ = p.g_add_(&(m.as_ref() / denom * (-lr / bias1)));
+            let _ = p.g_add_(&(&*m / denom * (-lr / bias1)));
         }
         total
     }

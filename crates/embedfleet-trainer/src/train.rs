@@ -1,17 +1,18 @@
 //! The training loop. `embedfleet finetune`, `embedfleet run` and the fleet's trainer worker all
 //! call [`train`].
 
-use crate::batching::{TrainPair, epoch_batches};
+use crate::batching::{Negative, TrainPair, candidates, epoch_batches_with_negatives};
 use crate::checkpoint::{EvalRow, LogRow, TrainState, checkpoint_dir, latest};
 use crate::loss::MnrlLoss;
 use crate::optim::{AdamW, AdamWConfig, linear_schedule};
-use embedfleet_core::{Progress, QaDataset};
+use embedfleet_core::{HardNegatives, NegativesError, Progress, QaDataset};
 use embedfleet_evaluator::csv::{csv_file_name, csv_header, csv_row};
 use embedfleet_evaluator::{EvalOptions, PreparedDataset, evaluate_model};
 use embedfleet_model::{Device, ModelCard, SentenceEncoder};
 use embedfleet_report::{TrainingCurve, TrainingFacts};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -28,6 +29,9 @@ pub struct TrainJob {
     pub stop_after: Option<usize>,
     /// The base model as the user named it, for the model card.
     pub base_model: String,
+    /// Mined negatives of the training set (`{train}_negatives.json`); `config.mining.hard_negatives`
+    /// of each question's are used. Needed when that is set.
+    pub negatives: Option<Arc<HardNegatives>>,
 }
 
 impl Default for TrainJob {
@@ -39,7 +43,17 @@ impl Default for TrainJob {
 impl TrainJob {
     pub fn new(config: TrainConfig, base_model: &str) -> Self {
         let eval = EvalOptions::for_metric(&config.metric);
-        Self { config, eval, stop_after: None, base_model: base_model.to_owned() }
+        Self { config, eval, stop_after: None, base_model: base_model.to_owned(), negatives: None }
+    }
+
+    pub fn with_negatives(mut self, negatives: HardNegatives) -> Self {
+        self.negatives = Some(Arc::new(negatives));
+        self
+    }
+
+    /// Hard negatives per question the loss uses; 0 for in-batch negatives only.
+    pub fn hard_negatives(&self) -> usize {
+        self.config.mining.hard_negatives.unwrap_or(0)
     }
 
     pub fn loss(&self) -> MnrlLoss {
@@ -77,6 +91,10 @@ pub enum TrainError {
     Stopped { step: usize, reason: String },
     #[error("at step {step}: {source}")]
     Hook { step: usize, source: HookError },
+    #[error("--hard-negatives {0}: no mined negatives were given to the trainer; mine them first (embedfleet mine)")]
+    NoNegatives(usize),
+    #[error(transparent)]
+    Negatives(#[from] NegativesError),
     #[error("the training set has {pairs} pairs, fewer than one batch of {batch}; lower --batch-size or generate more questions")]
     TooFewPairs { pairs: usize, batch: usize },
     #[error("{0} already holds something that is not an embedfleet output; pass --overwrite or choose another --output-path")]
@@ -187,11 +205,7 @@ pub fn train_with_hooks(
             source => TrainError::Hook { step, source },
         }
     };
-    let pairs: Vec<TrainPair> = train_set
-        .pairs()
-        .into_iter()
-        .map(|(c, q, p)| TrainPair { chunk_id: c.into(), question: q.into(), passage: p.into() })
-        .collect();
+    let (pairs, negatives) = training_pairs(train_set, job)?;
     if pairs.len() < config.batch_size {
         return Err(TrainError::TooFewPairs { pairs: pairs.len(), batch: config.batch_size });
     }
@@ -199,12 +213,13 @@ pub fn train_with_hooks(
         return Err(TrainError::NoCheckpoint(output.to_owned()));
     }
     prepare_output(output, resume, overwrite)?;
-    let batches_per_epoch: Vec<Vec<Vec<usize>>> =
-        (0..config.epochs).map(|e| epoch_batches(&pairs, config.batch_size, config.train_seed, e)).collect();
+    let batches_per_epoch: Vec<Vec<Vec<usize>>> = (0..config.epochs)
+        .map(|e| epoch_batches_with_negatives(&pairs, &negatives, config.batch_size, config.train_seed, e))
+        .collect();
     let total_steps: usize = batches_per_epoch.iter().map(Vec::len).sum();
     let evaluation_points = evaluation_points(&batches_per_epoch, config.evaluation_steps);
     let warmup = (total_steps as f64 * config.warmup_ratio).ceil() as usize;
-    let fingerprint = format!(
+    let mut fingerprint = format!(
         "pairs={} batch={} epochs={} seed={} lr={} mini={:?}",
         pairs.len(),
         config.batch_size,
@@ -213,6 +228,10 @@ pub fn train_with_hooks(
         config.learning_rate,
         config.mini_batch_size
     );
+    // Only when set, so checkpoints written before hard negatives existed still resume.
+    if job.hard_negatives() > 0 {
+        fingerprint.push_str(&format!(" negatives={}/{}", job.hard_negatives(), negatives.iter().map(Vec::len).sum::<usize>()));
+    }
 
     let named: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
     let mut optimizer = AdamW::new(named, job.optim());
@@ -265,8 +284,7 @@ pub fn train_with_hooks(
     progress.start("train", Some(total_steps as u64));
     progress.advance(start_step as u64);
     let mut stopped_early = false;
-    'epochs: for epoch in state.epoch..config.epochs {
-        let batches = &batches_per_epoch[epoch];
+    'epochs: for (epoch, batches) in batches_per_epoch.iter().enumerate().skip(state.epoch) {
         let first = if epoch == state.epoch { state.batch_in_epoch } else { 0 };
         for (b, batch) in batches.iter().enumerate().skip(first) {
             if job.stop_after.is_some_and(|n| state.global_step - start_step >= n) {
@@ -276,7 +294,7 @@ pub fn train_with_hooks(
             let lr = config.learning_rate * linear_schedule(state.global_step, warmup, total_steps);
             // A fixed RNG stream per step makes dropout, and so a resumed run, reproducible.
             tch::manual_seed((config.train_seed as i64).wrapping_mul(1_000_003).wrapping_add(state.global_step as i64));
-            let loss = run_step(model, &pairs, batch, job, state.global_step)?;
+            let loss = run_step(model, &pairs, &negatives, batch, job, state.global_step)?;
             optimizer.step(lr);
             optimizer.zero_grad();
             state.global_step += 1;
@@ -288,7 +306,7 @@ pub fn train_with_hooks(
             progress.message(&format!("loss {loss:.4} lr {lr:.2e}"));
 
             let end_of_epoch = b + 1 == batches.len();
-            let eval_now = config.evaluation_steps > 0 && state.global_step % config.evaluation_steps == 0;
+            let eval_now = config.evaluation_steps > 0 && state.global_step.is_multiple_of(config.evaluation_steps);
             if val.is_none() && (eval_now || end_of_epoch) {
                 hooks.evaluation_point(state.global_step, model).map_err(hook_err(state.global_step))?;
             }
@@ -308,7 +326,7 @@ pub fn train_with_hooks(
                 state.epoch = epoch + 1;
                 state.batch_in_epoch = 0;
             }
-            if config.checkpoint_every > 0 && state.global_step % config.checkpoint_every == 0 {
+            if config.checkpoint_every > 0 && state.global_step.is_multiple_of(config.checkpoint_every) {
                 save_checkpoint(model, &optimizer, output, &state)?;
                 write_log(output, &state.log)?;
                 hooks
@@ -381,11 +399,21 @@ fn training_facts(
 ) -> TrainingFacts {
     let config = &job.config;
     let loss_fn = job.loss();
-    let loss = format!(
+    let mut loss = format!(
         "MultipleNegativesRankingLoss{}: cosine similarity times {}, cross-entropy against the other passages of the batch",
         if loss_fn.symmetric { " (symmetric: questions to passages and back)" } else { "" },
         loss_fn.scale
     );
+    if job.hard_negatives() > 0 {
+        let m = &config.mining;
+        loss.push_str(&format!(
+            " and up to {} mined hard negatives per question (ranks {}..{}, below {:.0} % of the positive's score, never from the positive's document)",
+            job.hard_negatives(),
+            m.range_min,
+            m.range_max,
+            (1.0 - m.relative_margin) * 100.0
+        ));
+    }
     TrainingFacts {
         base_model: job.base_model.clone(),
         loss,
@@ -472,13 +500,48 @@ fn prepare_output(output: &Path, resume: bool, overwrite: bool) -> Result<(), Tr
     Ok(())
 }
 
+/// The (question, positive) pairs in the dataset's order, and each pair's first
+/// `--hard-negatives` mined negatives (empty lists when none are asked for).
+fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPair>, Vec<Vec<Negative>>), TrainError> {
+    let wanted = job.hard_negatives();
+    let mined = match (&job.negatives, wanted) {
+        (_, 0) => None,
+        (Some(n), _) => {
+            n.validate(train_set, "the mined negatives")?;
+            Some(n.as_ref())
+        }
+        (None, n) => return Err(TrainError::NoNegatives(n)),
+    };
+    let mut pairs = Vec::new();
+    let mut negatives = Vec::new();
+    for (qid, question) in &train_set.queries {
+        for cid in train_set.relevant_docs.get(qid).into_iter().flatten() {
+            let Some(passage) = train_set.corpus.get(cid) else { continue };
+            pairs.push(TrainPair { chunk_id: cid.clone(), question: question.clone(), passage: passage.clone() });
+            if let Some(mined) = mined {
+                let negs = mined.of(qid, wanted).iter().filter_map(|c| Some(Negative { chunk_id: c.clone(), text: train_set.corpus.get(c)?.clone() }));
+                negatives.push(negs.collect());
+            }
+        }
+    }
+    Ok((pairs, negatives))
+}
+
 /// One optimisation step's forward and backward; returns the loss. A libtorch failure (out of
 /// memory above all) becomes an error that says what to lower.
-fn run_step(model: &SentenceEncoder, pairs: &[TrainPair], batch: &[usize], job: &TrainJob, step: usize) -> Result<f64, TrainError> {
+fn run_step(
+    model: &SentenceEncoder,
+    pairs: &[TrainPair],
+    negatives: &[Vec<Negative>],
+    batch: &[usize],
+    job: &TrainJob,
+    step: usize,
+) -> Result<f64, TrainError> {
     let config = &job.config;
     let loss_fn = job.loss();
     let questions: Vec<&str> = batch.iter().map(|&i| pairs[i].question.as_str()).collect();
-    let passages: Vec<&str> = batch.iter().map(|&i| pairs[i].passage.as_str()).collect();
+    // The positives, then the hard negatives as extra columns.
+    let passages: Vec<&str> = candidates(pairs, negatives, batch);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<f64, embedfleet_model::ModelError> {
         match config.mini_batch_size.filter(|&m| m < batch.len()) {
             Some(mini) => cached_step(model, &questions, &passages, mini, &loss_fn, config.train_seed, step),
@@ -514,6 +577,7 @@ fn run_step(model: &SentenceEncoder, pairs: &[TrainPair], batch: &[usize], job: 
 /// GradCache: embed everything without gradients, take the loss's gradient with respect to the
 /// embeddings, then re-embed each mini-batch with gradients and push that gradient through it.
 /// Each mini-batch replays its own RNG seed, so dropout masks are the same in both passes.
+/// `passages` may hold more rows than `questions`: the hard negatives after the positives.
 pub fn cached_step(
     model: &SentenceEncoder,
     questions: &[&str],

@@ -3,6 +3,7 @@
 //! redelivered task on another machine continues where the dead one stopped.
 
 use crate::checkpoint::LogRow;
+use crate::mining::{MineSettings, mine};
 use crate::train::{HookError, TrainError, TrainHooks, TrainJob, train_with_hooks};
 use embedfleet_bus::layout;
 use embedfleet_bus::messages::{Message, RunSpec};
@@ -10,7 +11,7 @@ use embedfleet_bus::worker::{TaskError, TaskHandler};
 use embedfleet_bus::{Bus, RunState, Stage};
 use embedfleet_core::dataset::read_dataset;
 use embedfleet_core::progress::NoProgress;
-use embedfleet_core::{ArtifactStore, DatasetSplit, RunId, StoreOptions};
+use embedfleet_core::{ArtifactStore, DatasetSplit, HardNegatives, RunId, StoreOptions};
 use embedfleet_model::{Device, LoadOptions, ModelCard, Precision, SentenceEncoder, resolve_model};
 use embedfleet_report::fleet::FleetTraining;
 use prometheus::{Gauge, IntCounter, register_gauge, register_int_counter};
@@ -87,10 +88,10 @@ impl TrainHooks for FleetHooks {
         if self.last_cancel_check.elapsed() >= CANCEL_CHECK {
             self.last_cancel_check = Instant::now();
             // NATS unreachable for a moment is no reason to stop training: look again next time.
-            if let Ok(Some(state)) = self.rt.block_on(self.bus.run_state(&self.run_id)) {
-                if state.is_terminal() {
-                    return Err(HookError::Stop(format!("the run is {}", state.name())));
-                }
+            if let Ok(Some(state)) = self.rt.block_on(self.bus.run_state(&self.run_id))
+                && state.is_terminal()
+            {
+                return Err(HookError::Stop(format!("the run is {}", state.name())));
             }
         }
         Ok(())
@@ -150,10 +151,26 @@ impl TaskHandler for TrainWorker {
         if resume {
             tracing::info!(run_id = run_id.as_str(), deliveries, "resuming training from the store's checkpoint");
         }
+        // Mining is the stage between assembly and training: its output lies in the run's data
+        // folder, so a redelivered task trains on the very negatives the first delivery mined.
+        let negatives_key = format!("{}/{}", layout::data(&run_id), HardNegatives::file_name(DatasetSplit::Train));
+        let mined_before = match spec.train.mining.hard_negatives {
+            Some(_) => match self.store.get_opt(&negatives_key).await? {
+                Some(bytes) => Some(
+                    HardNegatives::from_json(&self.store.describe(&negatives_key), &bytes).map_err(|e| TaskError::fatal(e.to_string()))?,
+                ),
+                None => None,
+            },
+            None => None,
+        };
+        let mining_dir = match (&spec.train.mining.mining_model, &mined_before, spec.train.mining.hard_negatives) {
+            (Some(m), None, Some(_)) => Some(resolve_model(m, &self.store_options).await.map_err(TaskError::classify)?),
+            _ => None,
+        };
         let mut config = spec.train.clone();
         // A replaced trainer must find a checkpoint to resume from.
         config.checkpoint_every = config.fleet_checkpoint_every();
-        let job = TrainJob::new(config, &spec.model_id);
+        let mut job = TrainJob::new(config, &spec.model_id);
         let options = LoadOptions { device: self.device, precision: spec.precision.unwrap_or(self.precision) };
         let mut hooks = FleetHooks {
             bus: self.bus.clone(),
@@ -167,6 +184,30 @@ impl TaskHandler for TrainWorker {
         };
         let outcome = tokio::task::spawn_blocking(move || -> Result<_, TrainError> {
             let mut model = SentenceEncoder::load(&model_dir, options)?;
+            if let Some(count) = job.config.mining.hard_negatives {
+                let negatives = match mined_before {
+                    Some(n) => n,
+                    None => {
+                        // Before any checkpoint is loaded: the base model (or --mining-model) ranks.
+                        let miner = mining_dir.as_deref().map(|d| SentenceEncoder::load(d, options)).transpose()?;
+                        let settings = MineSettings::new(&job.config.mining, count);
+                        let (n, report) = mine(miner.as_ref().unwrap_or(&model), &train_set, &settings, 32)?;
+                        tracing::info!(
+                            negatives = report.negatives,
+                            same_document = report.dropped_same_document,
+                            margin = report.dropped_margin,
+                            short = report.short,
+                            "hard negatives mined"
+                        );
+                        hooks
+                            .rt
+                            .block_on(hooks.store.put(&negatives_key, n.to_json()))
+                            .map_err(|e| TrainError::Hook { step: 0, source: hook_transient(e) })?;
+                        n
+                    }
+                };
+                job = job.with_negatives(negatives);
+            }
             if !resume {
                 hooks.evaluation_point(0, &model).map_err(|source| TrainError::Hook { step: 0, source })?;
             }

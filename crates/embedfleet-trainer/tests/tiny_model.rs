@@ -1,7 +1,7 @@
 //! Trainer behaviour on a tiny randomly initialised BERT (fast), with MiniLM's real tokenizer.
 
 use embedfleet_core::progress::NoProgress;
-use embedfleet_core::QaDataset;
+use embedfleet_core::{HardNegatives, MiningConfig, QaDataset};
 use embedfleet_evaluator::PreparedDataset;
 use embedfleet_model::{BertConfig, LoadOptions, SentenceEncoder, Tensor};
 use embedfleet_trainer::train::cached_step;
@@ -178,4 +178,60 @@ fn bad_setups_are_refused() {
     let err = train(&mut model, &dataset(20), None, &job(config()), dir.path(), false, false, &NoProgress).unwrap_err();
     assert!(matches!(err, TrainError::OutputInUse(_)), "{err}");
     assert!(dir.path().join("notes.txt").exists());
+}
+
+/// Two negatives per question, chunks of other topics (as mining would give them).
+fn negatives_of(d: &QaDataset, chunks: usize) -> HardNegatives {
+    let mut n = HardNegatives::default();
+    for qid in d.queries.keys() {
+        let c: usize = qid[1..4].parse().unwrap();
+        n.0.insert(qid.clone(), vec![format!("d{:03}-0000", (c + 1) % chunks), format!("d{:03}-0000", (c + 5) % chunks)]);
+    }
+    n
+}
+
+fn with_negatives(count: usize) -> TrainConfig {
+    TrainConfig { mining: MiningConfig { hard_negatives: Some(count), ..Default::default() }, evaluation_steps: 0, ..config() }
+}
+
+#[test]
+fn hard_negatives_train_the_same_under_grad_cache() {
+    let _serial = serial();
+    let d = dataset(12);
+    let negatives = negatives_of(&d, 12);
+    let run = |config: TrainConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = tiny(0.0);
+        train(&mut model, &d, None, &job(config).with_negatives(negatives.clone()), dir.path(), false, false, &NoProgress).unwrap()
+    };
+    let plain = run(with_negatives(2));
+    let cached = run(TrainConfig { mini_batch_size: Some(3), ..with_negatives(2) });
+    // The whole loss curve, not the weights: AdamW turns float noise in gradients that are zero
+    // in exact arithmetic (see cached_loss_equals_the_plain_loss_and_gradients) into lr-sized steps.
+    assert_eq!(plain.steps, cached.steps);
+    for (a, b) in plain.log.iter().zip(&cached.log) {
+        assert!((a.loss - b.loss).abs() < 1e-4, "step {}: {} vs {}", a.step, a.loss, b.loss);
+    }
+    assert!(plain.facts.loss.contains("hard negatives"), "{}", plain.facts.loss);
+
+    // The negatives are in the loss: one per question gives another first step than two.
+    let one = run(with_negatives(1));
+    assert!((one.log[0].loss - plain.log[0].loss).abs() > 1e-6, "{} vs {}", one.log[0].loss, plain.log[0].loss);
+    let none = run(config());
+    assert!(none.log[0].loss < one.log[0].loss, "more candidates, higher first loss: {} vs {}", none.log[0].loss, one.log[0].loss);
+}
+
+#[test]
+fn hard_negatives_need_mined_negatives_of_this_dataset() {
+    let _serial = serial();
+    let d = dataset(12);
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = tiny(0.0);
+    let err = train(&mut model, &d, None, &job(with_negatives(2)), dir.path(), false, false, &NoProgress).unwrap_err();
+    assert!(matches!(err, TrainError::NoNegatives(2)), "{err}");
+    assert!(err.to_string().contains("--hard-negatives"), "{err}");
+    // A file mined for another dataset is refused, not trained on.
+    let stale = negatives_of(&dataset(20), 20);
+    let err = train(&mut model, &d, None, &job(with_negatives(2)).with_negatives(stale), dir.path(), false, false, &NoProgress).unwrap_err();
+    assert!(matches!(err, TrainError::Negatives(_)), "{err}");
 }

@@ -5,7 +5,7 @@ use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
 use clap::Args;
-use embedfleet_core::{QaDataset, TrainConfig};
+use embedfleet_core::{HardNegatives, QaDataset, TrainConfig};
 use embedfleet_evaluator::PreparedDataset;
 use embedfleet_trainer::{TrainJob, TrainOutcome};
 use std::path::PathBuf;
@@ -38,6 +38,7 @@ pub struct FinetuneArgs {
 }
 
 /// Loads, trains, and returns the outcome; shared with `run`.
+#[allow(clippy::too_many_arguments)]
 pub async fn finetune(
     model_id: &str,
     train: QaDataset,
@@ -48,12 +49,16 @@ pub async fn finetune(
     storage: &StorageArgs,
     resume: bool,
     overwrite: bool,
+    negatives: Option<HardNegatives>,
 ) -> Result<TrainOutcome> {
     // Bad settings are refused before the model is loaded.
     training.validate()?;
     let mut model = runtime.load(model_id, &storage.options()).await.with_context(|| format!("loading {model_id}"))?;
     // The card names the base by its hub id or name, never by a local path.
-    let job = TrainJob::new(training.clone(), &embedfleet_report::card::describe_base_model(model_id));
+    let mut job = TrainJob::new(training.clone(), &embedfleet_report::card::describe_base_model(model_id));
+    if let Some(negatives) = negatives {
+        job = job.with_negatives(negatives);
+    }
     let val = PreparedDataset::new(&val)?;
     let progress = crate::progress::for_terminal();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -78,6 +83,18 @@ pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
     args.training.validate()?;
     let train = QaDataset::load(&args.train_dataset)?;
     let val = QaDataset::load(&args.val_dataset)?;
+    let negatives = super::mine::negatives_for_training(
+        &args.model_id,
+        &args.train_dataset,
+        &train,
+        &args.training.mining,
+        &args.runtime,
+        &args.storage,
+    )
+    .await?;
+    if negatives.is_some() {
+        println!("\n== finetune");
+    }
     let outcome = finetune(
         &args.model_id,
         train,
@@ -88,6 +105,7 @@ pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
         &args.storage,
         args.resume,
         args.overwrite,
+        negatives,
     )
     .await?;
     print_outcome(&outcome, &args.training.metric, &args.output_path);

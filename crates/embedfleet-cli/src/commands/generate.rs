@@ -12,7 +12,7 @@ use embedfleet_core::dataset::write_dataset;
 use embedfleet_core::generate::{DatasetSummary, assemble_dataset, generate_questions};
 use embedfleet_core::ingest::load_documents;
 use embedfleet_core::{DatasetConfig, GeneratorKind, IngestOptions, OfflineGenerator, Progress, QaDataset};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -45,7 +45,7 @@ pub struct BuiltDataset {
 }
 
 /// Everything of `generate` short of writing files, so `run` shares it.
-pub async fn build_dataset(input: &PathBuf, args: &DatasetConfig, llm: &LlmArgs, progress: Arc<dyn Progress>) -> Result<BuiltDataset> {
+pub async fn build_dataset(input: &Path, args: &DatasetConfig, llm: &LlmArgs, progress: Arc<dyn Progress>) -> Result<BuiltDataset> {
     args.validate()?;
     let docs = load_documents(input, &IngestOptions { text_field: args.text_field.clone() })?;
     let chunks = chunk_documents(&docs, &args.chunk_config())?;

@@ -4,6 +4,7 @@ pub mod evaluate;
 pub mod finetune;
 pub mod fleet;
 pub mod generate;
+pub mod mine;
 pub mod report;
 pub mod run;
 pub mod storage;

@@ -4,6 +4,8 @@
 use super::evaluate::compare_models;
 use super::report;
 use super::finetune::{finetune, print_outcome};
+use super::mine::{mine_negatives, print_report};
+use embedfleet_core::{DatasetSplit, HardNegatives};
 use super::generate::{build_dataset, print_llm_stats, print_summary, report_failures};
 use embedfleet_core::{DatasetConfig, TrainConfig};
 use embedfleet_generator::LlmArgs;
@@ -63,6 +65,20 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         print_llm_stats(stats);
     }
 
+    let negatives = match args.training.mining.hard_negatives {
+        None => None,
+        Some(count) => {
+            println!("\n== mine");
+            let mined_at = Instant::now();
+            let (negatives, report) =
+                mine_negatives(&args.model_id, &built.train, &args.training.mining, count, 32, &args.runtime, &args.storage).await?;
+            let name = HardNegatives::file_name(DatasetSplit::Train);
+            store.put(&name, negatives.to_json()).await?;
+            print_report(&report, count, std::path::Path::new(&store.describe(&name)), mined_at.elapsed().as_secs_f64());
+            Some(negatives)
+        }
+    };
+
     println!("\n== finetune");
     let model_dir = args.output_dir.join("model");
     let outcome = finetune(
@@ -75,6 +91,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         &args.storage,
         false,
         args.overwrite,
+        negatives,
     )
     .await?;
     print_outcome(&outcome, &args.training.metric, &model_dir);

@@ -1,0 +1,155 @@
+//! Hard negatives against sentence-transformers 6.2 on the real all-MiniLM-L6-v2
+//! (tests/fixtures/hard_negatives_reference.json, by tools/reference/make_negatives_fixture.py):
+//! mining picks the negatives `mine_hard_negatives` picks, and the first step's MNRL loss with
+//! negative columns, plain and under GradCache, is the reference's.
+
+use embedfleet_core::config::Sampling;
+use embedfleet_core::QaDataset;
+use embedfleet_model::{LoadOptions, SentenceEncoder};
+use embedfleet_trainer::MnrlLoss;
+use embedfleet_trainer::mining::{MineSettings, mine};
+use embedfleet_trainer::train::cached_step;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize)]
+struct Settings {
+    range_min: usize,
+    range_max: usize,
+    relative_margin: f64,
+    num_negatives: usize,
+    sampling_strategy: String,
+}
+
+#[derive(Deserialize)]
+struct Mining {
+    settings: Settings,
+    queries: Vec<String>,
+    positives: Vec<String>,
+    extra_corpus: Vec<String>,
+    negatives: Vec<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct Mnrl {
+    scale: f64,
+    anchors: Vec<String>,
+    positives: Vec<String>,
+    negatives: Vec<Vec<String>>,
+    loss: f64,
+    cached_mini_batch_size: usize,
+    cached_loss: f64,
+}
+
+#[derive(Deserialize)]
+struct Fixture {
+    mining: Mining,
+    mnrl: Mnrl,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture() -> Fixture {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hard_negatives_reference.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn minilm() -> PathBuf {
+    let dir = root().join(".deps/all-MiniLM-L6-v2");
+    assert!(dir.join("model.safetensors").exists(), "run scripts/setup.sh first");
+    dir
+}
+
+/// MiniLM with every dropout probability at 0, as the fixture's loss was computed.
+fn minilm_without_dropout(tmp: &Path) -> SentenceEncoder {
+    let dir = tmp.join("minilm");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in walk(&minilm()) {
+        let rel = entry.strip_prefix(minilm()).unwrap().to_owned();
+        std::fs::create_dir_all(dir.join(&rel).parent().unwrap()).unwrap();
+        std::fs::copy(&entry, dir.join(&rel)).unwrap();
+    }
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["hidden_dropout_prob"] = 0.0.into();
+    config["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    SentenceEncoder::load(&dir, LoadOptions::default()).unwrap()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+#[test]
+fn mining_picks_the_negatives_sentence_transformers_picks() {
+    let fx = fixture().mining;
+    // Ids without a document part: the same-document rule stays out, the margin decides alone.
+    let mut d = QaDataset::new();
+    for (i, p) in fx.positives.iter().enumerate() {
+        d.corpus.insert(format!("pos{i}"), p.clone());
+    }
+    for (i, p) in fx.extra_corpus.iter().enumerate() {
+        d.corpus.insert(format!("extra{i}"), p.clone());
+    }
+    for (i, q) in fx.queries.iter().enumerate() {
+        d.queries.insert(format!("q{i}"), q.clone());
+        d.relevant_docs.insert(format!("q{i}"), vec![format!("pos{i}")]);
+    }
+    assert_eq!(fx.settings.sampling_strategy, "top");
+    let settings = MineSettings {
+        negatives: fx.settings.num_negatives,
+        range_min: fx.settings.range_min,
+        range_max: fx.settings.range_max,
+        relative_margin: fx.settings.relative_margin,
+        sampling: Sampling::Top,
+        seed: 42,
+    };
+    let model = SentenceEncoder::load(&minilm(), LoadOptions::default()).unwrap();
+    let (mined, report) = mine(&model, &d, &settings, 32).unwrap();
+    assert_eq!(report.without_document, fx.queries.len());
+    for (i, expected) in fx.negatives.iter().enumerate() {
+        let got: Vec<&str> = mined.0[&format!("q{i}")].iter().map(|c| d.corpus[c].as_str()).collect();
+        assert_eq!(got, *expected, "question {i}: {}", fx.queries[i]);
+    }
+    let total: usize = fx.negatives.iter().map(Vec::len).sum();
+    eprintln!("mining: all {} questions' {total} negatives identical to mine_hard_negatives; {report:?}", fx.queries.len());
+    assert!(report.dropped_margin > 0, "the margin had something to drop: {report:?}");
+}
+
+#[test]
+fn first_step_loss_with_hard_negatives_is_sentence_transformers() {
+    let fx = fixture().mnrl;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = minilm_without_dropout(tmp.path());
+    let anchors: Vec<&str> = fx.anchors.iter().map(String::as_str).collect();
+    // Positives, then negative column 1, then column 2: sentence-transformers' candidate order.
+    let candidates: Vec<&str> =
+        fx.positives.iter().chain(fx.negatives.iter().flatten()).map(String::as_str).collect();
+    let loss_fn = MnrlLoss { scale: fx.scale, symmetric: false };
+
+    let q = model.forward(&model.tokenizer().batch(&anchors, model.device()).unwrap(), true);
+    let c = model.forward(&model.tokenizer().batch(&candidates, model.device()).unwrap(), true);
+    let plain = f64::try_from(loss_fn.compute(&q, &c)).unwrap();
+    let cached = cached_step(&model, &anchors, &candidates, fx.cached_mini_batch_size, &loss_fn, 42, 0).unwrap();
+    eprintln!(
+        "first-step MNRL with {} negative columns: {plain:.7} (sentence-transformers {:.7}, |diff| {:.1e}); GradCache {cached:.7} (CachedMNRL {:.7}, |diff| {:.1e})",
+        fx.negatives.len(),
+        fx.loss,
+        (plain - fx.loss).abs(),
+        fx.cached_loss,
+        (cached - fx.cached_loss).abs()
+    );
+    assert!((plain - fx.loss).abs() <= 1e-4, "{plain} vs {}", fx.loss);
+    assert!((cached - fx.cached_loss).abs() <= 1e-4, "{cached} vs {}", fx.cached_loss);
+    // The negatives matter: without them the loss is lower.
+    let without = f64::try_from(loss_fn.compute(&q, &c.narrow(0, 0, anchors.len() as i64))).unwrap();
+    assert!(without < plain, "{without} vs {plain}");
+}
