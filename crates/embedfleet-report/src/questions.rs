@@ -205,6 +205,26 @@ mod tests {
     }
 
     #[test]
+    fn snippets_of_any_text_never_panic_and_stay_short() {
+        // Multi-byte letters, digits, punctuation and every kind of white space, in seeded random
+        // order: the cuts must land on character boundaries whatever the text.
+        let alphabet: Vec<char> = "aZ9-.,)\"\u{a0}\u{3000} \n\t\u{e9}\u{4e2d}\u{1f600}\u{0301}\u{5d0}".chars().collect();
+        let mut state: u64 = 20261201;
+        for _ in 0..3000 {
+            let mut next = || {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 33) as usize
+            };
+            let len = next() % 120;
+            let text: String = (0..len).map(|_| alphabet[next() % alphabet.len()]).collect();
+            let id = format!("d0123456789ab-{:04}", next() % 3);
+            let max = next() % 60;
+            let out = passage_snippet(&id, &text, max);
+            assert!(out.chars().count() <= max + 2, "{text:?} → {out:?}");
+        }
+    }
+
+    #[test]
     fn snippets_collapse_whitespace_and_cut_at_a_word() {
         assert_eq!(snippet("short\n\n text", 50), "short text");
         assert_eq!(snippet("the quick brown fox jumps over the lazy dog", 20), "the quick brown fox…");
