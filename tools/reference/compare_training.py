@@ -23,11 +23,24 @@ Same data, same starting point (all-MiniLM-L6-v2), same hyper-parameters, CPU, 2
              (getrusage(RUSAGE_CHILDREN) is the maximum over *all* children waited for so far, so it
              cannot separate runs made by one parent; wait4 gives the same field per child.)
 
+variants   --variant plain (default), hard-negatives or matryoshka. hard-negatives: the reference mines
+             with `mine_hard_negatives` (range_max 50, relative_margin 0.05, sampling "top",
+             --hard-negatives N per question, output_format "n-tuple", corpus: the training chunks;
+             mining time is outside trainer.train()), embedfleet with `finetune --hard-negatives N`
+             (the same range and margin, plus its same-document rule). matryoshka: MatryoshkaLoss over
+             MNRL with --matryoshka-dims (default 384,256,128,64) in both; NDCG@10 is also reported
+             at the smallest dimension (the evaluator's truncate_dim).
+  modes      The reference trains twice, in fp32 and with bf16=True (torch.autocast on CPU: matmuls,
+             attention and GELU in bf16); --skip-reference-bf16 leaves the second out. Each
+             embedfleet row has its speed and memory as ratios against both.
+
 Usage (reference venv with the `train` extra: datasets + accelerate; see tools/reference/README.md):
 
     ~/.cache/embedfleet/reference-venv/bin/python tools/reference/compare_training.py --quick
     ~/.cache/embedfleet/reference-venv/bin/python tools/reference/compare_training.py
-    # options: --train-pairs N, --epochs N, --threads N, --bin PATH, --work-dir DIR (kept, and the
+    ~/.cache/embedfleet/reference-venv/bin/python tools/reference/compare_training.py --quick --variant matryoshka
+    # options: --variant V, --hard-negatives N, --matryoshka-dims D,..., --skip-reference-bf16,
+    #          --train-pairs N, --epochs N, --threads N, --bin PATH, --work-dir DIR (kept, and the
     #          generated dataset is reused from it), --python-docs DIR, --model PATH, --skip-bf16,
     #          --json PATH (results as JSON), --max-wait S, --quiet-threshold CORES
 
@@ -68,6 +81,8 @@ LR = 2e-5
 WARMUP = 0.1
 WEIGHT_DECAY = 0.01
 MAX_SEQ = 256
+MINING_RANGE_MAX = 50
+MINING_MARGIN = 0.05
 TRAINED_RE = re.compile(r"trained (\d+) steps in ([0-9.]+) s \(([0-9.]+) pairs/s, (\d+) pairs per epoch\)")
 BEST_RE = re.compile(r"best (\S+) ([0-9.]+) at step (\d+) \(base model ([0-9.]+)")
 NOBEST_RE = re.compile(r"no checkpoint beat the base model \((\S+) ([0-9.]+)\)")
@@ -323,7 +338,22 @@ def reference_child(args) -> None:
     ds = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
     model = SentenceTransformer(str(args.model), device="cpu")
     model.max_seq_length = MAX_SEQ
+    mining_s = None
+    if args.variant == "hard-negatives":
+        from sentence_transformers.util import mine_hard_negatives
+
+        t0 = time.perf_counter()
+        ds = mine_hard_negatives(
+            ds, model, anchor_column_name="anchor", positive_column_name="positive",
+            range_min=0, range_max=MINING_RANGE_MAX, relative_margin=MINING_MARGIN, num_negatives=args.hard_negatives,
+            sampling_strategy="top", output_format="n-tuple", batch_size=32, verbose=False,
+        )
+        mining_s = time.perf_counter() - t0
     loss = MultipleNegativesRankingLoss(model)
+    if args.variant == "matryoshka":
+        from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+        loss = MatryoshkaLoss(model, loss, matryoshka_dims=_dims(args.matryoshka_dims))
     targs = SentenceTransformerTrainingArguments(
         output_dir=str(Path(args.output) / "_trainer"),
         num_train_epochs=args.epochs,
@@ -339,7 +369,7 @@ def reference_child(args) -> None:
         dataloader_num_workers=0,
         use_cpu=True,
         fp16=False,
-        bf16=False,
+        bf16=args.ref_bf16,
         logging_steps=25,
         disable_tqdm=True,
     )
@@ -362,6 +392,9 @@ def reference_child(args) -> None:
         "seconds": seconds,
         "steps": out.global_step,
         "pairs": len(pairs),
+        "trained_rows": len(ds),
+        "columns": ds.column_names,
+        "mining_s": mining_s,
         "train_loss": out.training_loss,
         "hf_metrics": out.metrics,
         "threads": torch.get_num_threads(),
@@ -374,7 +407,7 @@ def reference_child(args) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def evaluate(model_path: Path, val: dict, threads: int) -> tuple[float, float]:
+def evaluate(model_path: Path, val: dict, threads: int, truncate_dim: int | None = None) -> tuple[float, float]:
     import torch
 
     torch.set_num_threads(threads)
@@ -386,7 +419,7 @@ def evaluate(model_path: Path, val: dict, threads: int) -> tuple[float, float]:
     ev = InformationRetrievalEvaluator(
         queries=val["queries"], corpus=val["corpus"],
         relevant_docs={q: set(v) for q, v in val["relevant_docs"].items()},
-        name="val", show_progress_bar=False,
+        name="val", show_progress_bar=False, truncate_dim=truncate_dim,
     )
     t0 = time.perf_counter()
     metrics = ev(model)
@@ -395,6 +428,10 @@ def evaluate(model_path: Path, val: dict, threads: int) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------------------------------
+
+
+def _dims(text: str) -> list[int]:
+    return [int(d) for d in text.split(",") if d.strip()]
 
 
 def find_bin(arg: Path | None) -> Path:
@@ -427,6 +464,11 @@ def main() -> None:
     ap.add_argument("--python-docs", type=Path, default=DEFAULT_PYTHON_DOCS)
     ap.add_argument("--work-dir", type=Path, default=None, help="kept afterwards; its generated dataset is reused")
     ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--skip-reference-bf16", action="store_true")
+    ap.add_argument("--variant", choices=["plain", "hard-negatives", "matryoshka"], default="plain")
+    ap.add_argument("--hard-negatives", type=int, default=1)
+    ap.add_argument("--matryoshka-dims", default="384,256,128,64")
+    ap.add_argument("--ref-bf16", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--max-wait", type=float, default=300.0,
                     help="before each timed run, wait up to this many seconds for other processes to go quiet (0: never)")
     ap.add_argument("--json", type=Path, default=None)
@@ -493,35 +535,49 @@ def main() -> None:
     env["EMBEDFLEET_LOG"] = "warn,embedfleet=info,embedfleet_cli::progress=debug"
     env.setdefault("HF_HUB_OFFLINE", "1")
 
-    # Reference
-    ref_out = work / "out_reference"
-    shutil.rmtree(ref_out, ignore_errors=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_reference-child", "--train-dataset", str(train_path),
-           "--output", str(ref_out), "--model", str(args.model), "--epochs", str(args.epochs), "--threads", str(args.threads)]
-    print(f"[reference] training {n_pairs} pairs x {args.epochs} epoch(s) ...", flush=True)
-    r = run_child(cmd, work / "reference", env, args.max_wait)
-    if r["rc"] != 0:
-        sys.exit(f"reference training failed ({r['rc']}):\n{r['stdout'][-3000:]}\n{r['stderr'][-6000:]}")
-    line = [l for l in r["stdout"].splitlines() if l.startswith("RESULT ")][-1]
-    ref = json.loads(line[len("RESULT "):])
-    ref_pps = ref["pairs"] * args.epochs / ref["seconds"]
-    qs = quiet_steps(r["sampler"], ref.pop("step_marks"), args.quiet_threshold)
-    ref_step = qs.get("quiet_median_step_s")
-    ref_med_pps = None if ref_step is None else BATCH / ref_step
-    results["reference"] = {**{k: v for k, v in r.items() if k not in ("stdout", "stderr", "sampler")}, **ref, **qs,
-                            "pairs_per_s": ref_pps, "quiet_pairs_per_s": ref_med_pps}
-    print(f"[reference] {ref['steps']} steps, train() {ref['seconds']:.1f} s, {ref_pps:.2f} pairs/s, median quiet step "
-          f"{fmt(ref_step, '.2f')} s ({qs['quiet_steps']} quiet steps); peak RSS {r['peak_rss_mib']:.0f} MiB, child wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, "
-          f"other processes {r['other_cores']:.2f} cores", flush=True)
+    variant_args = ["--variant", args.variant, "--hard-negatives", str(args.hard_negatives), "--matryoshka-dims", args.matryoshka_dims]
+    results["variant"] = args.variant
+    # Reference, in fp32 and in bf16 autocast
+    ref_modes = [("fp32", [])] + ([] if args.skip_reference_bf16 else [("bf16", ["--ref-bf16"])])
+    for mode, mode_flag in ref_modes:
+        ref_out = work / f"out_reference_{mode}"
+        shutil.rmtree(ref_out, ignore_errors=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_reference-child", "--train-dataset", str(train_path),
+               "--output", str(ref_out), "--model", str(args.model), "--epochs", str(args.epochs), "--threads", str(args.threads),
+               *variant_args, *mode_flag]
+        print(f"[reference {mode}] training {n_pairs} pairs x {args.epochs} epoch(s), {args.variant} ...", flush=True)
+        r = run_child(cmd, work / f"reference_{mode}", env, args.max_wait)
+        if r["rc"] != 0:
+            sys.exit(f"reference {mode} training failed ({r['rc']}):\n{r['stdout'][-3000:]}\n{r['stderr'][-6000:]}")
+        line = [l for l in r["stdout"].splitlines() if l.startswith("RESULT ")][-1]
+        ref = json.loads(line[len("RESULT "):])
+        pps = ref["pairs"] * args.epochs / ref["seconds"]
+        qs = quiet_steps(r["sampler"], ref.pop("step_marks"), args.quiet_threshold)
+        step = qs.get("quiet_median_step_s")
+        results[f"reference_{mode}"] = {**{k: v for k, v in r.items() if k not in ("stdout", "stderr", "sampler")}, **ref, **qs,
+                                        "pairs_per_s": pps, "quiet_pairs_per_s": None if step is None else BATCH / step,
+                                        "output": str(ref_out)}
+        mining = "" if ref["mining_s"] is None else f", mining {ref['mining_s']:.1f} s"
+        print(f"[reference {mode}] {ref['steps']} steps, train() {ref['seconds']:.1f} s, {pps:.2f} pairs/s, median quiet step "
+              f"{fmt(step, '.2f')} s ({qs['quiet_steps']} quiet steps); peak RSS {r['peak_rss_mib']:.0f} MiB, child wall {r['wall_s']:.1f} s, "
+              f"cpu {r['cpu_s']:.1f} s, other processes {r['other_cores']:.2f} cores; columns {ref['columns']} "
+              f"({ref['trained_rows']} rows){mining}", flush=True)
+    results["reference"] = results["reference_fp32"]
+    ref, ref_out = results["reference"], work / "out_reference_fp32"
+    ref_pps = ref["pairs_per_s"]
+    ref_step = ref.get("quiet_median_step_s")
+    ref_med_pps = ref["quiet_pairs_per_s"]
 
     # embedfleet
+    variant_flags = {"plain": [], "hard-negatives": ["--hard-negatives", str(args.hard_negatives)],
+                     "matryoshka": ["--matryoshka-dims", args.matryoshka_dims]}[args.variant]
     runs = [("fp32", [])] + ([] if args.skip_bf16 else [("bf16", ["--precision", "bf16"])])
     for tag, extra in runs:
         out = work / f"out_embedfleet_{tag}"
         cmd = [str(embedfleet), "finetune", "--model-id", str(args.model), "--train-dataset", str(train_path),
                "--val-dataset", str(val_path), "--output-path", str(out), "--epochs", str(args.epochs),
                "--batch-size", str(BATCH), "--evaluation-steps", "0", "--threads", str(args.threads),
-               "--device", "cpu", "--overwrite", *extra]
+               "--device", "cpu", "--overwrite", *variant_flags, *extra]
         print(f"[embedfleet {tag}] {' '.join(cmd)}", flush=True)
         r = run_child(cmd, work / f"embedfleet_{tag}", env, args.max_wait)
         entry = {k: v for k, v in r.items() if k not in ("stdout", "stderr", "sampler")}
@@ -555,17 +611,26 @@ def main() -> None:
               f"cpu {r['cpu_s']:.1f} s, steps only {fmt(entry.get('train_only_s'), '.1f')} s, median quiet step "
               f"{fmt(entry.get('quiet_median_step_s'), '.2f')} s ({entry.get('quiet_steps')} quiet steps), other processes {r['other_cores']:.2f} cores", flush=True)
 
-    # Quality: one evaluator for all
-    evals = [("base", args.model), ("reference", ref_out)]
+    # Quality: one evaluator for all (and at the smallest Matryoshka dimension)
+    evals = [("base", args.model)] + [(f"reference_{m}", work / f"out_reference_{m}") for m, _ in ref_modes]
     for tag, _ in runs:
         if "error" not in results[f"embedfleet_{tag}"]:
             evals.append((f"embedfleet_{tag}", work / f"out_embedfleet_{tag}"))
+    small = min(_dims(args.matryoshka_dims)) if args.variant == "matryoshka" else None
     ndcg: dict[str, float] = {}
+    ndcg_small: dict[str, float] = {}
     for tag, path in evals:
         v, s = evaluate(path, val, args.threads)
         ndcg[tag] = v
-        print(f"[eval] {tag}: cosine NDCG@10 = {v:.4f} ({s:.1f} s)", flush=True)
+        extra = ""
+        if small is not None:
+            ndcg_small[tag], _ = evaluate(path, val, args.threads, truncate_dim=small)
+            extra = f"; at {small} dimensions {ndcg_small[tag]:.4f}"
+        print(f"[eval] {tag}: cosine NDCG@10 = {v:.4f} ({s:.1f} s){extra}", flush=True)
+    ndcg["reference"] = ndcg["reference_fp32"]
     results["ndcg@10"] = ndcg
+    if small is not None:
+        results[f"ndcg@10_dim_{small}"] = ndcg_small
 
     # Table
     base = ndcg["base"]
@@ -575,38 +640,43 @@ def main() -> None:
     def qfrac(e):
         return f"{e.get('quiet_steps', 0)}/{e.get('steps', 0)}"
 
-    rows = [("base model (no training)", base, None, None, None, None, None, None, None, None, None)]
-    rows.append(("sentence-transformers fp32", ref_ndcg, ref_pps, None, ref_pps, ref_med_pps, None, qfrac(R), ref_rss, None, R["other_cores"]))
+    refs = [(m, results[f"reference_{m}"]) for m, _ in ref_modes]
+    small_cell = lambda tag: f" {fmt(ndcg_small.get(tag), '8.4f')}" if small is not None else ""
+    rows = [("base model (no training)", "base", base, None, None, None, None, None)]
+    for m, R in refs:
+        rows.append((f"sentence-transformers {m}", f"reference_{m}", ndcg[f"reference_{m}"], R["pairs_per_s"], R.get("quiet_pairs_per_s"),
+                     qfrac(R), R["peak_rss_mib"], R["other_cores"]))
     for tag, _ in runs:
         e = results[f"embedfleet_{tag}"]
         if "error" in e:
-            rows.append((f"embedfleet {tag} (FAILED rc={e['rc']})", None, None, None, None, None, None, None, e["peak_rss_mib"], None, e["other_cores"]))
+            rows.append((f"embedfleet {tag} (FAILED rc={e['rc']})", None, None, None, None, None, e["peak_rss_mib"], e["other_cores"]))
             continue
-        pps = e["printed_pairs_per_s"]
-        med = e.get("quiet_pairs_per_s")
-        rows.append((f"embedfleet {tag}", ndcg.get(f"embedfleet_{tag}"), pps, pps / ref_pps, e.get("train_only_pairs_per_s"),
-                     med, None if med is None or ref_med_pps is None else med / ref_med_pps, qfrac(e),
-                     e["peak_rss_mib"], e["peak_rss_mib"] / ref_rss, e["other_cores"]))
+        rows.append((f"embedfleet {tag}", f"embedfleet_{tag}", ndcg.get(f"embedfleet_{tag}"), e["printed_pairs_per_s"], e.get("quiet_pairs_per_s"),
+                     qfrac(e), e["peak_rss_mib"], e["other_cores"]))
     print()
-    print(f"MiniLM-L6 fine-tuning, {n_pairs} train pairs x {args.epochs} epoch, batch {BATCH}, {args.threads} threads, CPU "
+    print(f"MiniLM-L6 fine-tuning ({args.variant}), {n_pairs} train pairs x {args.epochs} epoch, batch {BATCH}, {args.threads} threads, CPU "
           f"({os.cpu_count()} cores); val {len(val['queries'])} queries / {len(val['corpus'])} chunks; "
           f"NDCG@10 from sentence-transformers' InformationRetrievalEvaluator for every row")
-    hdr = (f"{'run':<28} {'NDCG@10':>8} {'d base':>7} {'pairs/s':>8} {'x ref':>6} {'steps p/s':>9} "
-           f"{'quiet p/s':>9} {'x ref':>6} {'quiet n':>8} {'peak RSS':>9} {'x ref':>6} {'other':>6}")
+    ratio_hdr = "".join(f" {'x ST ' + m:>9}" for m, _ in refs)
+    small_hdr = f" {'@' + str(small) + ' dims':>8}" if small is not None else ""
+    hdr = (f"{'run':<28} {'NDCG@10':>8}{small_hdr} {'d base':>7} {'pairs/s':>8} {'quiet p/s':>9}{ratio_hdr} "
+           f"{'quiet n':>8} {'peak RSS':>9}{ratio_hdr} {'other':>6}")
     print(hdr)
     print("-" * len(hdr))
-    for name, nd, pps, ratio, tonly, med, med_ratio, qn, rss, rss_ratio, other in rows:
-        print(f"{name:<28} {fmt(nd, '8.4f')} {fmt(None if nd is None else nd - base, '+7.4f')} {fmt(pps, '8.2f')} "
-              f"{fmt(ratio, '6.2f')} {fmt(tonly, '9.2f')} {fmt(med, '9.2f')} {fmt(med_ratio, '6.2f')} {qn or '-':>8} "
-              f"{(fmt(rss, '7.0f') + ' M') if rss else '-':>9} {fmt(rss_ratio, '6.2f')} {fmt(other, '6.2f')}")
+    for name, tag, nd, pps, med, qn, rss, other in rows:
+        speed_ratios = "".join(f" {fmt(_ratio(med, R.get('quiet_pairs_per_s')) if tag and tag.startswith('embedfleet') else None, '9.2f')}" for _, R in refs)
+        rss_ratios = "".join(f" {fmt(_ratio(rss, R['peak_rss_mib']) if tag and tag.startswith('embedfleet') else None, '9.2f')}" for _, R in refs)
+        print(f"{name:<28} {fmt(nd, '8.4f')}{small_cell(tag) if tag else ''} {fmt(None if nd is None else nd - base, '+7.4f')} {fmt(pps, '8.2f')} "
+              f"{fmt(med, '9.2f')}{speed_ratios} {qn or '-':>8} "
+              f"{(fmt(rss, '7.0f') + ' M') if rss else '-':>9}{rss_ratios} {fmt(other, '6.2f')}")
+    print("x ST fp32 / x ST bf16: embedfleet's quiet-step speed, then its peak RSS, against each reference mode.")
     print("pairs/s: reference = pairs x epochs / trainer.train() time; embedfleet = the pairs/s it prints (its timer")
     print("  starts after the base-model evaluation and ends after the epoch-end evaluation and model save).")
-    print("steps p/s: pairs x epochs / (first to last training step), without embedfleet's epoch-end evaluation.")
     print(f"quiet p/s: batch / median time of the 'quiet' steps, those during which other processes used < "
           f"{args.quiet_threshold} cores")
     print("  (quiet n: how many steps qualified); the fair speed on a shared machine.")
     print("other: cores kept busy by other processes during the whole run (machine busy time minus the run's own).")
-    noisy = [k for k in ("reference", "embedfleet_fp32", "embedfleet_bf16") if k in results and results[k]["other_cores"] > 0.2]
+    noisy = [k for k in ("reference_fp32", "reference_bf16", "embedfleet_fp32", "embedfleet_bf16") if k in results and results[k]["other_cores"] > 0.2]
     if noisy:
         print(f"WARNING: other processes were busy during {', '.join(noisy)}: pairs/s and x ref are distorted; "
               "compare the quiet columns.")

@@ -295,6 +295,12 @@ pub struct TrainConfig {
     /// Seed for batch order and dropout.
     #[arg(long = "train-seed", env = "EMBEDFLEET_TRAIN_SEED", default_value_t = defaults::SEED)]
     pub train_seed: u64,
+    /// Matryoshka: also train the first D dimensions of each embedding to work on their own, for
+    /// each D listed (e.g. 384,256,128,64). The loss is the sum of MNRL over the embeddings cut to
+    /// each D and re-normalised (sentence-transformers' MatryoshkaLoss, weights 1); evaluation
+    /// reports every metric at each D.
+    #[arg(long, env = "EMBEDFLEET_MATRYOSHKA_DIMS", alias = "matryoshka_dims", value_delimiter = ',', num_args = 1..)]
+    pub matryoshka_dims: Vec<usize>,
     /// Hard negatives: how many per question, and how they are mined.
     #[command(flatten)]
     pub mining: MiningConfig,
@@ -315,6 +321,7 @@ impl Default for TrainConfig {
             metric: defaults::METRIC.to_owned(),
             symmetric_loss: false,
             train_seed: defaults::SEED,
+            matryoshka_dims: Vec::new(),
             mining: MiningConfig::default(),
         }
     }
@@ -413,8 +420,45 @@ impl TrainConfig {
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
             return Err(refuse("--max-grad-norm", self.max_grad_norm, "must be a positive number"));
         }
+        self.check_matryoshka_dims()?;
         self.mining.validate()?;
         check_metric(&self.metric)
+    }
+
+    /// The dimensions alone; [`TrainConfig::check_model_dim`] checks them against the model.
+    fn check_matryoshka_dims(&self) -> Result<(), ConfigError> {
+        let dims = &self.matryoshka_dims;
+        let flag = "--matryoshka-dims";
+        if let Some(&d) = dims.iter().find(|&&d| d == 0) {
+            return Err(refuse(flag, d, "every dimension must be at least 1"));
+        }
+        if dims.len() > 32 {
+            return Err(refuse(flag, dims.len(), "at most 32 dimensions"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(d) = dims.iter().find(|d| !seen.insert(**d)) {
+            return Err(refuse(flag, d, "is listed twice; list each dimension once"));
+        }
+        Ok(())
+    }
+
+    /// Whether every Matryoshka dimension fits in the model's embedding.
+    pub fn check_model_dim(&self, model_dim: usize) -> Result<(), ConfigError> {
+        match self.matryoshka_dims.iter().find(|&&d| d > model_dim) {
+            Some(d) => Err(refuse(
+                "--matryoshka-dims",
+                d,
+                format!("is larger than the model's embedding ({model_dim} dimensions); list dimensions up to {model_dim}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The Matryoshka dimensions from the largest down, as the loss and the evaluation use them.
+    pub fn matryoshka_dims_descending(&self) -> Vec<usize> {
+        let mut dims = self.matryoshka_dims.clone();
+        dims.sort_unstable_by(|a, b| b.cmp(a));
+        dims
     }
 
     /// The resume checkpoint interval on the fleet, where a replaced trainer must find one.
@@ -458,7 +502,10 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_naming_the_flag() {
-        let cases: [(&[&str], &str); 19] = [
+        let cases: [(&[&str], &str); 22] = [
+            (&["--matryoshka-dims", "384,0"], "--matryoshka-dims"),
+            (&["--matryoshka-dims", "64,64"], "--matryoshka-dims"),
+            (&["--matryoshka-dims", "64", "--matryoshka-dims", "64"], "--matryoshka-dims"),
             (&["--hard-negatives", "0"], "--hard-negatives"),
             (&["--range-min", "50", "--range-max", "50"], "--range-min"),
             (&["--range-min", "60"], "--range-min"),
@@ -503,6 +550,23 @@ mod tests {
         let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&f.train).unwrap()).unwrap();
         assert_eq!(back, f.train);
         assert!(parse(&["--hard-negatives", "4", "--range-min", "2", "--range-max", "5"]).train.validate().is_err());
+    }
+
+    #[test]
+    fn matryoshka_dims_parse_as_a_list_and_must_fit_the_model() {
+        let f = parse(&["--matryoshka-dims", "128,384,64"]);
+        assert_eq!(f.train.matryoshka_dims, vec![128, 384, 64]);
+        assert!(f.train.validate().is_ok());
+        assert_eq!(f.train.matryoshka_dims_descending(), vec![384, 128, 64]);
+        assert!(f.train.check_model_dim(384).is_ok());
+        let err = f.train.check_model_dim(256).unwrap_err();
+        assert_eq!((err.flag, err.value.as_str()), ("--matryoshka-dims", "384"));
+        assert!(err.problem.contains("256"), "{err}");
+        // Specs written before Matryoshka have no dimensions: plain MNRL.
+        let old: TrainConfig = serde_json::from_str(r#"{"epochs": 1}"#).unwrap();
+        assert!(old.matryoshka_dims.is_empty());
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&f.train).unwrap()).unwrap();
+        assert_eq!(back, f.train);
     }
 
     #[test]

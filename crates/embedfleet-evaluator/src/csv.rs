@@ -10,6 +10,13 @@ pub fn csv_file_name(name: &str) -> String {
     format!("Information-Retrieval_evaluation_{name}_results.csv")
 }
 
+/// The evaluator name for `name` cut to `dim` dimensions: sentence-transformers' Matryoshka recipe
+/// names each `InformationRetrievalEvaluator` `dim_<D>` beside `truncate_dim=D`; ours keep the
+/// set's name in front (`val_dim_64`).
+pub fn dim_csv_name(name: &str, dim: usize) -> String {
+    format!("{name}_dim_{dim}")
+}
+
 pub fn csv_header(functions: &[ScoreFunction], config: &MetricsConfig) -> String {
     let mut cols = vec!["epoch".to_owned(), "steps".to_owned()];
     for f in functions {

@@ -23,7 +23,7 @@ impl embedfleet_core::Transient for EvalError {
         match self {
             EvalError::Model(e) => e.is_transient(),
             EvalError::Write { .. } => true,
-            EvalError::NoQueries | EvalError::EmptyCorpus => false,
+            EvalError::NoQueries | EvalError::EmptyCorpus | EvalError::TruncateDim { .. } => false,
         }
     }
 }
@@ -34,6 +34,8 @@ pub enum EvalError {
     NoQueries,
     #[error("the validation corpus is empty")]
     EmptyCorpus,
+    #[error("{flag} {dim}: the model's embeddings have {model_dim} dimensions; use a dimension from 1 to {model_dim}")]
+    TruncateDim { flag: &'static str, dim: usize, model_dim: usize },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("cannot write results to {path}: {source}")]
@@ -50,6 +52,10 @@ pub struct EvalOptions {
     pub blocks: Blocks,
     /// Put before every query (an instruction such as bge's); passages get none.
     pub query_prompt: Option<String>,
+    /// Score embeddings cut to their first D dimensions (sentence-transformers' `truncate_dim`).
+    pub truncate_dim: Option<usize>,
+    /// Also score at each of these dimensions ([`Evaluation::dims`]), from one encoding.
+    pub matryoshka_dims: Vec<usize>,
 }
 
 impl Default for EvalOptions {
@@ -61,6 +67,8 @@ impl Default for EvalOptions {
             batch_size: 32,
             blocks: Blocks::default(),
             query_prompt: None,
+            truncate_dim: None,
+            matryoshka_dims: Vec::new(),
         }
     }
 }
@@ -75,6 +83,22 @@ impl EvalOptions {
             }
         }
         options
+    }
+
+    /// What validation during training computes: the metric `config` selects by, and every metric
+    /// at each of its Matryoshka dimensions.
+    pub fn for_training(config: &embedfleet_core::TrainConfig) -> Self {
+        Self { matryoshka_dims: config.matryoshka_dims_descending(), ..Self::for_metric(&config.metric) }
+    }
+
+    /// Refuses a dimension the model does not have, before any encoding.
+    pub fn check_dims(&self, model_dim: usize) -> Result<(), EvalError> {
+        let named = self.truncate_dim.map(|d| ("--truncate-dim", d));
+        let matryoshka = self.matryoshka_dims.iter().map(|&d| ("--matryoshka-dims", d));
+        match named.into_iter().chain(matryoshka).find(|&(_, d)| d == 0 || d > model_dim) {
+            Some((flag, dim)) => Err(EvalError::TruncateDim { flag, dim, model_dim }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -152,6 +176,39 @@ pub struct Evaluation {
     /// How deep each query's ranking went (ranks beyond it are unknown).
     #[serde(default)]
     pub depth: usize,
+    /// The embeddings' dimensions as scored: all of them, or `truncate_dim`.
+    #[serde(default)]
+    pub dim: Option<usize>,
+    /// At each of `matryoshka_dims`, largest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dims: Vec<DimEvaluation>,
+}
+
+/// The metrics with the embeddings cut to their first `dim` dimensions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DimEvaluation {
+    pub dim: usize,
+    pub metrics: Vec<(ScoreFunction, RetrievalMetrics)>,
+    pub hit_rate: HitRate,
+}
+
+impl DimEvaluation {
+    pub fn to_result(&self) -> embedfleet_report::DimResult {
+        embedfleet_report::DimResult { dim: self.dim, hit_rate: self.hit_rate, metrics: named_metrics(&self.metrics) }
+    }
+
+    /// A metric such as `cosine-NDCG@10`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric_of(&self.metrics, name)
+    }
+}
+
+fn metric_of(metrics: &[(ScoreFunction, RetrievalMetrics)], name: &str) -> Option<f64> {
+    let (function, metric) = match name.split_once('-') {
+        Some((f, m)) => (f.parse::<ScoreFunction>().ok()?, m),
+        None => (metrics.first()?.0, name),
+    };
+    metrics.iter().find(|(f, _)| *f == function)?.1.get(metric)
 }
 
 /// Every metric by its CSV name (`cosine-NDCG@10`), in column order.
@@ -162,11 +219,7 @@ pub fn named_metrics(metrics: &[(ScoreFunction, RetrievalMetrics)]) -> IndexMap<
 impl Evaluation {
     /// A metric such as `cosine-NDCG@10` (or `NDCG@10` for the first score function).
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let (function, metric) = match name.split_once('-') {
-            Some((f, m)) => (f.parse::<ScoreFunction>().ok()?, m),
-            None => (self.metrics.first()?.0, name),
-        };
-        self.metrics.iter().find(|(f, _)| *f == function)?.1.get(metric)
+        metric_of(&self.metrics, name)
     }
 
     /// The report's view of this evaluation: `name` in tables, `source` where the model came from.
@@ -183,12 +236,38 @@ impl Evaluation {
                 .collect(),
             depth: self.depth,
             step: None,
+            dims: self.dims.iter().map(DimEvaluation::to_result).collect(),
         }
     }
 }
 
-/// Scores fixed embeddings; `evaluate_model` embeds and calls this.
+/// The first `dim` dimensions of each row (all when `dim` is None or not smaller).
+fn cut(embeddings: &Tensor, dim: Option<usize>) -> Tensor {
+    let full = embeddings.size().get(1).copied().unwrap_or(0);
+    match dim {
+        Some(d) if (d as i64) < full => embeddings.narrow(1, 0, d as i64),
+        _ => embeddings.shallow_clone(),
+    }
+}
+
+/// Scores fixed embeddings, cut to `truncate_dim` and to each Matryoshka dimension;
+/// `evaluate_model` embeds and calls this.
 pub fn evaluate_embeddings(data: &PreparedDataset, queries: &Tensor, corpus: &Tensor, options: &EvalOptions) -> Evaluation {
+    let mut evaluation = score(data, &cut(queries, options.truncate_dim), &cut(corpus, options.truncate_dim), options);
+    evaluation.dim = options.truncate_dim.or_else(|| queries.size().get(1).map(|&d| d as usize));
+    let mut dims = options.matryoshka_dims.clone();
+    dims.sort_unstable_by(|a, b| b.cmp(a));
+    dims.dedup();
+    for dim in dims {
+        let at = score(data, &cut(queries, Some(dim)), &cut(corpus, Some(dim)), options);
+        evaluation.timings.rank_s += at.timings.rank_s;
+        evaluation.timings.metrics_s += at.timings.metrics_s;
+        evaluation.dims.push(DimEvaluation { dim, metrics: at.metrics, hit_rate: at.hit_rate });
+    }
+    evaluation
+}
+
+fn score(data: &PreparedDataset, queries: &Tensor, corpus: &Tensor, options: &EvalOptions) -> Evaluation {
     let ids: Vec<&str> = data.corpus_ids.iter().map(String::as_str).collect();
     let relevant: Vec<HashSet<&str>> = data.relevant.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
     let max_k = options.metrics.max_k().max(options.hit_rate_k);
@@ -233,6 +312,8 @@ pub fn evaluate_embeddings(data: &PreparedDataset, queries: &Tensor, corpus: &Te
         dropped_queries: data.dropped_queries,
         timings,
         depth: max_k,
+        dim: None,
+        dims: Vec::new(),
     }
 }
 
@@ -249,6 +330,7 @@ pub fn evaluate_model_with_progress(
     options: &EvalOptions,
     on_texts: &mut dyn FnMut(usize),
 ) -> Result<Evaluation, EvalError> {
+    options.check_dims(model.dimension().max(0) as usize)?;
     let started = Instant::now();
     let q: Vec<&str> = data.queries.iter().map(String::as_str).collect();
     let c: Vec<&str> = data.corpus.iter().map(String::as_str).collect();

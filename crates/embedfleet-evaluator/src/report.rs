@@ -44,6 +44,39 @@ pub fn metric_table(models: &Comparison) -> String {
     s
 }
 
+/// NDCG@10 and the hit rate at each Matryoshka dimension, one column pair per model; empty when no
+/// model was scored at cut dimensions.
+pub fn dims_table(models: &Comparison) -> String {
+    let mut dims: Vec<usize> = models.values().flat_map(|e| e.dims.iter().map(|d| d.dim)).collect();
+    dims.sort_unstable_by(|a, b| b.cmp(a));
+    dims.dedup();
+    if dims.is_empty() {
+        return String::new();
+    }
+    let k = models.values().next().map(|e| e.hit_rate.k).unwrap_or(5);
+    let mut s = String::new();
+    let _ = write!(s, "{:<10}", "dims");
+    for name in models.keys() {
+        let _ = write!(s, " {:>14} {:>10}", truncate(&format!("{name} NDCG@10"), 14), format!("hit@{k}"));
+    }
+    s.push('\n');
+    for dim in dims {
+        let _ = write!(s, "{dim:<10}");
+        for e in models.values() {
+            match e.dims.iter().find(|d| d.dim == dim) {
+                Some(d) => {
+                    let _ = write!(s, " {:>14.4} {:>10.4}", d.metric(&format!("{}-{PRIMARY_METRIC}", d.metrics.first().map(|(f, _)| f.name()).unwrap_or("cosine"))).unwrap_or(f64::NAN), d.hit_rate.rate);
+                }
+                None => {
+                    let _ = write!(s, " {:>14} {:>10}", "-", "-");
+                }
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
 /// A plain sentence on whether the last model beats the first on the primary metric.
 pub fn verdict(models: &Comparison) -> String {
     embedfleet_report::summary::verdict(&results(models)).text
@@ -74,6 +107,11 @@ pub fn write_report(dir: &Path, models: &Comparison) -> std::io::Result<()> {
             "metrics": crate::named_metrics(&e.metrics),
             "dropped_queries": e.dropped_queries,
             "timings": e.timings,
+            "dims": e.dims.iter().map(|d| json!({
+                "dim": d.dim,
+                "hit_rate": d.hit_rate,
+                "metrics": crate::named_metrics(&d.metrics),
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
     write_atomic(&dir.join("report.json"), &serde_json::to_vec_pretty(&report).expect("json")).map_err(std::io::Error::other)?;

@@ -1,7 +1,7 @@
 //! The evaluator worker's stage: score one checkpoint of a run on its validation set, store the
 //! result, the reference-format CSV and an updated comparison chart, and tell the coordinator.
 
-use crate::csv::{append_csv, csv_file_name};
+use crate::csv::{append_csv, csv_file_name, dim_csv_name};
 use crate::report::write_report;
 use crate::{Comparison, EvalOptions, Evaluation, PreparedDataset, evaluate_model};
 use embedfleet_bus::layout;
@@ -48,7 +48,7 @@ impl TaskHandler for EvaluateWorker {
         }
         let spec: RunSpec = serde_json::from_slice(&self.store.get(&layout::spec(&run_id)).await?)
             .map_err(|e| TaskError::fatal(format!("run spec of {run_id}: {e}")))?;
-        let options = EvalOptions::for_metric(&spec.train.metric);
+        let options = EvalOptions::for_training(&spec.train);
         let result_key = layout::result(&run_id, &label);
         let evaluation: Evaluation = match self.store.get_opt(&result_key).await? {
             // Redelivered after the result was written: report it again, do not recompute.
@@ -101,6 +101,12 @@ impl EvaluateWorker {
         append_csv(&scratch, label, -1, step_of(label) as i64, &options.metrics, &evaluation.metrics).map_err(io)?;
         let csv = std::fs::read(scratch.join(csv_file_name(label))).map_err(io)?;
         self.store.put(&format!("{}/{}", layout::results(run_id), csv_file_name(label)), csv).await?;
+        for at in &evaluation.dims {
+            let name = dim_csv_name(label, at.dim);
+            append_csv(&scratch, &name, -1, step_of(label) as i64, &options.metrics, &at.metrics).map_err(io)?;
+            let csv = std::fs::read(scratch.join(csv_file_name(&name))).map_err(io)?;
+            self.store.put(&format!("{}/{}", layout::results(run_id), csv_file_name(&name)), csv).await?;
+        }
 
         let mut scored: Vec<(String, Evaluation)> = Vec::new();
         for key in self.store.list(&layout::results(run_id)).await? {

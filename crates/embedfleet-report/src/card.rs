@@ -109,6 +109,9 @@ fn front_matter(card: &ModelCard) -> String {
     s.push_str("tags:\n- sentence-transformers\n- sentence-similarity\n- feature-extraction\n- embedfleet\n");
     if let Some(t) = &card.training {
         let _ = writeln!(s, "- dataset_size:{}", t.pairs_per_epoch);
+        if !t.matryoshka_dims.is_empty() {
+            let _ = writeln!(s, "- loss:MatryoshkaLoss");
+        }
         let _ = writeln!(s, "- loss:MultipleNegativesRankingLoss");
     }
     if !card.base_model.is_empty() {
@@ -188,8 +191,41 @@ fn evaluation_section(s: &mut String, card: &ModelCard) {
     if !v.text.is_empty() {
         let _ = writeln!(s, "\n{}", v.text);
     }
+    dims_table(s, models);
     if card.dataset.as_ref().is_some_and(|d| d.offline_spans()) {
         let _ = writeln!(s, "\n{}", crate::data::OFFLINE_SPANS_CAVEAT);
+    }
+}
+
+/// NDCG@10 and the hit rate at each Matryoshka dimension, every model side by side.
+fn dims_table(s: &mut String, models: &[crate::ModelResult]) {
+    let mut dims: Vec<usize> = models.iter().flat_map(|m| m.dims.iter().map(|d| d.dim)).collect();
+    dims.sort_unstable_by(|a, b| b.cmp(a));
+    dims.dedup();
+    if dims.is_empty() {
+        return;
+    }
+    s.push_str("\n### By embedding dimension (Matryoshka)\n\nThe embeddings cut to their first D dimensions (`truncate_dim=D`), each cut scored as above:\n\n| Dimensions |");
+    for m in models {
+        let _ = write!(s, " {0} NDCG@10 | {0} hit rate |", m.name);
+    }
+    s.push_str("\n|--:|");
+    for _ in models {
+        s.push_str("--:|--:|");
+    }
+    s.push('\n');
+    for dim in dims {
+        let _ = write!(s, "| {dim} |");
+        for m in models {
+            match m.dims.iter().find(|d| d.dim == dim) {
+                Some(d) => {
+                    let ndcg = d.metrics.iter().find(|(k, _)| k.ends_with(crate::data::PRIMARY_METRIC)).map(|(_, v)| *v);
+                    let _ = write!(s, " {} | {:.4} |", ndcg.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()), d.hit_rate.rate);
+                }
+                None => s.push_str(" - | - |"),
+            }
+        }
+        s.push('\n');
     }
 }
 
@@ -304,6 +340,14 @@ pub fn render(card: &ModelCard, facts: &ModelFacts) -> String {
     }
     let _ = writeln!(s, "- Maximum sequence length: {} tokens", facts.max_seq_length);
     let _ = writeln!(s, "- Output dimensionality: {}", facts.dimension);
+    if let Some(t) = card.training.as_ref().filter(|t| !t.matryoshka_dims.is_empty()) {
+        let dims: Vec<String> = t.matryoshka_dims.iter().map(usize::to_string).collect();
+        let _ = writeln!(
+            s,
+            "- Matryoshka dimensions: {} (trained so that the first D dimensions of an embedding work on their own; load with `truncate_dim=D`)",
+            dims.join(", ")
+        );
+    }
     let _ = writeln!(s, "- Pooling: {}{}", facts.pooling, if facts.normalize { ", then normalized to unit length" } else { "" });
     s.push_str("- Similarity function: cosine\n");
     evaluation_section(&mut s, card);
@@ -311,6 +355,13 @@ pub fn render(card: &ModelCard, facts: &ModelFacts) -> String {
         training_section(&mut s, card);
     }
     usage_section(&mut s, card);
+    if let Some(&smallest) = card.training.as_ref().and_then(|t| t.matryoshka_dims.last()) {
+        let folder = yaml_str(if card.location.is_empty() { "." } else { &card.location });
+        let _ = writeln!(
+            s,
+            "\n### Smaller embeddings\n\nTrained with Matryoshka dimensions, so a cut embedding still works (see the table by dimension above):\n\n```python\nmodel = SentenceTransformer({folder}, truncate_dim={smallest})\n```"
+        );
+    }
     let _ = writeln!(s, "\n## Framework versions\n\n- embedfleet {} (libtorch through tch)", crate::EMBEDFLEET_VERSION);
     s
 }

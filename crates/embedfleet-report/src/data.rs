@@ -39,6 +39,15 @@ pub struct QuestionResult {
     pub top: Vec<Retrieved>,
 }
 
+/// One model's metrics with its embeddings cut to their first `dim` dimensions (Matryoshka).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DimResult {
+    pub dim: usize,
+    pub hit_rate: HitRate,
+    /// By CSV name, as [`ModelResult::metrics`].
+    pub metrics: IndexMap<String, f64>,
+}
+
 /// One model's evaluation on the validation set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelResult {
@@ -58,6 +67,10 @@ pub struct ModelResult {
     /// The training step, for a checkpoint of a run.
     #[serde(default)]
     pub step: Option<u64>,
+    /// The same metrics with the embeddings cut to each Matryoshka dimension, largest first
+    /// (empty unless Matryoshka dimensions were asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dims: Vec<DimResult>,
 }
 
 impl ModelResult {
@@ -127,6 +140,9 @@ pub struct TrainingFacts {
     pub seconds: f64,
     pub pairs_per_second: f64,
     pub best_step: Option<u64>,
+    /// The Matryoshka dimensions trained, largest first; empty for plain MNRL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matryoshka_dims: Vec<usize>,
 }
 
 /// The LLM's part of generating the questions.
@@ -213,6 +229,7 @@ mod tests {
             questions: Vec::new(),
             depth: 100,
             step: None,
+            dims: Vec::new(),
         };
         assert_eq!(m.metric("NDCG@10"), Some(0.5));
         assert_eq!(m.metric("dot-NDCG@10"), Some(0.25));

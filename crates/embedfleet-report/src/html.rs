@@ -1,7 +1,8 @@
 //! `report.html`: one self-contained page (styles, charts and a few lines of script inline, nothing
 //! fetched), readable with scripts off, that answers "should this model go into production?".
 
-use crate::charts::{metrics_chart, training_chart};
+use crate::charts::dims::{ndcg_at, scored_dims};
+use crate::charts::{dims_chart, metrics_chart, training_chart};
 use crate::data::{DatasetFacts, ModelResult, RunReport, TrainingFacts};
 use crate::questions::{QuestionChange, changes, passage_snippet, rank_label};
 use crate::summary::{headline_columns, headline_values, verdict};
@@ -307,6 +308,33 @@ fn training_table(out: &mut String, t: &TrainingFacts) {
     out.push_str("</table></div>");
 }
 
+/// NDCG@10 and the hit rate of every model at each Matryoshka dimension, with the chart.
+fn dims_section(out: &mut String, report: &RunReport) {
+    let dims = scored_dims(&report.models);
+    let Some(svg) = dims_chart(&report.models, "NDCG@10 by embedding dimension") else { return };
+    out.push_str(r#"<section id="dims"><h2>Smaller embeddings (Matryoshka)</h2><p class="note">Each model's embeddings cut to their first D dimensions and re-normalised, scored on the same questions: a smaller index for a small loss.</p><table id="dims-table"><thead><tr><th class="num">dimensions</th>"#);
+    for m in &report.models {
+        let _ = write!(out, r#"<th class="num">{0} NDCG@10</th><th class="num">{0} hit rate@{1}</th>"#, escape(&m.name), m.hit_rate.k);
+    }
+    out.push_str("</tr></thead><tbody>");
+    for dim in dims {
+        let _ = write!(out, r#"<tr data-dim="{dim}"><td class="num"><b>{dim}</b></td>"#);
+        for m in &report.models {
+            let hit = m.dims.iter().find(|d| d.dim == dim).map(|d| d.hit_rate.rate);
+            for v in [ndcg_at(m, dim), hit] {
+                match v {
+                    Some(v) => {
+                        let _ = write!(out, r#"<td class="num">{}</td>"#, fmt4(v));
+                    }
+                    None => out.push_str(r#"<td class="num">-</td>"#),
+                }
+            }
+        }
+        out.push_str("</tr>");
+    }
+    let _ = write!(out, "</tbody></table><figure>{svg}</figure></section>");
+}
+
 /// The whole page.
 pub fn render(report: &RunReport) -> String {
     let mut out = String::with_capacity(64 * 1024);
@@ -323,9 +351,10 @@ pub fn render(report: &RunReport) -> String {
         None => "neutral",
     };
     let text = if v.text.is_empty() { "One model was evaluated; there is nothing to compare it with.".to_string() } else { v.text };
-    let _ = write!(out, r##"<header><p class="kicker">embedfleet report</p><h1>{}</h1><p id="verdict" class="verdict {class}">{}</p><nav><a href="#headline">headline</a><a href="#comparison">every metric</a>{}<a href="#facts">dataset and training</a><a href="#questions">the questions</a></nav></header>"##,
+    let _ = write!(out, r##"<header><p class="kicker">embedfleet report</p><h1>{}</h1><p id="verdict" class="verdict {class}">{}</p><nav><a href="#headline">headline</a><a href="#comparison">every metric</a>{}{}<a href="#facts">dataset and training</a><a href="#questions">the questions</a></nav></header>"##,
         escape(title),
         escape(&text),
+        if scored_dims(&report.models).is_empty() { "" } else { r##"<a href="#dims">by dimension</a>"## },
         if report.curve.is_some() { r##"<a href="#training">training curves</a>"## } else { "" }
     );
     headline(&mut out, report);
@@ -334,6 +363,7 @@ pub fn render(report: &RunReport) -> String {
     if let Some(svg) = metrics_chart(&report.models, &chart_title) {
         let _ = write!(out, r#"<section id="comparison"><h2>Every metric</h2><figure>{svg}</figure></section>"#);
     }
+    dims_section(&mut out, report);
     if let Some(svg) = report.curve.as_ref().and_then(training_chart) {
         let _ = write!(out, r#"<section id="training"><h2>Training curves</h2><figure>{svg}</figure></section>"#);
     }

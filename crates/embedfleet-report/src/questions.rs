@@ -134,6 +134,7 @@ mod tests {
                 .collect(),
             depth: 100,
             step: None,
+            dims: Vec::new(),
         }
     }
 

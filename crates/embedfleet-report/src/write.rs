@@ -36,6 +36,9 @@ pub fn report_files(report: &RunReport) -> Vec<(&'static str, String)> {
     if let Some(svg) = metrics_chart(&report.models, "Retrieval metrics on the validation set") {
         files.push(("metrics.svg", svg));
     }
+    if let Some(svg) = crate::charts::dims_chart(&report.models, "NDCG@10 by embedding dimension (Matryoshka)") {
+        files.push(("dims.svg", svg));
+    }
     if let Some(svg) = report.curve.as_ref().and_then(training_chart) {
         files.push(("training.svg", svg));
     }

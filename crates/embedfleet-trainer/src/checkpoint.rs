@@ -16,6 +16,9 @@ pub struct EvalRow {
     /// Absent in checkpoints written before the report had it.
     #[serde(default)]
     pub hit_rate: Option<embedfleet_evaluator::metrics::HitRate>,
+    /// At each Matryoshka dimension, largest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dims: Vec<embedfleet_evaluator::DimEvaluation>,
 }
 
 impl EvalRow {
@@ -29,6 +32,7 @@ impl EvalRow {
             questions: Vec::new(),
             depth: 0,
             step: Some(self.step.max(0) as u64),
+            dims: self.dims.iter().map(embedfleet_evaluator::DimEvaluation::to_result).collect(),
         }
     }
 }

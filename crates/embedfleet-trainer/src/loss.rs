@@ -41,6 +41,42 @@ impl MnrlLoss {
     }
 }
 
+/// The training loss: MNRL, or with Matryoshka dimensions the sum of MNRL over the embeddings cut
+/// to each dimension (sentence-transformers' MatryoshkaLoss with weights 1). Cutting happens
+/// after pooling; `cos_sim` re-normalises what is left, as MatryoshkaLoss's `shrink` does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingLoss {
+    pub mnrl: MnrlLoss,
+    /// Largest first; empty for plain MNRL.
+    pub matryoshka_dims: Vec<usize>,
+}
+
+impl From<MnrlLoss> for TrainingLoss {
+    fn from(mnrl: MnrlLoss) -> Self {
+        Self { mnrl, matryoshka_dims: Vec::new() }
+    }
+}
+
+impl TrainingLoss {
+    pub fn compute(&self, questions: &Tensor, candidates: &Tensor) -> Tensor {
+        if self.matryoshka_dims.is_empty() {
+            return self.mnrl.compute(questions, candidates);
+        }
+        let full = questions.size()[1];
+        let mut total: Option<Tensor> = None;
+        for &d in &self.matryoshka_dims {
+            // Checked against the model before training; a larger one would only repeat the full size.
+            let d = (d as i64).min(full);
+            let part = self.mnrl.compute(&questions.narrow(1, 0, d), &candidates.narrow(1, 0, d));
+            total = Some(match total {
+                Some(t) => t + part,
+                None => part,
+            });
+        }
+        total.expect("at least one dimension")
+    }
+}
+
 /// Pairwise cosine similarity `[a, b]`, normalising with eps 1e-12 as torch's `normalize`.
 pub fn cos_sim(a: &Tensor, b: &Tensor) -> Tensor {
     let an = a / a.norm_scalaropt_dim(2.0, 1, true).clamp_min(1e-12);
@@ -68,6 +104,24 @@ mod tests {
         let col0 = -(12f64.exp() / (12f64.exp() + 16f64.exp())).ln();
         let col1 = -(20f64.exp() / (1.0 + 20f64.exp())).ln();
         assert!((sym - ((row0 + row1) / 2.0 + (col0 + col1) / 2.0) / 2.0).abs() < 1e-5, "{sym}");
+    }
+
+    #[test]
+    fn matryoshka_sums_mnrl_over_each_cut() {
+        let q = Tensor::from_slice(&[1.0f32, 0.0, 0.5, 0.0, 1.0, -0.5]).view([2, 3]);
+        let p = Tensor::from_slice(&[0.6f32, 0.8, 0.1, 0.0, 1.0, 0.9]).view([2, 3]);
+        let mnrl = MnrlLoss::default();
+        let plain = TrainingLoss { mnrl, matryoshka_dims: Vec::new() };
+        let value = |t: Tensor| f64::try_from(t).unwrap();
+        assert_eq!(value(plain.compute(&q, &p)), value(mnrl.compute(&q, &p)));
+        let m = TrainingLoss { mnrl, matryoshka_dims: vec![3, 2] };
+        let expected = value(mnrl.compute(&q, &p)) + value(mnrl.compute(&q.narrow(1, 0, 2), &p.narrow(1, 0, 2)));
+        assert!((value(m.compute(&q, &p)) - expected).abs() < 1e-6);
+        // The first two dimensions alone are what test_matches_a_hand_computation scores.
+        let two = TrainingLoss { mnrl, matryoshka_dims: vec![2] };
+        let q2 = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([2, 2]);
+        let p2 = Tensor::from_slice(&[0.6f32, 0.8, 0.0, 1.0]).view([2, 2]);
+        assert!((value(two.compute(&q, &p)) - value(mnrl.compute(&q2, &p2))).abs() < 1e-6);
     }
 
     #[test]

@@ -3,10 +3,12 @@
 
 use crate::batching::{Negative, TrainPair, candidates, epoch_batches_with_negatives};
 use crate::checkpoint::{EvalRow, LogRow, TrainState, checkpoint_dir, latest};
-use crate::loss::MnrlLoss;
+use crate::loss::{MnrlLoss, TrainingLoss};
 use crate::optim::{AdamW, AdamWConfig, linear_schedule};
 use embedfleet_core::{HardNegatives, NegativesError, Progress, QaDataset};
-use embedfleet_evaluator::csv::{csv_file_name, csv_header, csv_row};
+use embedfleet_evaluator::csv::{csv_file_name, csv_header, csv_row, dim_csv_name};
+use embedfleet_evaluator::metrics::RetrievalMetrics;
+use embedfleet_evaluator::rank::ScoreFunction;
 use embedfleet_evaluator::{EvalOptions, PreparedDataset, evaluate_model};
 use embedfleet_model::{Device, ModelCard, SentenceEncoder};
 use embedfleet_report::{TrainingCurve, TrainingFacts};
@@ -42,7 +44,7 @@ impl Default for TrainJob {
 
 impl TrainJob {
     pub fn new(config: TrainConfig, base_model: &str) -> Self {
-        let eval = EvalOptions::for_metric(&config.metric);
+        let eval = EvalOptions::for_training(&config);
         Self { config, eval, stop_after: None, base_model: base_model.to_owned(), negatives: None }
     }
 
@@ -56,8 +58,11 @@ impl TrainJob {
         self.config.mining.hard_negatives.unwrap_or(0)
     }
 
-    pub fn loss(&self) -> MnrlLoss {
-        MnrlLoss { symmetric: self.config.symmetric_loss, ..Default::default() }
+    pub fn loss(&self) -> TrainingLoss {
+        TrainingLoss {
+            mnrl: MnrlLoss { symmetric: self.config.symmetric_loss, ..Default::default() },
+            matryoshka_dims: self.config.matryoshka_dims_descending(),
+        }
     }
 
     pub fn optim(&self) -> AdamWConfig {
@@ -199,6 +204,7 @@ pub fn train_with_hooks(
 ) -> Result<TrainOutcome, TrainError> {
     let config = &job.config;
     config.validate()?;
+    config.check_model_dim(model.dimension().max(0) as usize)?;
     let hook_err = |step: usize| {
         move |e: HookError| match e {
             HookError::Stop(reason) => TrainError::Stopped { step, reason },
@@ -231,6 +237,9 @@ pub fn train_with_hooks(
     // Only when set, so checkpoints written before hard negatives existed still resume.
     if job.hard_negatives() > 0 {
         fingerprint.push_str(&format!(" negatives={}/{}", job.hard_negatives(), negatives.iter().map(Vec::len).sum::<usize>()));
+    }
+    if !config.matryoshka_dims.is_empty() {
+        fingerprint.push_str(&format!(" matryoshka={:?}", config.matryoshka_dims_descending()));
     }
 
     let named: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
@@ -401,8 +410,8 @@ fn training_facts(
     let loss_fn = job.loss();
     let mut loss = format!(
         "MultipleNegativesRankingLoss{}: cosine similarity times {}, cross-entropy against the other passages of the batch",
-        if loss_fn.symmetric { " (symmetric: questions to passages and back)" } else { "" },
-        loss_fn.scale
+        if loss_fn.mnrl.symmetric { " (symmetric: questions to passages and back)" } else { "" },
+        loss_fn.mnrl.scale
     );
     if job.hard_negatives() > 0 {
         let m = &config.mining;
@@ -413,6 +422,13 @@ fn training_facts(
             m.range_max,
             (1.0 - m.relative_margin) * 100.0
         ));
+    }
+    if !loss_fn.matryoshka_dims.is_empty() {
+        let dims: Vec<String> = loss_fn.matryoshka_dims.iter().map(usize::to_string).collect();
+        loss = format!(
+            "MatryoshkaLoss over dimensions {} (weights 1): the sum of this loss on the embeddings cut to each dimension and re-normalised. {loss}",
+            dims.join(", ")
+        );
     }
     TrainingFacts {
         base_model: job.base_model.clone(),
@@ -434,6 +450,7 @@ fn training_facts(
         seconds,
         pairs_per_second,
         best_step: best_step.map(|s| s as u64),
+        matryoshka_dims: loss_fn.matryoshka_dims.clone(),
     }
 }
 
@@ -583,7 +600,7 @@ pub fn cached_step(
     questions: &[&str],
     passages: &[&str],
     mini: usize,
-    loss_fn: &MnrlLoss,
+    loss_fn: &TrainingLoss,
     seed: u64,
     step: usize,
 ) -> Result<f64, embedfleet_model::ModelError> {
@@ -618,21 +635,30 @@ pub fn cached_step(
 fn evaluate(model: &SentenceEncoder, val: &PreparedDataset, job: &TrainJob, epoch: i64, step: i64) -> Result<(f64, EvalRow), TrainError> {
     let evaluation = evaluate_model(model, val, &job.eval)?;
     let value = evaluation.metric(&job.config.metric).unwrap_or(f64::NAN);
-    Ok((value, EvalRow { epoch, step, metrics: evaluation.metrics, value, hit_rate: Some(evaluation.hit_rate) }))
+    Ok((value, EvalRow { epoch, step, metrics: evaluation.metrics, value, hit_rate: Some(evaluation.hit_rate), dims: evaluation.dims }))
 }
 
-/// The reference's evaluation CSV in `<output>/eval/`, one row per evaluation.
+/// The reference's evaluation CSV in `<output>/eval/`, one row per evaluation, and one CSV per
+/// Matryoshka dimension.
 fn write_eval_csv(output: &Path, job: &TrainJob, rows: &[EvalRow]) -> Result<(), TrainError> {
     let dir = output.join("eval");
-    let path = dir.join(csv_file_name("val"));
-    let functions: Vec<_> = rows.first().map(|r| r.metrics.iter().map(|(f, _)| *f).collect()).unwrap_or_default();
-    let mut text = csv_header(&functions, &job.eval.metrics);
-    text.push_str("\r\n");
-    for row in rows {
-        text.push_str(&csv_row(row.epoch, row.step, &row.metrics));
+    let write = |name: &str, metrics: &dyn Fn(&EvalRow) -> Option<&[(ScoreFunction, RetrievalMetrics)]>| {
+        let functions: Vec<_> = rows.iter().find_map(|r| metrics(r)).map(|m| m.iter().map(|(f, _)| *f).collect()).unwrap_or_default();
+        let mut text = csv_header(&functions, &job.eval.metrics);
         text.push_str("\r\n");
+        for row in rows {
+            if let Some(m) = metrics(row) {
+                text.push_str(&csv_row(row.epoch, row.step, m));
+                text.push_str("\r\n");
+            }
+        }
+        write_atomic(&dir.join(csv_file_name(name)), text.as_bytes())
+    };
+    write("val", &|r| Some(&r.metrics))?;
+    for &dim in &job.eval.matryoshka_dims {
+        write(&dim_csv_name("val", dim), &|r| r.dims.iter().find(|d| d.dim == dim).map(|d| d.metrics.as_slice()))?;
     }
-    write_atomic(&path, text.as_bytes())
+    Ok(())
 }
 
 fn write_log(output: &Path, log: &[LogRow]) -> Result<(), TrainError> {

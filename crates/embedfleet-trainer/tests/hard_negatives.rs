@@ -5,12 +5,15 @@
 
 use embedfleet_core::config::Sampling;
 use embedfleet_core::QaDataset;
-use embedfleet_model::{LoadOptions, SentenceEncoder};
 use embedfleet_trainer::MnrlLoss;
 use embedfleet_trainer::mining::{MineSettings, mine};
 use embedfleet_trainer::train::cached_step;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+mod common;
+use common::{minilm, minilm_without_dropout};
+use embedfleet_model::{LoadOptions, SentenceEncoder};
 
 #[derive(Deserialize)]
 struct Settings {
@@ -47,45 +50,9 @@ struct Fixture {
     mnrl: Mnrl,
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn fixture() -> Fixture {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hard_negatives_reference.json");
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn minilm() -> PathBuf {
-    let dir = root().join(".deps/all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").exists(), "run scripts/setup.sh first");
-    dir
-}
-
-/// MiniLM with every dropout probability at 0, as the fixture's loss was computed.
-fn minilm_without_dropout(tmp: &Path) -> SentenceEncoder {
-    let dir = tmp.join("minilm");
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in walk(&minilm()) {
-        let rel = entry.strip_prefix(minilm()).unwrap().to_owned();
-        std::fs::create_dir_all(dir.join(&rel).parent().unwrap()).unwrap();
-        std::fs::copy(&entry, dir.join(&rel)).unwrap();
-    }
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    config["hidden_dropout_prob"] = 0.0.into();
-    config["attention_probs_dropout_prob"] = 0.0.into();
-    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
-    SentenceEncoder::load(&dir, LoadOptions::default()).unwrap()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
-    }
-    out
 }
 
 #[test]
@@ -138,7 +105,7 @@ fn first_step_loss_with_hard_negatives_is_sentence_transformers() {
     let q = model.forward(&model.tokenizer().batch(&anchors, model.device()).unwrap(), true);
     let c = model.forward(&model.tokenizer().batch(&candidates, model.device()).unwrap(), true);
     let plain = f64::try_from(loss_fn.compute(&q, &c)).unwrap();
-    let cached = cached_step(&model, &anchors, &candidates, fx.cached_mini_batch_size, &loss_fn, 42, 0).unwrap();
+    let cached = cached_step(&model, &anchors, &candidates, fx.cached_mini_batch_size, &loss_fn.into(), 42, 0).unwrap();
     eprintln!(
         "first-step MNRL with {} negative columns: {plain:.7} (sentence-transformers {:.7}, |diff| {:.1e}); GradCache {cached:.7} (CachedMNRL {:.7}, |diff| {:.1e})",
         fx.negatives.len(),

@@ -84,7 +84,7 @@ fn cached_loss_equals_the_plain_loss_and_gradients() {
     let plain_loss = f64::try_from(&loss).unwrap();
 
     let cached = tiny(0.0);
-    let cached_loss = cached_step(&cached, &questions, &passages, 5, &loss_fn, 42, 0).unwrap();
+    let cached_loss = cached_step(&cached, &questions, &passages, 5, &loss_fn.into(), 42, 0).unwrap();
     assert!((plain_loss - cached_loss).abs() < 1e-5, "{plain_loss} vs {cached_loss}");
     let grads = |m: &SentenceEncoder| -> Vec<(String, Tensor)> { weights(m).into_iter().map(|(n, t)| (n, t.grad())).collect() };
     let mut worst = 0.0f64;
@@ -234,4 +234,52 @@ fn hard_negatives_need_mined_negatives_of_this_dataset() {
     let stale = negatives_of(&dataset(20), 20);
     let err = train(&mut model, &d, None, &job(with_negatives(2)).with_negatives(stale), dir.path(), false, false, &NoProgress).unwrap_err();
     assert!(matches!(err, TrainError::Negatives(_)), "{err}");
+}
+
+#[test]
+fn matryoshka_trains_scores_each_dimension_and_says_so() {
+    let _serial = serial();
+    let train_set = dataset(24);
+    let val = PreparedDataset::new(&dataset(10)).unwrap();
+    let matryoshka = |mini: Option<usize>| TrainConfig { matryoshka_dims: vec![8, 32, 16], mini_batch_size: mini, ..config() };
+    let run = |config: TrainConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = tiny(0.0);
+        let outcome = train(&mut model, &train_set, Some(&val), &job(config), dir.path(), false, false, &NoProgress).unwrap();
+        (dir, outcome)
+    };
+    let (dir, outcome) = run(matryoshka(None));
+    assert_eq!(outcome.facts.matryoshka_dims, [32, 16, 8]);
+    assert!(outcome.facts.loss.starts_with("MatryoshkaLoss over dimensions 32, 16, 8"), "{}", outcome.facts.loss);
+    for e in &outcome.evals {
+        assert_eq!(e.dims.iter().map(|d| d.dim).collect::<Vec<_>>(), [32, 16, 8], "step {}", e.step);
+    }
+    // The full cut is the main evaluation itself.
+    let last = outcome.evals.last().unwrap();
+    assert_eq!(last.dims[0].metrics, last.metrics);
+    for dim in [32, 16, 8] {
+        let csv = std::fs::read_to_string(dir.path().join(format!("eval/Information-Retrieval_evaluation_val_dim_{dim}_results.csv"))).unwrap();
+        assert!(csv.starts_with("epoch,steps,cosine-Accuracy@1"), "{csv}");
+        assert_eq!(csv.lines().count(), 1 + outcome.evals.len(), "a row per evaluation at {dim}:\n{csv}");
+    }
+    let card = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
+    assert!(card.contains("- loss:MatryoshkaLoss") && card.contains("Matryoshka dimensions: 32, 16, 8"), "{card}");
+    assert!(card.contains("| 8 |") && card.contains("truncate_dim=8"), "the card has the table by dimension and the usage:\n{card}");
+
+    // GradCache gives the same loss curve; plain MNRL another.
+    let (_dir, cached) = run(matryoshka(Some(3)));
+    for (a, b) in outcome.log.iter().zip(&cached.log) {
+        assert!((a.loss - b.loss).abs() < 1e-4, "step {}: {} vs {}", a.step, a.loss, b.loss);
+    }
+    let (_dir, plain) = run(config());
+    assert!(plain.log[0].loss < outcome.log[0].loss, "a sum of three MNRL terms: {} vs {}", plain.log[0].loss, outcome.log[0].loss);
+    assert!(plain.evals.iter().all(|e| e.dims.is_empty()));
+
+    // A dimension the model does not have is refused before anything is written.
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = tiny(0.0);
+    let cfg = TrainConfig { matryoshka_dims: vec![64, 16], ..config() };
+    let err = train(&mut model, &train_set, Some(&val), &job(cfg), dir.path(), false, false, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("--matryoshka-dims 64") && err.to_string().contains("32 dimensions"), "{err}");
+    assert!(!dir.path().join("training_log.csv").exists());
 }

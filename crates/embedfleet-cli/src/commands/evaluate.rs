@@ -6,10 +6,10 @@ use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use embedfleet_core::QaDataset;
-use embedfleet_evaluator::csv::append_csv;
+use embedfleet_evaluator::csv::{append_csv, dim_csv_name};
 use embedfleet_evaluator::metrics::MetricsConfig;
 use embedfleet_evaluator::rank::ScoreFunction;
-use embedfleet_evaluator::report::{hit_rate_table, metric_table, write_report};
+use embedfleet_evaluator::report::{dims_table, hit_rate_table, metric_table, write_report};
 use embedfleet_evaluator::{Comparison, EvalOptions, PreparedDataset, evaluate_model_with_progress};
 use embedfleet_report::RunReport;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,14 @@ pub struct EvaluateArgs {
     pub query_prompt: Option<String>,
     #[arg(long, env = "EMBEDFLEET_BATCH_SIZE", alias = "batch_size", default_value_t = 32)]
     pub batch_size: usize,
+    /// Score the embeddings cut to their first D dimensions (sentence-transformers' truncate_dim),
+    /// for a model trained with --matryoshka-dims.
+    #[arg(long, env = "EMBEDFLEET_TRUNCATE_DIM", alias = "truncate_dim")]
+    pub truncate_dim: Option<usize>,
+    /// Also score at each of these dimensions, from the same encoding: a table, and one CSV per
+    /// model and dimension (`<model>_dim_<D>`).
+    #[arg(long, env = "EMBEDFLEET_MATRYOSHKA_DIMS", alias = "matryoshka_dims", value_delimiter = ',', num_args = 1..)]
+    pub matryoshka_dims: Vec<usize>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
@@ -83,6 +91,8 @@ pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
         functions: args.score_functions.clone(),
         hit_rate_k: args.top_k,
         batch_size: args.batch_size,
+        truncate_dim: args.truncate_dim,
+        matryoshka_dims: args.matryoshka_dims.clone(),
         ..Default::default()
     };
     let comparison =
@@ -136,6 +146,12 @@ pub async fn compare_models(
         let _ = std::fs::remove_file(&csv);
         append_csv(results_dir, name, -1, -1, &options.metrics, &evaluation.metrics)
             .with_context(|| format!("writing the CSV for {name}"))?;
+        for at in &evaluation.dims {
+            let dim_name = dim_csv_name(name, at.dim);
+            let _ = std::fs::remove_file(results_dir.join(embedfleet_evaluator::csv::csv_file_name(&dim_name)));
+            append_csv(results_dir, &dim_name, -1, -1, &options.metrics, &at.metrics)
+                .with_context(|| format!("writing the CSV for {name} at {} dimensions", at.dim))?;
+        }
     }
     write_report(results_dir, &comparison).with_context(|| format!("writing the report to {}", results_dir.display()))?;
 
@@ -145,5 +161,12 @@ pub async fn compare_models(
     println!("{} queries, {} corpus chunks\n", data.query_ids.len(), data.corpus_ids.len());
     println!("{}", hit_rate_table(&comparison));
     println!("{}", metric_table(&comparison));
+    if let Some(d) = options.truncate_dim {
+        println!("(embeddings cut to their first {d} dimensions)\n");
+    }
+    let dims = dims_table(&comparison);
+    if !dims.is_empty() {
+        println!("at each Matryoshka dimension:\n{dims}");
+    }
     Ok(comparison)
 }

@@ -1,8 +1,10 @@
 //! The two charts of a report, written as standalone SVG files and inlined in `report.html`.
 
+pub mod dims;
 pub mod metrics;
 pub mod training;
 
+pub use dims::dims_chart;
 pub use metrics::metrics_chart;
 pub use training::training_chart;
 

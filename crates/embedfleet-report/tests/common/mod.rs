@@ -79,6 +79,7 @@ fn model(name: &str, source: &str, questions: &[(String, String)], corpus: &[Str
         questions: results,
         depth: 100,
         step: None,
+        dims: Vec::new(),
     }
 }
 
