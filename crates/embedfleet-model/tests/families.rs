@@ -22,6 +22,9 @@ struct Fixture {
     pooling_texts: Vec<String>,
     #[serde(default)]
     pooling_cases: Vec<PoolingCase>,
+    /// ModernBERT's fixture: the same transformer mean-pooled, which reads every token's state.
+    #[serde(default)]
+    mean_pooling: Option<PoolingCase>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +113,30 @@ fn xlm_roberta_matches_sentence_transformers() {
 }
 
 #[test]
+fn modernbert_matches_sentence_transformers() {
+    // CLS pooling as gte-modernbert-base; 183 of the texts are longer than the 16-token local window.
+    parity("modernbert");
+}
+
+#[test]
+fn modernbert_mean_pooling_matches_sentence_transformers() {
+    // Mean pooling reads every real token's hidden state, so a wrong window edge, rotary angle or
+    // padding mask anywhere in a padded batch shows here even where the CLS token hides it.
+    let fx = fixture("modernbert");
+    let case = fx.mean_pooling.as_ref().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mean");
+    copy_dir(&fixtures().join("modernbert"), &dir, &["2_Normalize"]);
+    std::fs::write(dir.join("modules.json"), serde_json::to_vec(&case.modules).unwrap()).unwrap();
+    std::fs::write(dir.join("1_Pooling/config.json"), serde_json::to_vec(&case.pooling_config).unwrap()).unwrap();
+    let model = load(&dir, Precision::Fp32);
+    let (cos, abs) = agreement(&encode(&model, &fx.texts, None), &case.embeddings);
+    let scale = case.embeddings.iter().flatten().fold(1.0f32, |m, x| m.max(x.abs()));
+    eprintln!("modernbert mean pooling: min cosine {cos:.9}, max abs diff {abs:.2e} (values up to {scale:.1})");
+    assert!(cos >= 0.99999 && abs <= 1e-5 * scale, "mean pooling: min cosine {cos}, max abs diff {abs}");
+}
+
+#[test]
 fn bert_folder_saved_by_sentence_transformers_6_loads() {
     parity("bert_st6");
 }
@@ -179,9 +206,12 @@ fn json(path: &Path) -> serde_json::Value {
 #[test]
 fn saved_folders_have_the_layout_both_sentence_transformers_generations_read() {
     let tmp = tempfile::tempdir().unwrap();
-    for (name, architecture, model_type) in
-        [("mpnet", "MPNetModel", "mpnet"), ("xlm_roberta", "XLMRobertaModel", "xlm-roberta"), ("bert_st6", "BertModel", "bert")]
-    {
+    for (name, architecture, model_type) in [
+        ("mpnet", "MPNetModel", "mpnet"),
+        ("xlm_roberta", "XLMRobertaModel", "xlm-roberta"),
+        ("bert_st6", "BertModel", "bert"),
+        ("modernbert", "ModernBertModel", "modernbert"),
+    ] {
         let fx = fixture(name);
         let source = family_dir(name, tmp.path());
         let model = load(&source, Precision::Fp32);
@@ -207,7 +237,8 @@ fn saved_folders_have_the_layout_both_sentence_transformers_generations_read() {
         );
         let pooling = json(&out.join("1_Pooling/config.json"));
         assert_eq!(pooling["word_embedding_dimension"], model.dimension(), "{name}");
-        assert_eq!(pooling["pooling_mode_mean_tokens"], true, "{name}");
+        let mode = if name == "modernbert" { "pooling_mode_cls_token" } else { "pooling_mode_mean_tokens" };
+        assert_eq!(pooling[mode], true, "{name}");
         assert!(pooling.get("pooling_mode").is_none() && pooling.get("include_prompt").is_none(), "{name}: {pooling}");
         assert_eq!(json(&out.join("sentence_bert_config.json"))["max_seq_length"], fx.max_seq_length, "{name}");
         for file in ["tokenizer.json", "tokenizer_config.json", "config_sentence_transformers.json", "README.md"] {

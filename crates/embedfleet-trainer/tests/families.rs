@@ -1,4 +1,4 @@
-//! Fine-tuning every model family (BERT, MPNet, XLM-RoBERTa) with the trainer's loss and optimizer,
+//! Fine-tuning every model family (BERT, MPNet, XLM-RoBERTa, ModernBERT) with the trainer's loss and optimizer,
 //! on the folders sentence-transformers 6.2 saved (embedfleet-model's fixtures): with dropout off the
 //! first step's MNRL loss is sentence-transformers' on the same batch, and a few steps lower it.
 
@@ -51,6 +51,12 @@ fn without_dropout(name: &str, tmp: &Path) -> PathBuf {
     let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     config["hidden_dropout_prob"] = 0.0.into();
     config["attention_probs_dropout_prob"] = 0.0.into();
+    // ModernBERT's own dropout keys (gte-modernbert-base has them at 0 already).
+    for key in ["attention_dropout", "embedding_dropout", "mlp_dropout"] {
+        if config.get(key).is_some() {
+            config[key] = 0.0.into();
+        }
+    }
     std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
     dir
 }
@@ -104,4 +110,9 @@ fn mpnet_fine_tunes_like_sentence_transformers() {
 #[test]
 fn xlm_roberta_fine_tunes_like_sentence_transformers() {
     first_step_and_a_few_more("xlm_roberta", 1e-3);
+}
+
+#[test]
+fn modernbert_fine_tunes_like_sentence_transformers() {
+    first_step_and_a_few_more("modernbert", 1e-3);
 }

@@ -10,6 +10,7 @@
 
 mod bert;
 mod layers;
+mod modernbert;
 mod mpnet;
 mod xlm_roberta;
 
@@ -51,7 +52,7 @@ pub struct Family {
     pub build: fn(&nn::Path, &ModelConfig) -> Result<Box<dyn Encoder>, ModelError>,
 }
 
-pub const FAMILIES: &[Family] = &[bert::FAMILY, mpnet::FAMILY, xlm_roberta::FAMILY];
+pub const FAMILIES: &[Family] = &[bert::FAMILY, mpnet::FAMILY, xlm_roberta::FAMILY, modernbert::FAMILY];
 
 /// The family of a config, or an error that lists every supported one.
 pub fn family_of(config: &ModelConfig) -> Result<&'static Family, ModelError> {
