@@ -643,9 +643,9 @@ def main() -> None:
     refs = [(m, results[f"reference_{m}"]) for m, _ in ref_modes]
     small_cell = lambda tag: f" {fmt(ndcg_small.get(tag), '8.4f')}" if small is not None else ""
     rows = [("base model (no training)", "base", base, None, None, None, None, None)]
-    for m, R in refs:
-        rows.append((f"sentence-transformers {m}", f"reference_{m}", ndcg[f"reference_{m}"], R["pairs_per_s"], R.get("quiet_pairs_per_s"),
-                     qfrac(R), R["peak_rss_mib"], R["other_cores"]))
+    for m, mode in refs:
+        rows.append((f"sentence-transformers {m}", f"reference_{m}", ndcg[f"reference_{m}"], mode["pairs_per_s"], mode.get("quiet_pairs_per_s"),
+                     qfrac(mode), mode["peak_rss_mib"], mode["other_cores"]))
     for tag, _ in runs:
         e = results[f"embedfleet_{tag}"]
         if "error" in e:
@@ -664,8 +664,9 @@ def main() -> None:
     print(hdr)
     print("-" * len(hdr))
     for name, tag, nd, pps, med, qn, rss, other in rows:
-        speed_ratios = "".join(f" {fmt(_ratio(med, R.get('quiet_pairs_per_s')) if tag and tag.startswith('embedfleet') else None, '9.2f')}" for _, R in refs)
-        rss_ratios = "".join(f" {fmt(_ratio(rss, R['peak_rss_mib']) if tag and tag.startswith('embedfleet') else None, '9.2f')}" for _, R in refs)
+        mine = bool(tag and tag.startswith("embedfleet"))
+        speed_ratios = "".join(f" {fmt(_ratio(med, mode.get('quiet_pairs_per_s')) if mine else None, '9.2f')}" for _, mode in refs)
+        rss_ratios = "".join(f" {fmt(_ratio(rss, mode['peak_rss_mib']) if mine else None, '9.2f')}" for _, mode in refs)
         print(f"{name:<28} {fmt(nd, '8.4f')}{small_cell(tag) if tag else ''} {fmt(None if nd is None else nd - base, '+7.4f')} {fmt(pps, '8.2f')} "
               f"{fmt(med, '9.2f')}{speed_ratios} {qn or '-':>8} "
               f"{(fmt(rss, '7.0f') + ' M') if rss else '-':>9}{rss_ratios} {fmt(other, '6.2f')}")

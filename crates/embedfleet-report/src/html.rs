@@ -312,7 +312,7 @@ fn training_table(out: &mut String, t: &TrainingFacts) {
 fn dims_section(out: &mut String, report: &RunReport) {
     let dims = scored_dims(&report.models);
     let Some(svg) = dims_chart(&report.models, "NDCG@10 by embedding dimension") else { return };
-    out.push_str(r#"<section id="dims"><h2>Smaller embeddings (Matryoshka)</h2><p class="note">Each model's embeddings cut to their first D dimensions and re-normalised, scored on the same questions: a smaller index for a small loss.</p><table id="dims-table"><thead><tr><th class="num">dimensions</th>"#);
+    out.push_str(r#"<section id="dims"><h2>Smaller embeddings (Matryoshka)</h2><p class="note">Each model's embeddings cut to their first D dimensions and re-normalised, scored on the same questions: what each smaller index would cost in retrieval quality.</p><table id="dims-table"><thead><tr><th class="num">dimensions</th>"#);
     for m in &report.models {
         let _ = write!(out, r#"<th class="num">{0} NDCG@10</th><th class="num">{0} hit rate@{1}</th>"#, escape(&m.name), m.hit_rate.k);
     }

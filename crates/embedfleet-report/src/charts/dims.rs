@@ -59,7 +59,8 @@ pub fn dims_chart(models: &[ModelResult], title: &str) -> Option<String> {
     let label_w = labels.iter().map(|l| text_width(l, TICK_SIZE, false)).fold(0.0, f64::max);
     let left = MARGIN + label_w.max(30.0) + 8.0;
     let right = WIDTH - MARGIN - 24.0;
-    let top = y + 18.0;
+    // Room under the legend for the axis label and a value label above the highest point.
+    let top = y + 40.0;
     let bottom = top + PLOT_HEIGHT;
     let y_of = |v: f64| bottom - (v - y_lo) / (y_hi - y_lo).max(1e-12) * (bottom - top);
     // Evenly spaced columns, a half column of room at each end.
@@ -78,7 +79,7 @@ pub fn dims_chart(models: &[ModelResult], title: &str) -> Option<String> {
     }
     let axis_y = bottom + 34.0;
     svg.text((left + right) / 2.0, axis_y, "embedding dimensions kept", TextStyle { size: TICK_SIZE, anchor: Anchor::Middle, fill: MUTED_COLOR, ..Default::default() });
-    svg.text(MARGIN, top - 8.0, &format!("cosine {PRIMARY_METRIC}"), TextStyle { size: TICK_SIZE, fill: MUTED_COLOR, ..Default::default() });
+    svg.text(MARGIN, top - 14.0, &format!("cosine {PRIMARY_METRIC}"), TextStyle { size: TICK_SIZE, fill: MUTED_COLOR, ..Default::default() });
 
     for (i, m) in models.iter().enumerate() {
         let color = model_color(i, models.len());
@@ -95,7 +96,17 @@ pub fn dims_chart(models: &[ModelResult], title: &str) -> Option<String> {
         for (j, &d) in dims.iter().enumerate() {
             if let Some(v) = ndcg_at(last, d) {
                 let label = format!("{v:.3}");
-                svg.text(x_of(j), y_of(v) - 10.0, &label, TextStyle { size: TICK_SIZE, anchor: Anchor::Middle, fill: model_color(last_index, models.len()), halo: true, bold: true });
+                let py = y_of(v);
+                let others: Vec<f64> = models.iter().take(last_index).filter_map(|m| ndcg_at(m, d)).map(y_of).collect();
+                let crowded = |lo: f64, hi: f64| others.iter().any(|&o| o > lo && o < hi);
+                // Above the point when that is free, else below, else to its left (clear of the
+                // lines' points; the white halo keeps it legible over a line).
+                let (x, baseline, anchor) = match (crowded(py - 24.0, py), crowded(py, py + 24.0)) {
+                    (false, _) => (x_of(j), py - 10.0, Anchor::Middle),
+                    (true, false) => (x_of(j), py + 18.0, Anchor::Middle),
+                    (true, true) => (x_of(j) - 9.0, py + 4.0, Anchor::End),
+                };
+                svg.text(x, baseline, &label, TextStyle { size: TICK_SIZE, anchor, fill: model_color(last_index, models.len()), halo: true, bold: true });
             }
         }
     }
