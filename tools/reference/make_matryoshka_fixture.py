@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_negatives_fixture import without_dropout  # noqa: E402  (the same dropout-free training mode)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MINILM = REPO_ROOT / ".deps" / "all-MiniLM-L6-v2"
@@ -35,17 +39,6 @@ OUT = FIXTURES / "matryoshka_reference.json"
 DIMS = [384, 256, 128, 64]
 MINI_BATCH = 3
 EVAL_DIM = 64
-
-
-def without_dropout(model):
-    import torch
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        if hasattr(m, "config") and hasattr(m.config, "attention_probs_dropout_prob"):
-            m.config.attention_probs_dropout_prob = 0.0
-    model.train()
 
 
 def main() -> None:
