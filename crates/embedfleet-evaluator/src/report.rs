@@ -4,6 +4,7 @@
 
 use crate::Comparison;
 use embedfleet_report::ModelResult;
+use embedfleet_report::charts::dims::{ndcg_at, scored_dims};
 use embedfleet_report::write::write_atomic;
 use serde_json::json;
 use std::fmt::Write as _;
@@ -47,25 +48,24 @@ pub fn metric_table(models: &Comparison) -> String {
 /// NDCG@10 and the hit rate at each Matryoshka dimension, one column pair per model; empty when no
 /// model was scored at cut dimensions.
 pub fn dims_table(models: &Comparison) -> String {
-    let mut dims: Vec<usize> = models.values().flat_map(|e| e.dims.iter().map(|d| d.dim)).collect();
-    dims.sort_unstable_by(|a, b| b.cmp(a));
-    dims.dedup();
+    let results = results(models);
+    let dims = scored_dims(&results);
     if dims.is_empty() {
         return String::new();
     }
-    let k = models.values().next().map(|e| e.hit_rate.k).unwrap_or(5);
+    let k = results.first().map(|r| r.hit_rate.k).unwrap_or(5);
     let mut s = String::new();
     let _ = write!(s, "{:<10}", "dims");
-    for name in models.keys() {
-        let _ = write!(s, " {:>14} {:>10}", truncate(&format!("{name} NDCG@10"), 14), format!("hit@{k}"));
+    for r in &results {
+        let _ = write!(s, " {:>14} {:>10}", truncate(&format!("{} NDCG@10", r.name), 14), format!("hit@{k}"));
     }
     s.push('\n');
     for dim in dims {
         let _ = write!(s, "{dim:<10}");
-        for e in models.values() {
-            match e.dims.iter().find(|d| d.dim == dim) {
+        for r in &results {
+            match r.dims.iter().find(|d| d.dim == dim) {
                 Some(d) => {
-                    let _ = write!(s, " {:>14.4} {:>10.4}", d.metric(&format!("{}-{PRIMARY_METRIC}", d.metrics.first().map(|(f, _)| f.name()).unwrap_or("cosine"))).unwrap_or(f64::NAN), d.hit_rate.rate);
+                    let _ = write!(s, " {:>14.4} {:>10.4}", ndcg_at(r, dim).unwrap_or(f64::NAN), d.hit_rate.rate);
                 }
                 None => {
                     let _ = write!(s, " {:>14} {:>10}", "-", "-");

@@ -6,6 +6,7 @@
 use crate::data::{DatasetFacts, ModelResult, TrainingFacts};
 use crate::html::duration;
 use crate::summary::verdict;
+use crate::charts::dims::{ndcg_at, scored_dims};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -199,9 +200,7 @@ fn evaluation_section(s: &mut String, card: &ModelCard) {
 
 /// NDCG@10 and the hit rate at each Matryoshka dimension, every model side by side.
 fn dims_table(s: &mut String, models: &[crate::ModelResult]) {
-    let mut dims: Vec<usize> = models.iter().flat_map(|m| m.dims.iter().map(|d| d.dim)).collect();
-    dims.sort_unstable_by(|a, b| b.cmp(a));
-    dims.dedup();
+    let dims = scored_dims(models);
     if dims.is_empty() {
         return;
     }
@@ -219,8 +218,8 @@ fn dims_table(s: &mut String, models: &[crate::ModelResult]) {
         for m in models {
             match m.dims.iter().find(|d| d.dim == dim) {
                 Some(d) => {
-                    let ndcg = d.metrics.iter().find(|(k, _)| k.ends_with(crate::data::PRIMARY_METRIC)).map(|(_, v)| *v);
-                    let _ = write!(s, " {} | {:.4} |", ndcg.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()), d.hit_rate.rate);
+                    let ndcg = ndcg_at(m, dim).map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+                    let _ = write!(s, " {ndcg} | {:.4} |", d.hit_rate.rate);
                 }
                 None => s.push_str(" - | - |"),
             }
