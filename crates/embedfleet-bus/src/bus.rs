@@ -4,7 +4,7 @@ use crate::messages::{DecodeError, Message, encode};
 use crate::options::BusOptions;
 use crate::subjects::*;
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, ErrorCode, consumer, kv, stream};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,22 +36,67 @@ pub struct Bus {
     pub budgets: kv::Store,
 }
 
+/// Creates a stream, or updates it when an older deployment left one with other settings.
+///
+/// Never a plain update on start-up: nats-server 2.9 (Debian's) registers a new stream before its
+/// storage exists, and an update landing in that window dereferences the missing storage and kills
+/// the server. Every worker sets the layout up as it starts, so a fleet starting at once hits that
+/// window. A create with settings equal to the existing stream's is answered with that stream, so
+/// creates may race; but while another client's create of the same stream is still under way, 2.9
+/// answers "subjects overlap" or "name in use", so those are asked again after a pause. Only a
+/// name in use that persists means other settings, and only then is the stream updated: by then it
+/// has long been fully created.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), String> {
+    const ATTEMPTS: u32 = 6;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let code = match js.create_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => match jetstream_code(&e) {
+                Some(code) if code == ErrorCode::STREAM_NAME_EXIST || code == ErrorCode::STREAM_SUBJECT_OVERLAP => code,
+                _ => return Err(e.to_string()),
+            },
+        };
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+            continue;
+        }
+        if code == ErrorCode::STREAM_SUBJECT_OVERLAP {
+            return Err(format!(
+                "its subjects {:?} overlap a stream of another name on this server; remove that stream or use another NATS account",
+                config.subjects
+            ));
+        }
+        return js.update_stream(&config).await.map(|_| ()).map_err(|e| e.to_string());
+    }
+}
+
+fn jetstream_code(error: &jetstream::context::CreateStreamError) -> Option<ErrorCode> {
+    match error.kind() {
+        jetstream::context::CreateStreamErrorKind::JetStream(e) => Some(e.error_code()),
+        _ => None,
+    }
+}
+
 /// Creates or updates a KV bucket through its backing stream. async-nats' own helper first asks for
 /// the account's info, whose shape older servers (Debian's 2.9) answer differently; the stream
 /// settings are the KV convention, so any JetStream server takes them.
 async fn key_value(js: &jetstream::Context, bucket: &str, history: i64) -> Result<kv::Store, String> {
-    js.create_or_update_stream(stream::Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: history,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: history,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        },
+    )
+    .await?;
     js.get_key_value(bucket).await.map_err(|e| e.to_string())
 }
 
@@ -104,37 +149,49 @@ impl Bus {
             let what = what.to_owned();
             move |e: &dyn std::fmt::Display| BusError::Setup { what: what.clone(), message: e.to_string() }
         };
-        js.create_or_update_stream(stream::Config {
-            name: WORK_STREAM.into(),
-            subjects: vec![WORK_SUBJECTS.into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            duplicate_window: Duration::from_secs(600),
-            ..Default::default()
-        })
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: WORK_STREAM.into(),
+                subjects: vec![WORK_SUBJECTS.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                duplicate_window: Duration::from_secs(600),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| setup(WORK_STREAM)(&e))?;
-        js.create_or_update_stream(stream::Config {
-            name: EVENTS_STREAM.into(),
-            subjects: vec![EVENTS_SUBJECTS.into()],
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..Default::default()
-        })
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: EVENTS_STREAM.into(),
+                subjects: vec![EVENTS_SUBJECTS.into()],
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| setup(EVENTS_STREAM)(&e))?;
-        js.create_or_update_stream(stream::Config {
-            name: DEAD_STREAM.into(),
-            subjects: vec![DEAD_SUBJECTS.into()],
-            max_age: Duration::from_secs(30 * 24 * 3600),
-            ..Default::default()
-        })
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: DEAD_STREAM.into(),
+                subjects: vec![DEAD_SUBJECTS.into()],
+                max_age: Duration::from_secs(30 * 24 * 3600),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| setup(DEAD_STREAM)(&e))?;
-        js.create_or_update_stream(stream::Config {
-            name: ADVISORY_STREAM.into(),
-            subjects: vec![MAX_DELIVERIES_SUBJECTS.into()],
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..Default::default()
-        })
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: ADVISORY_STREAM.into(),
+                subjects: vec![MAX_DELIVERIES_SUBJECTS.into()],
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| setup(ADVISORY_STREAM)(&e))?;
         let runs = key_value(&js, RUNS_BUCKET, 5).await.map_err(|e| setup(RUNS_BUCKET)(&e))?;

@@ -83,6 +83,11 @@ impl NatsServer {
         std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 
+    /// Whether the server process is still running (it may have crashed under the test).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
