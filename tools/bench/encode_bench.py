@@ -1,39 +1,47 @@
 #!/usr/bin/env python3
-"""Throughput benchmark: embedfleet's encoder against sentence-transformers, same machine, one run.
+"""Encoding throughput: embedfleet against sentence-transformers in both of its modes, same machine,
+same texts, one invocation.
 
 Run with the reference venv (tools/reference/README.md):
 
-    ~/.cache/embedfleet/reference-venv/bin/python tools/bench/encode_bench.py [--texts N] [--threads T]
-        [--quick] [--bin PATH] [--family minilm|mpnet|xlm-roberta] [--model PATH] [--corpus PATH] [--keep DIR]
+    ~/.cache/embedfleet/reference-venv/bin/python tools/bench/encode_bench.py
+        [--corpora sample,python-docs] [--texts N] [--threads T] [--device cpu|cuda] [--quick]
+        [--family minilm|mpnet|xlm-roberta] [--model PATH] [--bin PATH] [--keep DIR] [--json PATH]
 
---family mpnet / xlm-roberta runs on a random-weight model of the real size (mpnet-base and
-xlm-roberta-base: 12 layers, hidden 768, the real vocabulary of 30,527 / 250,002 rows) with the
-family's tokenizer, built once by tools/reference/make_family_fixtures.py's builders and cached in
-~/.cache/embedfleet/bench-models/. --family minilm (the default) runs .deps/all-MiniLM-L6-v2.
+The texts are the passages a user encodes: the chunks `embedfleet generate` cuts (1000 characters,
+200 overlap, the defaults) from a corpus, white space collapsed so that each fits on one line.
+Corpora (--corpora, default both):
 
-What it does:
+  sample       examples/sample-corpus.json (60 pages of a fictional product's documentation)
+  python-docs  the HTML pages of Debian's python3.11-doc (../shared/tools/real-docs.sh fetches them)
+  PATH         any corpus file or folder `embedfleet generate --input` reads
 
-1. Builds N texts (default 2000, base-sized families 300; --quick: 300 / 96) of about 200 tokens each (198 content
-   tokens + [CLS]/[SEP]) by sliding a window over the concatenated `content` of
-   examples/sample-corpus.json, cut at word boundaries with the model's own tokenizer; writes them
-   one per line to a temp file (whitespace collapsed, so no newlines inside a text).
-2. Reference: a child process loads SentenceTransformer(model, device='cpu'), sets
-   torch.set_num_threads(T), warms up on 32 texts, and times model.encode(texts, batch_size=32)
-   alone (load excluded).
-3. embedfleet: `embedfleet encode ... --batch-size 32 --device cpu --threads T [--precision bf16]`,
-   timed from outside, once on a 32-text file (load + 32 texts + write) and once on all N texts.
-   raw texts/s = N / t_full; adjusted texts/s = (N - 32) / (t_full - t_32), which removes model load,
-   process start and the first 32 texts (and their JSON writing) from the measurement.
-4. Compares bf16 to fp32 embedfleet embeddings (min cosine over all texts) and, as a sanity check,
-   embedfleet fp32 to the reference.
+N texts are taken from each corpus's chunks in sha256(chunk id) order (default 1000; 300 for the
+base-sized families; --quick 300 / 96).
 
-Peak RSS is per child (os.wait4's rusage, ru_maxrss), so each process is measured separately.
+Runs, each in its own process:
+
+  ST fp32        SentenceTransformer(model).encode(texts, batch_size=32)
+  ST bf16        the same inside torch.autocast(device, dtype=torch.bfloat16): what a user who wants
+                 speed turns on (matmuls, attention and GELU in bf16)
+  embedfleet     `embedfleet encode --batch-size 32 --precision fp32|bf16`
+
+Both sort texts by length before batching, so each batch pads to its own longest text; "padding" is
+the share of the batches' token grid that is padding under that rule. texts/s: the reference's
+encode() call alone (load and a 32-text warm-up excluded); embedfleet's from outside the process,
+(N - 32) / (t_N - t_32), which removes process start, model load and the first 32 texts. CPU user
+and system seconds and peak RSS are the whole process's (os.wait4 of that child), load included.
+The last lines check accuracy: embedfleet fp32 against ST fp32, and embedfleet bf16 against both.
+
+--family mpnet / xlm-roberta runs a random-weight model of the real size (built once by
+tools/reference/make_family_fixtures.py's builders into ~/.cache/embedfleet/bench-models/); the
+default is the real all-MiniLM-L6-v2 from .deps/.
 """
 
 import argparse
+import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -42,9 +50,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-WINDOW_CONTENT_TOKENS = 198  # + [CLS] + [SEP] = 200 tokens per sequence
 WARMUP_TEXTS = 32
 BATCH = 32
+PYTHON_DOCS = Path.home() / ".cache" / "embedfleet" / "real-docs" / "root" / "usr" / "share" / "doc" / "python3.11" / "html"
 
 # --------------------------------------------------------------------------------------------
 # Child: the sentence-transformers reference (run as `encode_bench.py --_reference-child ...`).
@@ -53,19 +61,36 @@ BATCH = 32
 
 def reference_child(args):
     t0 = time.perf_counter()
+    import contextlib
+
     import numpy as np
     import torch
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(args.threads)
-    model = SentenceTransformer(args.model, device="cpu")
+    model = SentenceTransformer(args.model, device=args.device)
     t_load = time.perf_counter() - t0
     texts = Path(args.input).read_text(encoding="utf-8").split("\n")
     if texts and texts[-1] == "":
         texts.pop()
-    model.encode(texts[:WARMUP_TEXTS], batch_size=BATCH, show_progress_bar=False)
+    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+
+    def region():
+        if args.bf16:
+            return torch.autocast(device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sync():
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+
+    with region():
+        model.encode(texts[:WARMUP_TEXTS], batch_size=BATCH, show_progress_bar=False)
+    sync()
     t1 = time.perf_counter()
-    emb = model.encode(texts, batch_size=BATCH, show_progress_bar=False)
+    with region():
+        emb = model.encode(texts, batch_size=BATCH, show_progress_bar=False, convert_to_numpy=True)
+    sync()
     t_encode = time.perf_counter() - t1
     np.save(args.output, np.asarray(emb, dtype=np.float32))
     json.dump(
@@ -76,6 +101,7 @@ def reference_child(args):
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "max_seq_length": model.max_seq_length,
         },
         sys.stdout,
     )
@@ -93,8 +119,7 @@ def run_measured(cmd, stdout_path, stderr_path, env=None):
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=REPO)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)  # already reaped by wait4
-    return p.returncode, wall, ru
+    return os.waitstatus_to_exitcode(status), wall, ru
 
 
 def loadavg():
@@ -118,43 +143,54 @@ def find_bin(explicit):
     sys.exit("embedfleet binary not found; tried: " + ", ".join(map(str, cands)) + " (use --bin)")
 
 
-def build_texts(model_dir, corpus_path, n):
-    """Deterministic ~200-token texts from sliding windows over the corpus."""
+def corpus_input(name):
+    if name == "sample":
+        return REPO / "examples" / "sample-corpus.json"
+    if name == "python-docs":
+        if not PYTHON_DOCS.is_dir():
+            sys.exit(f"{PYTHON_DOCS} is missing: run ../shared/tools/real-docs.sh first")
+        return PYTHON_DOCS
+    path = Path(name)
+    if not path.exists():
+        sys.exit(f"corpus {name}: no such file or folder (use sample, python-docs or a path)")
+    return path
+
+
+def chunk_texts(binp, corpus, work, n):
+    """The first n chunks in sha256(chunk id) order of `embedfleet generate` on the corpus."""
+    data = work / "data"
+    if not (data / "train_corpus.json").exists():
+        cmd = [str(binp), "generate", "--input", str(corpus), "--output-dir", str(data), "--generator", "offline", "--overwrite"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"embedfleet generate failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    chunks = {}
+    for split in ("train", "val"):
+        chunks.update(json.loads((data / f"{split}_corpus.json").read_text(encoding="utf-8")))
+    ids = sorted(chunks, key=lambda c: hashlib.sha256(c.encode()).hexdigest())
+    texts = [" ".join(chunks[c].split()) for c in ids]
+    texts = [t for t in texts if t][:n]
+    return texts, len(chunks)
+
+
+def token_lengths(model_dir, texts, max_len):
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
-    tok.no_truncation()  # tokenizer.json truncates/pads to 128 by itself
+    tok.no_truncation()
     tok.no_padding()
-    docs = json.loads(Path(corpus_path).read_text(encoding="utf-8"))
-    stream = " ".join(" ".join(d["content"].split()) for d in docs)
-    enc = tok.encode(stream, add_special_tokens=False)
-    words, offsets = enc.word_ids, enc.offsets
-    ntok = len(words)
-    w = WINDOW_CONTENT_TOKENS
-    # Window starts must be at the first token of a (pre-tokenized) word, so that re-tokenizing
-    # the cut text gives the same pieces.
-    starts_ok = [i for i in range(ntok - w) if i == 0 or words[i] != words[i - 1]]
-    if not starts_ok:
-        sys.exit("corpus too small")
-    stride = max(1, len(starts_ok) / n)
-    texts, seen = [], set()
-    k = 0
-    while len(texts) < n:
-        i = starts_ok[int(k * stride) % len(starts_ok)]
-        k += 1
-        # end: the last whole word that fits within w tokens
-        j = min(i + w, ntok)
-        while j < ntok and j > i + 1 and words[j] == words[j - 1]:
-            j -= 1
-        text = stream[offsets[i][0]: offsets[j - 1][1]]
-        if text in seen and k < 10 * n:
-            continue
-        seen.add(text)
-        texts.append(text)
-    lens = [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=True)]
-    for t in texts:
-        assert "\n" not in t and "\r" not in t
-    return texts, lens, ntok
+    return [min(max_len, len(e.ids)) for e in tok.encode_batch(texts, add_special_tokens=True)]
+
+
+def padding_share(lens, batch):
+    """Padding share of the token grid when texts are sorted by length and cut into batches."""
+    ordered = sorted(lens, reverse=True)
+    grid = real = 0
+    for i in range(0, len(ordered), batch):
+        b = ordered[i:i + batch]
+        grid += b[0] * len(b)
+        real += sum(b)
+    return 1 - real / grid
 
 
 def read_jsonl(path):
@@ -164,82 +200,119 @@ def read_jsonl(path):
         return np.asarray([json.loads(line) for line in f if line.strip()], dtype=np.float32)
 
 
-def min_cos(a, b):
+def cosines(a, b):
     import numpy as np
 
     an = a / np.linalg.norm(a, axis=1, keepdims=True)
     bn = b / np.linalg.norm(b, axis=1, keepdims=True)
     c = (an * bn).sum(axis=1)
-    return float(c.min()), float(c.mean()), float(np.abs(a - b).max())
+    return float(c.min()), float(np.abs(a - b).max())
 
 
-def cpu_peak(threads, fpc_override):
-    info = {}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if ":" in line:
-                k, v = line.split(":", 1)
-                info[k.strip()] = v.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    name = info.get("Model name", "?")
-    mhz = None
-    for key in ("CPU max MHz", "CPU MHz"):
-        if key in info:
-            mhz, src = float(info[key]), f"lscpu '{key}'"
-            break
-    if mhz is None:
-        try:
-            m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", Path("/proc/cpuinfo").read_text(), re.M)
-            if m:
-                mhz, src = float(m.group(1)), "/proc/cpuinfo 'cpu MHz' (lscpu shows no MHz)"
-        except OSError:
-            pass
-    if mhz is None:
-        mhz, src = 2000.0, "guess (no MHz found)"
-    flags = info.get("Flags", "").split()
-    if fpc_override:
-        fpc, isa = fpc_override, f"--flops-per-cycle {fpc_override}"
-    elif "avx512f" in flags:
-        fpc, isa = 32, "avx512f"
-    elif "avx2" in flags:
-        fpc, isa = 16, "avx2"
-    else:
-        fpc, isa = 8, "no avx2"
-    peak = mhz * 1e6 * fpc * threads
-    desc = (f"CPU '{name}', family {info.get('CPU family', '?')}, {mhz:.0f} MHz from {src}; {isa} -> "
-            f"{fpc} fp32 FLOP/cycle/core (2 FMA units assumed); x {threads} cores (= --threads) "
-            f"=> peak {peak / 1e9:.1f} GFLOP/s")
-    return peak, desc
+def mib(kib):
+    return kib / 1024
 
 
-def model_flops(lens, model_dir):
-    """Useful forward FLOPs (no padding): per token per layer 2*(4h^2 + 2hi) + 2*2*seq*h."""
-    c = json.loads((Path(model_dir) / "config.json").read_text())
-    layers, h, inter = c["num_hidden_layers"], c["hidden_size"], c["intermediate_size"]
-    return sum(layers * s * (2 * (4 * h * h + 2 * h * inter) + 2 * 2 * s * h) for s in lens)
+# --------------------------------------------------------------------------------------------
+# One corpus.
+# --------------------------------------------------------------------------------------------
 
 
-def fmt_mib(kib):
-    return f"{kib / 1024:.0f} MiB"
+def bench_corpus(args, binp, name, n, work):
+    work.mkdir(parents=True, exist_ok=True)
+    texts, total = chunk_texts(binp, corpus_input(name), work, n)
+    n = len(texts)
+    if n <= WARMUP_TEXTS:
+        sys.exit(f"corpus {name} has only {n} chunks; need more than {WARMUP_TEXTS}")
+    full, small = work / "texts.txt", work / "texts32.txt"
+    full.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    small.write_text("\n".join(texts[:WARMUP_TEXTS]) + "\n", encoding="utf-8")
+    runs, log = {}, []
+
+    for mode in ("fp32", "bf16"):
+        tag = f"ST {mode}"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_reference-child", "--threads", str(args.threads),
+               "--model", args.model, "--input", str(full), "--output", str(work / f"st_{mode}.npy"), "--device", args.device]
+        if mode == "bf16":
+            cmd.append("--bf16")
+        la0 = loadavg()
+        rc, wall, ru = run_measured(cmd, work / f"st_{mode}.out", work / f"st_{mode}.err")
+        if rc != 0:
+            sys.exit(f"{tag} failed:\n" + (work / f"st_{mode}.err").read_text()[-4000:])
+        ref = json.loads((work / f"st_{mode}.out").read_text())
+        runs[tag] = dict(tps=n / ref["encode_s"], user=ru.ru_utime, sys=ru.ru_stime, rss=ru.ru_maxrss)
+        max_len = ref["max_seq_length"]
+        log.append(f"{tag}: torch {ref['torch']}, {ref['torch_threads']} threads, {ref['cpu_capability']}; load {ref['load_s']:.1f} s, "
+                   f"encode {ref['encode_s']:.2f} s; loadavg {la0:.2f} -> {loadavg():.2f}")
+
+    def ef(precision, inp, tag):
+        out = work / f"{tag}.jsonl"
+        cmd = [str(binp), "encode", "--model", args.model, "--input", str(inp), "--output", str(out),
+               "--batch-size", str(BATCH), "--device", args.device, "--threads", str(args.threads), "--precision", precision]
+        rc, wall, ru = run_measured(cmd, work / f"{tag}.out", work / f"{tag}.err")
+        if rc != 0:
+            sys.exit(f"embedfleet failed (exit {rc}): {' '.join(cmd)}\n" + (work / f"{tag}.err").read_text()[-3000:])
+        return wall, ru, cmd
+
+    ef("fp32", small, "warm")  # binary, libtorch and weights into the page cache, untimed
+    for precision in ("fp32", "bf16"):
+        la0 = loadavg()
+        starts = sorted(ef(precision, small, f"ef_{precision}_32")[0] for _ in range(3))
+        t32 = starts[1]
+        wall, ru, cmd = ef(precision, full, f"ef_{precision}")
+        runs[f"embedfleet {precision}"] = dict(tps=(n - WARMUP_TEXTS) / (wall - t32), user=ru.ru_utime, sys=ru.ru_stime, rss=ru.ru_maxrss)
+        log.append(f"embedfleet {precision}: start + 32 texts {t32:.2f} s (median of 3), {n} texts {wall:.2f} s; "
+                   f"loadavg {la0:.2f} -> {loadavg():.2f}; {' '.join(cmd)}")
+
+    import numpy as np
+
+    st32, st16 = np.load(work / "st_fp32.npy"), np.load(work / "st_bf16.npy")
+    e32, e16 = read_jsonl(work / "ef_fp32.jsonl"), read_jsonl(work / "ef_bf16.jsonl")
+    accuracy = {
+        "embedfleet fp32 vs ST fp32": cosines(e32, st32),
+        "embedfleet bf16 vs embedfleet fp32": cosines(e16, e32),
+        "embedfleet bf16 vs ST fp32": cosines(e16, st32),
+        "ST bf16 vs ST fp32": cosines(st16, st32),
+    }
+    lens = token_lengths(args.model, texts, max_len)
+    return dict(corpus=name, texts=n, chunks=total, tokens_mean=sum(lens) / n, tokens_min=min(lens), tokens_max=max(lens),
+                padding=padding_share(lens, BATCH), runs=runs, accuracy=accuracy, log=log)
+
+
+def print_corpus(r, threads, device):
+    print()
+    print(f"## {r['corpus']}: {r['texts']} of its {r['chunks']} chunks, {r['tokens_mean']:.0f} tokens on average "
+          f"({r['tokens_min']}-{r['tokens_max']}), batch {BATCH} sorted by length: padding {100 * r['padding']:.1f} % of the grid; "
+          f"{threads} threads, {device}")
+    print()
+    print("| run | texts/s | vs ST fp32 | vs ST bf16 | CPU user s | CPU sys s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    base32, base16 = r["runs"]["ST fp32"]["tps"], r["runs"]["ST bf16"]["tps"]
+    for name in ("ST fp32", "ST bf16", "embedfleet fp32", "embedfleet bf16"):
+        x = r["runs"][name]
+        print(f"| {name} | {x['tps']:.1f} | {x['tps'] / base32:.2f}x | {x['tps'] / base16:.2f}x | {x['user']:.1f} | {x['sys']:.1f} | {mib(x['rss']):.0f} |")
+    print()
+    for name, (mc, mad) in r["accuracy"].items():
+        print(f"{name}: min cosine {mc:.6f}, max |diff| {mad:.1e}")
+    for line in r["log"]:
+        print(line)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--texts", type=int, default=None,
-                    help="number of texts (default 2000, or 300 for mpnet/xlm-roberta; --quick 300 / 96)")
+    ap.add_argument("--corpora", default="sample,python-docs", help="comma-separated: sample, python-docs or paths")
+    ap.add_argument("--texts", type=int, default=None, help="texts per corpus (default 1000; base-sized families 300)")
     ap.add_argument("--family", choices=["minilm", "mpnet", "xlm-roberta"], default="minilm",
                     help="model: the real MiniLM, or a random-weight mpnet-base / xlm-roberta-base")
-    ap.add_argument("--quick", action="store_true", help="300-text run")
+    ap.add_argument("--quick", action="store_true", help="300 texts (96 for base-sized families)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides on the same device)")
     ap.add_argument("--bin", default=None, help="embedfleet binary")
     ap.add_argument("--model", default=None, help="sentence-transformers folder (overrides --family's model)")
-    ap.add_argument("--corpus", default=str(REPO / "examples" / "sample-corpus.json"))
-    ap.add_argument("--flops-per-cycle", type=int, default=None,
-                    help="override the fp32 FLOP/cycle/core peak assumption")
-    ap.add_argument("--keep", default=None, help="keep texts/outputs/logs in this directory")
+    ap.add_argument("--keep", default=None, help="keep texts, outputs and logs in this directory")
+    ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--_reference-child", dest="ref_child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--output", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -258,151 +331,20 @@ def main():
             args.model = str(base_model_folder(family, CACHE / "bench-models" / f"{family}-base"))
         else:
             args.model = str(REPO / ".deps" / "all-MiniLM-L6-v2")
-    n = args.texts if args.texts is not None else ((96 if base else 300) if args.quick else (300 if base else 2000))
-    if n <= WARMUP_TEXTS:
-        sys.exit(f"--texts must be > {WARMUP_TEXTS}")
-    T = args.threads
+    n = args.texts if args.texts is not None else ((96 if base else 300) if args.quick else (300 if base else 1000))
     binp = find_bin(args.bin)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="encode_bench."))
-    work.mkdir(parents=True, exist_ok=True)
-    cmdline = " ".join([sys.executable] + sys.argv)
-    print(f"command: {cmdline}")
-    print(f"work dir: {work}")
-    print(f"embedfleet binary: {binp}")
-    print(f"family: {args.family}, model: {args.model}")
-
-    texts, lens, ntok = build_texts(args.model, args.corpus, n)
-    full = work / "texts.txt"
-    small = work / "texts32.txt"
-    full.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    small.write_text("\n".join(texts[:WARMUP_TEXTS]) + "\n", encoding="utf-8")
-    print(f"texts: {n} (corpus stream {ntok} word pieces), tokens/text incl. [CLS]/[SEP]: "
-          f"min {min(lens)} mean {sum(lens) / n:.1f} max {max(lens)}")
-
-    results = {}
-    log = []
-
-    # ---- reference ----
-    la0 = loadavg()
-    rc, wall, ru = run_measured(
-        [sys.executable, str(Path(__file__).resolve()), "--_reference-child", "--threads", str(T),
-         "--model", args.model, "--input", str(full), "--output", str(work / "reference.npy")],
-        work / "reference.out", work / "reference.err")
-    la1 = loadavg()
-    if rc != 0:
-        print("reference FAILED:\n" + (work / "reference.err").read_text()[-4000:])
-        sys.exit(1)
-    ref = json.loads((work / "reference.out").read_text())
-    results["reference fp32"] = dict(
-        tps=n / ref["encode_s"], raw=None, rss=ru.ru_maxrss, cpu=ru.ru_utime + ru.ru_stime,
-        wall=wall, t=ref["encode_s"], load=ref["load_s"], la=(la0, la1))
-    log.append(f"reference: torch {ref['torch']} threads={ref['torch_threads']} "
-               f"cpu_capability={ref['cpu_capability']}; load {ref['load_s']:.2f} s, "
-               f"encode {ref['encode_s']:.2f} s; process wall {wall:.1f} s, CPU {ru.ru_utime + ru.ru_stime:.1f} s "
-               f"(= {(ru.ru_utime + ru.ru_stime) / wall:.2f} cores busy of {T}, load included); "
-               f"loadavg(1m) {la0:.2f} -> {la1:.2f}")
-
-    # ---- embedfleet ----
-    def ef(precision, inp, out, tag):
-        cmd = [str(binp), "encode", "--model", args.model, "--input", str(inp), "--output", str(out),
-               "--batch-size", str(BATCH), "--device", "cpu", "--threads", str(T)]
-        if precision != "fp32":
-            cmd += ["--precision", precision]
-        rc, wall, ru = run_measured(cmd, work / f"{tag}.out", work / f"{tag}.err")
-        if rc != 0:
-            print(f"embedfleet FAILED (exit {rc}): {' '.join(cmd)}")
-            print("stdout:\n" + (work / f"{tag}.out").read_text()[-4000:])
-            print("stderr:\n" + (work / f"{tag}.err").read_text()[-4000:])
-            return None
-        return wall, ru, cmd
-
-    # cache warm-up (binary + libtorch + weights from disk), untimed
-    ef("fp32", small, work / "warm.jsonl", "warm")
-    ok = {}
-    for prec in ("fp32", "bf16"):
-        la0 = loadavg()
-        # load overhead: median of 3 runs on the 32-text file
-        smalls = [ef(prec, small, work / f"ef_{prec}_32.jsonl", f"ef_{prec}_32") for _ in range(3)]
-        s = None
-        if all(smalls):
-            smalls.sort(key=lambda x: x[0])
-            s = smalls[1]
-        f = ef(prec, full, work / f"ef_{prec}.jsonl", f"ef_{prec}") if s else None
-        la1 = loadavg()
-        if not (s and f):
-            ok[prec] = False
-            continue
-        ok[prec] = True
-        (t32, ru32, _), (tf, ruf, cmd) = s, f
-        adj_t = tf - t32
-        results[f"embedfleet {prec}"] = dict(
-            tps=(n - WARMUP_TEXTS) / adj_t, raw=n / tf, rss=ruf.ru_maxrss, cpu=ruf.ru_utime + ruf.ru_stime,
-            wall=tf, t=adj_t, load=t32, la=(la0, la1))
-        log.append(f"embedfleet {prec}: 32-text runs {', '.join(f'{x[0]:.2f}' for x in smalls)} s "
-                   f"(median {t32:.2f} s, RSS {fmt_mib(ru32.ru_maxrss)}), "
-                   f"{n}-text run {tf:.2f} s, CPU {ruf.ru_utime + ruf.ru_stime:.1f} s "
-                   f"(= {(ruf.ru_utime + ruf.ru_stime) / tf:.2f} cores busy of {T}); "
-                   f"loadavg(1m) {la0:.2f} -> {la1:.2f}; cmd: {' '.join(cmd)}")
-
-    # ---- accuracy ----
-    import numpy as np
-
-    ref_emb = np.load(work / "reference.npy")
-    acc = []
-    if ok.get("fp32"):
-        e32 = read_jsonl(work / "ef_fp32.jsonl")
-        if e32.shape != ref_emb.shape:
-            acc.append(f"embedfleet fp32 output shape {e32.shape} != reference {ref_emb.shape}")
-        else:
-            mc, mean, mad = min_cos(e32, ref_emb)
-            acc.append(f"embedfleet fp32 vs reference: min cosine {mc:.7f}, mean {mean:.7f}, max |diff| {mad:.2e}")
-        if ok.get("bf16"):
-            e16 = read_jsonl(work / "ef_bf16.jsonl")
-            if e16.shape != e32.shape:
-                acc.append(f"embedfleet bf16 output shape {e16.shape} != fp32 {e32.shape}")
-            else:
-                mc, mean, mad = min_cos(e16, e32)
-                acc.append(f"embedfleet bf16 vs embedfleet fp32: min cosine {mc:.6f} (goal >= 0.999) "
-                           f"{'PASS' if mc >= 0.999 else 'FAIL'}, mean {mean:.6f}, max |diff| {mad:.2e}")
-
-    # ---- table ----
-    flops = model_flops(lens, args.model)
-    peak, peak_desc = cpu_peak(T, args.flops_per_cycle)
-    ref_tps = results["reference fp32"]["tps"]
-    goals = {"embedfleet fp32": 0.95, "embedfleet bf16": 1.5}
-    print()
-    print(f"threads={T}, batch={BATCH}, texts={n}, model FLOPs/text (mean, no padding) = "
-          f"{flops / n / 1e9:.3f} GFLOP")
-    print(f"peak: {peak_desc}")
-    print("  note: counting an FMA as 2 FLOPs (as the model FLOPs do), 2 FMA units x 16 fp32 lanes = 64 "
-          "FLOP/cycle/core for full-width AVX-512 (e.g. Zen 5), which would halve %peak; "
-          "see --flops-per-cycle")
-    print()
-    hdr = f"{'run':<17} {'texts/s':>9} {'raw t/s':>9} {'ratio':>7} {'goal':>10} {'peak RSS':>9} {'GFLOP/s':>8} {'%peak':>6}"
-    print(hdr)
-    print("-" * len(hdr))
-    for name in ("reference fp32", "embedfleet fp32", "embedfleet bf16"):
-        if name not in results:
-            print(f"{name:<17} {'FAILED':>9}")
-            continue
-        r = results[name]
-        ratio = r["tps"] / ref_tps
-        gflops = r["tps"] * flops / n / 1e9
-        goal = goals.get(name)
-        gs = (f">={goal:g} {'ok' if ratio >= goal else 'MISS'}" if goal else "")
-        raw = f"{r['raw']:.2f}" if r["raw"] is not None else "-"
-        print(f"{name:<17} {r['tps']:>9.2f} {raw:>9} {ratio:>7.3f} {gs:>10} {fmt_mib(r['rss']):>9} "
-              f"{gflops:>8.1f} {100 * gflops * 1e9 / peak:>5.1f}%")
-    print()
-    print("texts/s: reference = N / encode() time (load and warm-up excluded); embedfleet = "
-          f"(N-{WARMUP_TEXTS}) / (t_N - t_{WARMUP_TEXTS}) (load, start-up, first {WARMUP_TEXTS} texts removed); "
-          "raw t/s = N / whole CLI wall time. ratio = texts/s / reference texts/s. GFLOP/s from texts/s.")
-    for line in log + acc:
-        print(line)
+    print(f"command: {' '.join([sys.executable] + sys.argv)}")
+    print(f"embedfleet binary: {binp}; model: {args.model}; work dir: {work}")
+    results = []
+    for i, name in enumerate(c for c in args.corpora.split(",") if c):
+        r = bench_corpus(args, binp, name, n, work / f"corpus-{i}")
+        print_corpus(r, args.threads, args.device)
+        results.append(r)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    if not all(ok.get(p) for p in ("fp32", "bf16")):
-        sys.exit(1)
 
 
 if __name__ == "__main__":

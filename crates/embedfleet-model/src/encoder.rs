@@ -191,7 +191,9 @@ impl SentenceEncoder {
     }
 
     /// Embeddings `[texts, dim]`, fp32 on the CPU, in input order. Texts are sorted by length so
-    /// each batch pads only to its own longest member.
+    /// each batch pads only to its own longest member, and batches are cut by tokens: `batch_size`
+    /// is the count for the longest texts, shorter ones go more to a batch (see
+    /// [`token_budget_batches`]).
     pub fn encode(&self, texts: &[&str], batch_size: usize, prompt: Option<&str>) -> Result<Tensor, ModelError> {
         self.encode_with_progress(texts, batch_size, prompt, &mut |_| {})
     }
@@ -238,7 +240,13 @@ impl SentenceEncoder {
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].0.len()));
         let mut out = Tensor::zeros([unique.len() as i64, self.dimension()], (Kind::Float, Device::Cpu));
         let _guard = tch::no_grad_guard();
-        for idx in order.chunks(batch_size.max(1)) {
+        // No gradient is taken here, so weight casts and fused projections are made once per call.
+        let _casts = crate::precision::InferenceScope::enter();
+        let lengths: Vec<usize> = order.iter().map(|&i| encoded[i].0.len()).collect();
+        let mut start = 0;
+        for end in token_budget_batches(&lengths, batch_size) {
+            let idx = &order[start..end];
+            start = end;
             let mut batch = self.tokenizer.pad(&idx.iter().map(|&i| &encoded[i]).collect::<Vec<_>>(), self.device());
             batch.prompt_length = prompt_length;
             let emb = self.forward(&batch, false).to_kind(Kind::Float).to_device(Device::Cpu);
@@ -324,10 +332,53 @@ impl SentenceEncoder {
     }
 }
 
+/// Where to cut texts sorted longest first into batches: the first batch holds `batch_size` texts,
+/// and every later one as many as fit the same token grid (rows × its longest text), up to
+/// [`MAX_ROWS_PER_BATCH`] × `batch_size`. Short texts (questions) then go through in few wide
+/// matrix products, while memory stays bounded by the first batch's. Returns each batch's end.
+fn token_budget_batches(lengths: &[usize], batch_size: usize) -> Vec<usize> {
+    let batch_size = batch_size.max(1);
+    let budget = lengths.first().copied().unwrap_or(1).max(1) * batch_size;
+    let max_rows = batch_size * MAX_ROWS_PER_BATCH;
+    let mut ends = Vec::new();
+    let mut start = 0;
+    while start < lengths.len() {
+        // Sorted longest first: a batch's grid is its first text's length × its rows.
+        let longest = lengths[start].max(1);
+        let rows = (budget / longest).clamp(batch_size, max_rows);
+        start = (start + rows).min(lengths.len());
+        ends.push(start);
+    }
+    ends
+}
+
+/// How many times `batch_size` rows a batch of short texts may hold.
+const MAX_ROWS_PER_BATCH: usize = 16;
+
 fn check_vocabulary(tokenizer: &TextTokenizer, config: &ModelConfig) -> Result<(), ModelError> {
     let model_vocab = config.vocab_size().unwrap_or(i64::MAX);
     if tokenizer.vocab_size() as i64 > model_vocab {
         return Err(ModelError::TokenizerMismatch { tokenizer_vocab: tokenizer.vocab_size(), model_vocab });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_budget_batches;
+
+    #[test]
+    fn batches_are_cut_by_tokens() {
+        // The longest texts fill batch_size rows; texts a quarter as long go four times as many.
+        let lengths: Vec<usize> = [vec![200; 5], vec![50; 30], vec![3; 100]].concat();
+        let ends = token_budget_batches(&lengths, 2);
+        assert_eq!(ends[..3], [2, 4, 6], "two rows of 200 tokens, then the fifth long one opens a batch of its own length");
+        // From index 6 on, texts of 50 tokens: 400 / 50 = 8 rows each.
+        assert_eq!(ends[3..6], [14, 22, 30]);
+        // Tiny texts stop at 16 × batch_size rows.
+        assert!(ends.windows(2).all(|w| w[1] - w[0] <= 32));
+        assert_eq!(*ends.last().unwrap(), lengths.len());
+        assert!(token_budget_batches(&[], 32).is_empty());
+        assert_eq!(token_budget_batches(&[0, 0, 0], 0), vec![1, 2, 3]);
+    }
 }

@@ -3,6 +3,7 @@
 //! pooling, normalization, prompts), and the folder layouts Python's `SentenceTransformer(path)`
 //! reads and writes.
 
+mod allocator;
 pub mod args;
 pub mod config;
 mod encoder;
@@ -15,6 +16,7 @@ pub mod resolve;
 pub mod tokenize;
 pub mod weights;
 
+pub use allocator::keep_freed_tensor_memory;
 pub use args::RuntimeArgs;
 pub use config::{ModelConfig, PoolingMode};
 pub use embedfleet_report::ModelCard;

@@ -2,7 +2,7 @@
 //! keys (`embeddings.word_embeddings.weight`, `encoder.layer.0.attention.self.query.weight`, …).
 //! XLM-RoBERTa reuses it with other position ids.
 
-use super::layers::{AttentionNames, LayerShape, PostNormLayer, check_activation, check_heads, padding_mask};
+use super::layers::{AttentionNames, LayerShape, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -164,16 +164,24 @@ impl Bert {
         Ok(Bert { embeddings, layers, hidden: h, max_positions: config.max_position_embeddings })
     }
 
-    /// Token embeddings for explicit position ids `[batch or 1, seq]`.
+    /// Token embeddings `[batch, seq, hidden]` for explicit position ids `[batch or 1, seq]`.
     pub fn forward_at(&self, batch: &TokenBatch, positions: &Tensor, train: bool, precision: Precision) -> Tensor {
+        self.forward_laid_out(batch, positions, &TokenLayout::new(&batch.attention_mask), train, precision)
+    }
+
+    fn forward_laid_out(&self, batch: &TokenBatch, positions: &Tensor, layout: &TokenLayout, train: bool, precision: Precision) -> Tensor {
         let e = &self.embeddings;
-        let x = e.word.forward(&batch.input_ids) + e.position.forward(positions) + e.token_type.forward(&batch.token_type_ids);
-        let mut x = e.norm.forward(&x).dropout(e.dropout, train);
+        let x = e.word.forward(&layout.pack_ids(&batch.input_ids))
+            + e.position.forward(&layout.pack_ids(positions))
+            + e.token_type.forward(&layout.pack_ids(&batch.token_type_ids));
+        // The residual stream runs in the compute kind; layer norms take bf16 in and keep their
+        // statistics and parameters in fp32.
+        let mut x = e.norm.forward(&x).dropout(e.dropout, train).to_kind(precision.kind());
         let mask = padding_mask(&batch.attention_mask, precision.kind());
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, train, precision);
+            x = layer.forward(&x, layout, &mask, train, precision);
         }
-        x
+        layout.unpack(&x).to_kind(Kind::Float)
     }
 
     pub fn position_table_size(&self) -> i64 {
@@ -194,5 +202,33 @@ impl Encoder for Bert {
 
     fn max_positions(&self) -> usize {
         self.max_positions.max(0) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// Unpadding changes which rows go through the matrix products, never the result.
+    #[test]
+    fn packed_and_padded_batches_give_the_same_token_embeddings() {
+        tch::manual_seed(7);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bert = Bert::new(&vs.root(), &BertConfig::tiny(100), "bert").unwrap();
+        let ids = Tensor::from_slice2(&[[1i64, 5, 9, 13, 2, 0, 0, 0], [1, 7, 2, 0, 0, 0, 0, 0], [1, 3, 4, 5, 6, 7, 8, 2]]);
+        let mask = ids.ne(0).to_kind(Kind::Int64);
+        let batch = TokenBatch { token_type_ids: ids.zeros_like(), input_ids: ids, attention_mask: mask.shallow_clone(), prompt_length: None };
+        let positions = Tensor::arange(8, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+        let real = mask.unsqueeze(-1).to_kind(Kind::Float);
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            let padded = bert.forward_laid_out(&batch, &positions, &TokenLayout::packing_from(&mask, 1.0), false, precision);
+            let packed_layout = TokenLayout::packing_from(&mask, 0.0);
+            assert!(packed_layout.is_packed());
+            let packed = bert.forward_laid_out(&batch, &positions, &packed_layout, false, precision);
+            let diff = f64::try_from((padded * &real - packed * &real).abs().max()).unwrap();
+            let limit = if precision == Precision::Fp32 { 1e-5 } else { 2e-2 };
+            assert!(diff < limit, "{precision:?}: max abs diff {diff}");
+        }
     }
 }

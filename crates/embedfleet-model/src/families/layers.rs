@@ -2,7 +2,7 @@
 //! XLM-RoBERTa (they differ only in its parameter names), mixed-precision linear layers, padding
 //! masks and RoBERTa-style position ids.
 
-use crate::precision::{Precision, PrecisionKind};
+use crate::precision::{Precision, PrecisionKind, cached};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -71,27 +71,113 @@ impl PostNormLayer {
         }
     }
 
-    /// `x` `[batch, seq, hidden]` fp32; `attn_mask` is added to the attention scores (padding,
-    /// relative position bias), in the compute kind. With bf16 the matrix products run in bf16 while
-    /// residuals and layer norms stay fp32, as PyTorch autocast does.
-    pub fn forward(&self, x: &Tensor, attn_mask: &Tensor, train: bool, precision: Precision) -> Tensor {
-        let (batch, seq, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
+    /// The query, key and value projections as one matrix product `[tokens, 3 × hidden]`: one
+    /// large GEMM keeps the cores busier than three narrow ones.
+    fn qkv(&self, x: &Tensor, kind: Kind) -> Tensor {
+        let (q, k, v) = (&self.query, &self.key, &self.value);
+        let w = cached(&q.ws, "qkv.weight", kind, || Tensor::cat(&[&q.ws, &k.ws, &v.ws], 0).to_kind(kind));
+        let b = match (&q.bs, &k.bs, &v.bs) {
+            (Some(qb), Some(kb), Some(vb)) => Some(cached(qb, "qkv.bias", kind, || Tensor::cat(&[qb, kb, vb], 0).to_kind(kind))),
+            _ => None,
+        };
+        x.linear(&w, b.as_ref())
+    }
+
+    /// `x` `[tokens, hidden]`, the real tokens of the batch `layout` describes, in the compute kind;
+    /// `attn_mask` (padding, relative position bias) is added to the attention scores. With bf16
+    /// everything runs in bf16 but the layer norms' statistics and parameters, which stay fp32
+    /// (PyTorch's mixed layer norm): autocast also keeps the residual additions in fp32, which
+    /// costs conversions and memory traffic at every layer and changed no embedding measurably
+    /// (min cosine to fp32 0.99995 either way on MiniLM).
+    pub fn forward(&self, x: &Tensor, layout: &TokenLayout, attn_mask: &Tensor, train: bool, precision: Precision) -> Tensor {
         let compute = precision.kind();
-        let split = |t: Tensor| t.view([batch, seq, self.heads, self.head_dim]).transpose(1, 2);
-        let xc = x.to_kind(compute);
-        let q = split(linear(&self.query, &xc, compute));
-        let k = split(linear(&self.key, &xc, compute));
-        let v = split(linear(&self.value, &xc, compute));
+        let (batch, seq) = (layout.batch, layout.seq);
+        let qkv = layout.unpack(&self.qkv(&x.to_kind(compute), compute));
+        let qkv = qkv.view([batch, seq, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let dropout = if train { self.attention_dropout } else { 0.0 };
         let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(attn_mask), dropout, false, None, false)
             .transpose(1, 2)
             .contiguous()
             .view([batch, seq, self.heads * self.head_dim]);
-        let attn = linear(&self.attn_out, &ctx, compute).to_kind(Kind::Float).dropout(self.hidden_dropout, train);
+        let ctx = layout.pack(&ctx);
+        let stream = x.kind();
+        let attn = linear(&self.attn_out, &ctx, compute).to_kind(stream).dropout(self.hidden_dropout, train);
         let x = self.attn_norm.forward(&(attn + x));
         let inter = activation(&self.activation, &linear(&self.intermediate, &x.to_kind(compute), compute));
-        let out = linear(&self.output, &inter, compute).to_kind(Kind::Float).dropout(self.hidden_dropout, train);
+        let out = linear(&self.output, &inter, compute).to_kind(stream).dropout(self.hidden_dropout, train);
         self.out_norm.forward(&(out + &x))
+    }
+}
+
+/// Where the real tokens of a padded batch are.
+///
+/// A random training batch pads every text to its longest one. The token-wise work of a layer (the
+/// projections, the feed-forward block, the norms: nearly all the FLOPs) is done on the real tokens
+/// only, packed as `[tokens, hidden]`; attention alone runs on the padded `[batch, seq]` grid, where
+/// the mask hides the padding. A batch with little padding is not packed: the copies in and out of
+/// the grid would cost more than the padding does.
+pub struct TokenLayout {
+    pub batch: i64,
+    pub seq: i64,
+    /// Flat positions (`row × seq + column`) of the real tokens; None: every position is kept.
+    real: Option<Tensor>,
+}
+
+/// The share of padding from which a batch is packed (measured on MiniLM, bf16 and fp32, CPU).
+pub const PACK_FROM_PADDING: f64 = 0.10;
+
+/// [`PACK_FROM_PADDING`], or `EMBEDFLEET_UNPAD_FROM` (a share of padding; 1 never packs, 0 always
+/// does) for benchmarks that compare both ways.
+fn pack_from_padding() -> f64 {
+    static VALUE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *VALUE.get_or_init(|| {
+        std::env::var("EMBEDFLEET_UNPAD_FROM").ok().and_then(|v| v.parse().ok()).filter(|v: &f64| (0.0..=1.0).contains(v)).unwrap_or(PACK_FROM_PADDING)
+    })
+}
+
+impl TokenLayout {
+    pub fn new(attention_mask: &Tensor) -> Self {
+        Self::packing_from(attention_mask, pack_from_padding())
+    }
+
+    /// Packs when at least `threshold` of the grid is padding (and there is some).
+    pub fn packing_from(attention_mask: &Tensor, threshold: f64) -> Self {
+        let (batch, seq) = attention_mask.size2().expect("attention mask is [batch, seq]");
+        let positions = (batch * seq).max(1);
+        let real_tokens = i64::try_from(attention_mask.sum(Kind::Int64)).unwrap_or(positions);
+        let padding = 1.0 - real_tokens as f64 / positions as f64;
+        let real = (padding >= threshold && padding > 0.0).then(|| attention_mask.reshape([-1]).nonzero().squeeze_dim(1));
+        TokenLayout { batch, seq, real }
+    }
+
+    /// `[batch, seq, …]` → `[tokens, …]`.
+    pub fn pack(&self, x: &Tensor) -> Tensor {
+        let flat = x.flatten(0, 1);
+        match &self.real {
+            Some(real) => flat.index_select(0, real),
+            None => flat,
+        }
+    }
+
+    /// `[tokens, width]` → `[batch, seq, width]`, zeros at the padding.
+    pub fn unpack(&self, x: &Tensor) -> Tensor {
+        let width = x.size()[1];
+        match &self.real {
+            Some(real) => Tensor::zeros([self.batch * self.seq, width], (x.kind(), x.device()))
+                .index_copy(0, real, x)
+                .view([self.batch, self.seq, width]),
+            None => x.view([self.batch, self.seq, width]),
+        }
+    }
+
+    pub fn is_packed(&self) -> bool {
+        self.real.is_some()
+    }
+
+    /// Ids or positions `[batch or 1, seq]` as `[tokens]`.
+    pub fn pack_ids(&self, ids: &Tensor) -> Tensor {
+        self.pack(&ids.expand([self.batch, self.seq], false).unsqueeze(-1)).squeeze_dim(1)
     }
 }
 
@@ -121,8 +207,8 @@ pub fn linear(layer: &nn::Linear, x: &Tensor, kind: Kind) -> Tensor {
     if kind == Kind::Float {
         return layer.forward(x);
     }
-    let bias = layer.bs.as_ref().map(|b| b.to_kind(kind));
-    x.linear(&layer.ws.to_kind(kind), bias.as_ref())
+    let bias = layer.bs.as_ref().map(|b| cached(b, "cast", kind, || b.to_kind(kind)));
+    x.linear(&cached(&layer.ws, "cast", kind, || layer.ws.to_kind(kind)), bias.as_ref())
 }
 
 pub fn activation(name: &str, x: &Tensor) -> Tensor {
@@ -153,4 +239,41 @@ pub fn padding_mask(attention_mask: &Tensor, kind: Kind) -> Tensor {
 pub fn positions_after_padding(input_ids: &Tensor, padding_idx: i64) -> Tensor {
     let real = input_ids.ne(padding_idx).to_kind(Kind::Int);
     (real.cumsum(1, Kind::Int) * &real).to_kind(Kind::Int64) + padding_idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_keeps_the_real_tokens_in_order_and_zeros_the_padding() {
+        let mask = Tensor::from_slice2(&[[1i64, 1, 1, 0], [1, 0, 0, 0], [0, 1, 1, 1]]);
+        let layout = TokenLayout::packing_from(&mask, 0.1);
+        assert!(layout.is_packed());
+        let x = Tensor::arange(24, (Kind::Float, tch::Device::Cpu)).view([3, 4, 2]);
+        let packed = layout.pack(&x);
+        assert_eq!(packed.size(), [7, 2]);
+        let firsts: Vec<f32> = Vec::try_from(packed.select(1, 0)).unwrap();
+        assert_eq!(firsts, [0.0, 2.0, 4.0, 8.0, 18.0, 20.0, 22.0]);
+        let back = layout.unpack(&packed);
+        let expected = &x * mask.unsqueeze(-1).to_kind(Kind::Float);
+        assert!(back.equal(&expected));
+        let ids = layout.pack_ids(&Tensor::arange(4, (Kind::Int64, tch::Device::Cpu)).unsqueeze(0));
+        assert_eq!(Vec::<i64>::try_from(ids).unwrap(), [0, 1, 2, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_batch_without_enough_padding_is_not_packed() {
+        let mask = Tensor::from_slice2(&[[1i64; 20], [1; 20]]);
+        assert!(!TokenLayout::packing_from(&mask, 0.0).is_packed(), "no padding: nothing to pack");
+        let mut row = [1i64; 20];
+        row[19] = 0;
+        let mask = Tensor::from_slice2(&[[1i64; 20], row]);
+        assert!(!TokenLayout::packing_from(&mask, 0.1).is_packed(), "2.5 % padding");
+        assert!(TokenLayout::packing_from(&mask, 0.0).is_packed());
+        let layout = TokenLayout::packing_from(&mask, 1.0);
+        let x = Tensor::ones([2, 20, 3], (Kind::Float, tch::Device::Cpu));
+        assert_eq!(layout.pack(&x).size(), [40, 3]);
+        assert_eq!(layout.unpack(&layout.pack(&x)).size(), [2, 20, 3]);
+    }
 }
