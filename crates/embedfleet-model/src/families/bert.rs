@@ -2,6 +2,7 @@
 //! keys (`embeddings.word_embeddings.weight`, `encoder.layer.0.attention.self.query.weight`, …).
 //! XLM-RoBERTa reuses it with other position ids.
 
+use super::dropout::dropout;
 use super::layers::{AttentionNames, LayerShape, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
@@ -176,7 +177,7 @@ impl Bert {
             + e.token_type.forward(&layout.pack_ids(&batch.token_type_ids));
         // The residual stream runs in the compute kind; layer norms take bf16 in and keep their
         // statistics and parameters in fp32.
-        let mut x = e.norm.forward(&x).dropout(e.dropout, train).to_kind(precision.kind());
+        let mut x = dropout(&e.norm.forward(&x), e.dropout, train).to_kind(precision.kind());
         let mask = padding_mask(&batch.attention_mask, precision.kind());
         for layer in &self.layers {
             x = layer.forward(&x, layout, &mask, train, precision);

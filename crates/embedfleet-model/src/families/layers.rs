@@ -2,6 +2,7 @@
 //! XLM-RoBERTa (they differ only in its parameter names), mixed-precision linear layers, padding
 //! masks and RoBERTa-style position ids.
 
+use super::dropout::dropout;
 use crate::precision::{Precision, PrecisionKind, cached};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -95,19 +96,33 @@ impl PostNormLayer {
         let qkv = layout.unpack(&self.qkv(&x.to_kind(compute), compute));
         let qkv = qkv.view([batch, seq, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let dropout = if train { self.attention_dropout } else { 0.0 };
-        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(attn_mask), dropout, false, None, false)
+        let ctx = attention(&q, &k, &v, attn_mask, self.attention_dropout, train)
             .transpose(1, 2)
             .contiguous()
             .view([batch, seq, self.heads * self.head_dim]);
         let ctx = layout.pack(&ctx);
         let stream = x.kind();
-        let attn = linear(&self.attn_out, &ctx, compute).to_kind(stream).dropout(self.hidden_dropout, train);
+        let attn = dropout(&linear(&self.attn_out, &ctx, compute).to_kind(stream), self.hidden_dropout, train);
         let x = self.attn_norm.forward(&(attn + x));
         let inter = activation(&self.activation, &linear(&self.intermediate, &x.to_kind(compute), compute));
-        let out = linear(&self.output, &inter, compute).to_kind(stream).dropout(self.hidden_dropout, train);
+        let out = dropout(&linear(&self.output, &inter, compute).to_kind(stream), self.hidden_dropout, train);
         self.out_norm.forward(&(out + &x))
     }
+}
+
+/// Scaled dot-product attention `[batch, heads, seq, head_dim]` with an additive mask. Without
+/// dropout, libtorch's fused kernel (flash attention on the CPU). With it, the CPU has no fused
+/// kernel and libtorch's fallback draws its mask serially and guards the softmax against fully
+/// masked rows (which the finite padding mask never makes), so the few steps are written out here.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p <= 0.0 || q.device() != tch::Device::Cpu {
+        let p = if train { p } else { 0.0 };
+        return Tensor::scaled_dot_product_attention(q, k, v, Some(mask), p, false, None, false);
+    }
+    let scale = 1.0 / (q.size()[3] as f64).sqrt();
+    let scores = q.matmul(&k.transpose(-2, -1)) * scale + mask;
+    let probs = dropout(&scores.softmax(-1, scores.kind()), p, train);
+    probs.matmul(v)
 }
 
 /// Where the real tokens of a padded batch are.
@@ -171,6 +186,7 @@ impl TokenLayout {
         }
     }
 
+    #[cfg(test)]
     pub fn is_packed(&self) -> bool {
         self.real.is_some()
     }

@@ -2,6 +2,7 @@
 //! bias, T5-style buckets of the signed distance between tokens, learned per head, computed once and
 //! added to every layer's attention scores. Positions are RoBERTa-style, past padding index 1.
 
+use super::dropout::dropout;
 use super::layers::{AttentionNames, LayerShape, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask, positions_after_padding};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
@@ -150,7 +151,7 @@ impl Encoder for Mpnet {
         let positions = positions_after_padding(&batch.input_ids, PADDING_IDX);
         let x = self.word.forward(&layout.pack_ids(&batch.input_ids)) + self.position.forward(&layout.pack_ids(&positions));
         let compute = precision.kind();
-        let mut x = self.norm.forward(&x).dropout(self.dropout, train).to_kind(compute);
+        let mut x = dropout(&self.norm.forward(&x), self.dropout, train).to_kind(compute);
         // [1, heads, seq, seq] + [batch, 1, 1, seq]: the bias and the padding mask in one additive term.
         let bias = self.relative_bias.forward(&relative_buckets(seq, x.device())).permute([2, 0, 1]).unsqueeze(0);
         let mask = bias.to_kind(compute) + padding_mask(&batch.attention_mask, compute);
