@@ -18,25 +18,40 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if x.device() != Device::Cpu || p >= 1.0 {
         return x.dropout(p, train);
     }
-    let keep = keep_mask(&x.size(), p);
-    x * keep.to_kind(x.kind()) * (1.0 / (1.0 - p))
+    x * keep_multiplier(&x.size(), p, x.kind())
 }
 
-/// A `[shape]` u8 tensor of 1 (kept, probability 1 − p) and 0.
-fn keep_mask(shape: &[i64], p: f64) -> Tensor {
+/// A `[shape]` tensor of 1 / (1 − p) (kept, probability 1 − p) and 0, in `kind`: one product
+/// applies it forward and backward. In bf16 the scale is rounded to bf16, as libtorch's own
+/// dropout of a bf16 tensor rounds it.
+fn keep_multiplier(shape: &[i64], p: f64, kind: Kind) -> Tensor {
     let n: usize = shape.iter().map(|&d| d.max(0) as usize).product();
     // One draw from libtorch's generator seeds this mask.
     let seed = i64::try_from(Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))).unwrap_or(0) as u64;
-    let drop_below = (p * 65536.0).round().clamp(0.0, 65536.0) as u32;
+    let drop_below = (p * 65536.0).round().clamp(0.0, 65536.0) as u64;
+    let scale = (1.0 / (1.0 - p)) as f32;
+    if kind == Kind::BFloat16 {
+        let bits = scale.to_bits();
+        let scale = ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as i16;
+        return Tensor::from_slice(&fill(n, seed, drop_below, scale)).view(shape).view_dtype(Kind::BFloat16);
+    }
+    let mask = Tensor::from_slice(&fill(n, seed, drop_below, scale)).view(shape);
+    if kind == Kind::Float { mask } else { mask.to_kind(kind) }
+}
+
+/// `n` values, each `keep` or zero, from 16 random bits apiece.
+fn fill<T: Copy + Default>(n: usize, seed: u64, drop_below: u64, keep: T) -> Vec<T> {
     let mut state = seed;
-    let mut mask = vec![0u8; n];
-    for block in mask.chunks_mut(4) {
+    let mut out = vec![T::default(); n];
+    for block in out.chunks_mut(4) {
         let bits = wyrand(&mut state);
-        for (i, m) in block.iter_mut().enumerate() {
-            *m = u8::from(((bits >> (16 * i)) & 0xffff) as u32 >= drop_below);
+        for (i, v) in block.iter_mut().enumerate() {
+            if (bits >> (16 * i)) & 0xffff >= drop_below {
+                *v = keep;
+            }
         }
     }
-    Tensor::from_slice(&mask).view(shape)
+    out
 }
 
 /// wyrand: one multiply per 64 random bits, good enough for dropout masks.
