@@ -15,13 +15,13 @@
 const ALL_ARENAS: u32 = 4096;
 
 /// Keeps freed memory for reuse (jemalloc's decay off), once per process; the process holds its
-/// high-water mark until it exits. A `MALLOC_CONF` in the environment wins.
+/// high-water mark until it exits. A decay set in `MALLOC_CONF` wins.
 pub fn keep_freed_tensor_memory() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         #[cfg(not(target_env = "msvc"))]
         {
-            if std::env::var_os("MALLOC_CONF").is_some() {
+            if std::env::var("MALLOC_CONF").is_ok_and(|c| c.contains("decay")) {
                 return;
             }
             let settings = [

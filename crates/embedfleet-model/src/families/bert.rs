@@ -178,9 +178,9 @@ impl Bert {
         // The residual stream runs in the compute kind; layer norms take bf16 in and keep their
         // statistics and parameters in fp32.
         let mut x = dropout(&e.norm.forward(&x), e.dropout, train).to_kind(precision.kind());
-        let mask = padding_mask(&batch.attention_mask, precision.kind());
+        let mask = layout.has_padding().then(|| padding_mask(&batch.attention_mask, precision.kind()));
         for layer in &self.layers {
-            x = layer.forward(&x, layout, &mask, train, precision);
+            x = layer.forward(&x, layout, mask.as_ref(), train, precision);
         }
         layout.unpack(&x).to_kind(Kind::Float)
     }

@@ -90,7 +90,7 @@ impl PostNormLayer {
     /// (PyTorch's mixed layer norm): autocast also keeps the residual additions in fp32, which
     /// costs conversions and memory traffic at every layer and changed no embedding measurably
     /// (min cosine to fp32 0.99995 either way on MiniLM).
-    pub fn forward(&self, x: &Tensor, layout: &TokenLayout, attn_mask: &Tensor, train: bool, precision: Precision) -> Tensor {
+    pub fn forward(&self, x: &Tensor, layout: &TokenLayout, attn_mask: Option<&Tensor>, train: bool, precision: Precision) -> Tensor {
         let compute = precision.kind();
         let (batch, seq) = (layout.batch, layout.seq);
         let qkv = layout.unpack(&self.qkv(&x.to_kind(compute), compute));
@@ -101,12 +101,26 @@ impl PostNormLayer {
             .contiguous()
             .view([batch, seq, self.heads * self.head_dim]);
         let ctx = layout.pack(&ctx);
-        let stream = x.kind();
-        let attn = dropout(&linear(&self.attn_out, &ctx, compute).to_kind(stream), self.hidden_dropout, train);
-        let x = self.attn_norm.forward(&(attn + x));
+        let x = self.attn_norm.forward(&self.residual(&self.attn_out, &ctx, x, train, compute));
         let inter = activation(&self.activation, &linear(&self.intermediate, &x.to_kind(compute), compute));
-        let out = dropout(&linear(&self.output, &inter, compute).to_kind(stream), self.hidden_dropout, train);
-        self.out_norm.forward(&(out + &x))
+        self.out_norm.forward(&self.residual(&self.output, &inter, &x, train, compute))
+    }
+
+    /// `residual + dropout(x Wᵀ + b)`. Without dropout, one product accumulates into `residual + b`:
+    /// libtorch adds a bias by first copying it, broadcast, into the output, which costs a third of
+    /// a narrow product's time; here that pass also does the residual addition.
+    fn residual(&self, layer: &nn::Linear, x: &Tensor, residual: &Tensor, train: bool, compute: Kind) -> Tensor {
+        let stream = residual.kind();
+        if (train && self.hidden_dropout > 0.0) || stream != compute {
+            return dropout(&linear(layer, x, compute).to_kind(stream), self.hidden_dropout, train) + residual;
+        }
+        let w = cached(&layer.ws, "cast", compute, || layer.ws.to_kind(compute));
+        let mut out = match &layer.bs {
+            Some(b) => residual + cached(b, "cast", compute, || b.to_kind(compute)),
+            None => residual.copy(),
+        };
+        let _ = out.addmm_(x, &w.tr());
+        out
     }
 }
 
@@ -114,13 +128,17 @@ impl PostNormLayer {
 /// dropout, libtorch's fused kernel (flash attention on the CPU). With it, the CPU has no fused
 /// kernel and libtorch's fallback draws its mask serially and guards the softmax against fully
 /// masked rows (which the finite padding mask never makes), so the few steps are written out here.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64, train: bool) -> Tensor {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, p: f64, train: bool) -> Tensor {
     if !train || p <= 0.0 || q.device() != tch::Device::Cpu {
         let p = if train { p } else { 0.0 };
-        return Tensor::scaled_dot_product_attention(q, k, v, Some(mask), p, false, None, false);
+        return Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, None, false);
     }
     let scale = 1.0 / (q.size()[3] as f64).sqrt();
-    let scores = q.matmul(&k.transpose(-2, -1)) * scale + mask;
+    let scores = q.matmul(&k.transpose(-2, -1)) * scale;
+    let scores = match mask {
+        Some(mask) => scores + mask,
+        None => scores,
+    };
     let probs = dropout(&scores.softmax(-1, scores.kind()), p, train);
     probs.matmul(v)
 }
@@ -137,6 +155,7 @@ pub struct TokenLayout {
     pub seq: i64,
     /// Flat positions (`row × seq + column`) of the real tokens; None: every position is kept.
     real: Option<Tensor>,
+    padded: bool,
 }
 
 /// The share of padding from which a batch is packed (measured on MiniLM, bf16 and fp32, CPU).
@@ -152,6 +171,12 @@ fn pack_from_padding() -> f64 {
 }
 
 impl TokenLayout {
+    /// Whether any position of the batch is padding (without it, attention needs no padding mask,
+    /// and libtorch's fused kernel runs faster without one).
+    pub fn has_padding(&self) -> bool {
+        self.padded
+    }
+
     pub fn new(attention_mask: &Tensor) -> Self {
         Self::packing_from(attention_mask, pack_from_padding())
     }
@@ -163,7 +188,7 @@ impl TokenLayout {
         let real_tokens = i64::try_from(attention_mask.sum(Kind::Int64)).unwrap_or(positions);
         let padding = 1.0 - real_tokens as f64 / positions as f64;
         let real = (padding >= threshold && padding > 0.0).then(|| attention_mask.reshape([-1]).nonzero().squeeze_dim(1));
-        TokenLayout { batch, seq, real }
+        TokenLayout { batch, seq, real, padded: padding > 0.0 }
     }
 
     /// `[batch, seq, …]` → `[tokens, …]`.

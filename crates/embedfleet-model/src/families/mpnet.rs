@@ -156,7 +156,7 @@ impl Encoder for Mpnet {
         let bias = self.relative_bias.forward(&relative_buckets(seq, x.device())).permute([2, 0, 1]).unsqueeze(0);
         let mask = bias.to_kind(compute) + padding_mask(&batch.attention_mask, compute);
         for layer in &self.layers {
-            x = layer.forward(&x, &layout, &mask, train, precision);
+            x = layer.forward(&x, &layout, Some(&mask), train, precision);
         }
         layout.unpack(&x).to_kind(Kind::Float)
     }
