@@ -5,48 +5,21 @@
 //! that makes and drops the same 50–100 MiB activations (attention scores above all) pays a page
 //! fault and a zeroed page per 4 KiB, every step: 20–30 % of the process's CPU time went to the
 //! kernel. jemalloc replaces malloc process-wide (`tikv-jemalloc-sys` with
-//! `override_allocator_on_supported_platforms`, so libtorch's allocations go to it too), and here
-//! it is told to keep freed pages for reuse instead of returning them to the kernel after a delay.
-//! Measured on MiniLM training, 1 thread: system time 11–14 s → 1.5 s of a 45 s run, peak RSS 7 %
-//! lower than glibc's (tools/reference/compare_training.py reports both).
+//! `override_allocator_on_supported_platforms`, so libtorch's allocations go to it too), and its
+//! options below keep freed pages for the next batch instead of returning them to the kernel:
+//! no decay, and no separate arena for blocks over 8 MiB (that arena returns them at once).
+//! Measured on MiniLM training, 1 thread: system time 11–14 s → 1.5 s of a 45 s run, peak RSS
+//! lower than glibc's. The process holds its high-water mark until it exits. `MALLOC_CONF` in the
+//! environment still overrides any of these.
 
-/// jemalloc's "every arena" index for `arena.<i>.*` settings (`MALLCTL_ARENAS_ALL`).
+// Naming the crate links it: jemalloc's malloc then replaces the C library's in every binary that
+// uses this crate.
 #[cfg(not(target_env = "msvc"))]
-const ALL_ARENAS: u32 = 4096;
+use tikv_jemalloc_sys as _;
 
-/// Keeps freed memory for reuse (jemalloc's decay off), once per process; the process holds its
-/// high-water mark until it exits. A decay set in `MALLOC_CONF` wins.
-pub fn keep_freed_tensor_memory() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        #[cfg(not(target_env = "msvc"))]
-        {
-            if std::env::var("MALLOC_CONF").is_ok_and(|c| c.contains("decay")) {
-                return;
-            }
-            let settings = [
-                "arenas.dirty_decay_ms".to_string(),
-                "arenas.muzzy_decay_ms".to_string(),
-                format!("arena.{ALL_ARENAS}.dirty_decay_ms"),
-                format!("arena.{ALL_ARENAS}.muzzy_decay_ms"),
-            ];
-            for name in settings {
-                let name = std::ffi::CString::new(name).expect("no NUL in a setting name");
-                let mut never: isize = -1;
-                // SAFETY: a documented mallctl write of an ssize_t; jemalloc copies the value.
-                let rc = unsafe {
-                    tikv_jemalloc_sys::mallctl(
-                        name.as_ptr(),
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        (&mut never as *mut isize).cast(),
-                        std::mem::size_of::<isize>(),
-                    )
-                };
-                if rc != 0 {
-                    tracing::debug!(setting = ?name, rc, "jemalloc setting not applied");
-                }
-            }
-        }
-    });
-}
+/// jemalloc reads its options from this symbol as it starts (before `main`), so they hold for
+/// every allocation, the first ones included.
+#[cfg(not(target_env = "msvc"))]
+#[used]
+#[unsafe(export_name = "malloc_conf")]
+static MALLOC_CONF: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0\0";

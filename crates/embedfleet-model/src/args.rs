@@ -25,7 +25,6 @@ impl RuntimeArgs {
 
     pub fn load_options(&self) -> Result<LoadOptions, ModelError> {
         crate::set_threads(self.threads);
-        crate::keep_freed_tensor_memory();
         Ok(LoadOptions { device: self.device()?, precision: self.precision })
     }
 

@@ -16,7 +16,6 @@ pub mod resolve;
 pub mod tokenize;
 pub mod weights;
 
-pub use allocator::keep_freed_tensor_memory;
 pub use args::RuntimeArgs;
 pub use config::{ModelConfig, PoolingMode};
 pub use embedfleet_report::ModelCard;
