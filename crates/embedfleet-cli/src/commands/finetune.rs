@@ -88,6 +88,7 @@ pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
         &args.train_dataset,
         &train,
         &args.training.mining,
+        args.training.query_prompt.as_deref(),
         &args.runtime,
         &args.storage,
     )
