@@ -4,17 +4,22 @@
 Run with the reference venv (tools/reference/README.md):
 
     ~/.cache/embedfleet/reference-venv/bin/python tools/bench/encode_bench.py [--texts N] [--threads T]
-        [--quick] [--bin PATH] [--family minilm|mpnet|xlm-roberta] [--model PATH] [--corpus PATH] [--keep DIR]
+        [--quick] [--bin PATH] [--family minilm|mpnet|xlm-roberta|modernbert|qwen3] [--model PATH]
+        [--tokens N] [--corpus PATH] [--keep DIR]
 
 --family mpnet / xlm-roberta runs on a random-weight model of the real size (mpnet-base and
 xlm-roberta-base: 12 layers, hidden 768, the real vocabulary of 30,527 / 250,002 rows) with the
 family's tokenizer, built once by tools/reference/make_family_fixtures.py's builders and cached in
-~/.cache/embedfleet/bench-models/. --family minilm (the default) runs .deps/all-MiniLM-L6-v2.
+~/.cache/embedfleet/bench-models/. --family modernbert (gte-modernbert-base's size: 22 layers, hidden
+768, 50,368 rows) and --family qwen3 (Qwen3-Embedding-0.6B's size: 28 layers, hidden 1,024, 151,669 rows,
+last-token pooling) come from make_modernbert_fixture.py's and make_qwen3_fixture.py's builders, with
+their trained tokenizers, the same way. --family minilm (the default) runs .deps/all-MiniLM-L6-v2.
 
 What it does:
 
-1. Builds N texts (default 2000, base-sized families 300; --quick: 300 / 96) of about 200 tokens each (198 content
-   tokens + [CLS]/[SEP]) by sliding a window over the concatenated `content` of
+1. Builds N texts (default 2000, mpnet / xlm-roberta 300, modernbert 96, qwen3 64; --quick: 300 / 96 /
+   64 / 32) of --tokens tokens each, special tokens included (default 200; modernbert and qwen3 128), by
+   sliding a window over the concatenated `content` of
    examples/sample-corpus.json, cut at word boundaries with the model's own tokenizer; writes them
    one per line to a temp file (whitespace collapsed, so no newlines inside a text).
 2. Reference: a child process loads SentenceTransformer(model, device='cpu'), sets
@@ -42,7 +47,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-WINDOW_CONTENT_TOKENS = 198  # + [CLS] + [SEP] = 200 tokens per sequence
+TOKENS = {"minilm": 200, "mpnet": 200, "xlm-roberta": 200, "modernbert": 128, "qwen3": 128}
+TEXTS = {"minilm": (2000, 300), "mpnet": (300, 96), "xlm-roberta": (300, 96), "modernbert": (96, 64), "qwen3": (64, 32)}
 WARMUP_TEXTS = 32
 BATCH = 32
 
@@ -118,19 +124,21 @@ def find_bin(explicit):
     sys.exit("embedfleet binary not found; tried: " + ", ".join(map(str, cands)) + " (use --bin)")
 
 
-def build_texts(model_dir, corpus_path, n):
-    """Deterministic ~200-token texts from sliding windows over the corpus."""
+def build_texts(model_dir, corpus_path, n, tokens):
+    """Deterministic texts of `tokens` tokens (special tokens included) from sliding windows over the corpus."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
     tok.no_truncation()  # tokenizer.json truncates/pads to 128 by itself
     tok.no_padding()
+    # [CLS] and [SEP] for the encoders, the appended <|endoftext|> for Qwen3.
+    specials = len(tok.encode("a").ids) - len(tok.encode("a", add_special_tokens=False).ids)
     docs = json.loads(Path(corpus_path).read_text(encoding="utf-8"))
     stream = " ".join(" ".join(d["content"].split()) for d in docs)
     enc = tok.encode(stream, add_special_tokens=False)
     words, offsets = enc.word_ids, enc.offsets
     ntok = len(words)
-    w = WINDOW_CONTENT_TOKENS
+    w = tokens - specials
     # Window starts must be at the first token of a (pre-tokenized) word, so that re-tokenizing
     # the cut text gives the same pieces.
     starts_ok = [i for i in range(ntok - w) if i == 0 or words[i] != words[i - 1]]
@@ -215,10 +223,19 @@ def cpu_peak(threads, fpc_override):
 
 
 def model_flops(lens, model_dir):
-    """Useful forward FLOPs (no padding): per token per layer 2*(4h^2 + 2hi) + 2*2*seq*h."""
+    """Useful forward FLOPs (no padding), per token per layer: 2 x the weights of the layer's matrix
+    products, plus attention's 2*2*seq*(heads*head_dim) (causal or windowed attention counted in full)."""
     c = json.loads((Path(model_dir) / "config.json").read_text())
     layers, h, inter = c["num_hidden_layers"], c["hidden_size"], c["intermediate_size"]
-    return sum(layers * s * (2 * (4 * h * h + 2 * h * inter) + 2 * 2 * s * h) for s in lens)
+    if c.get("model_type") == "qwen3":
+        heads, kv, hd = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+        weights = 2 * h * heads * hd + 2 * h * kv * hd + 3 * h * inter  # q, o; k, v; gate, up, down
+        width = heads * hd
+    elif c.get("model_type") == "modernbert":
+        weights, width = 4 * h * h + 3 * h * inter, h  # Wqkv, Wo; Wi (gate and up), Wo
+    else:
+        weights, width = 4 * h * h + 2 * h * inter, h
+    return sum(layers * s * (2 * weights + 2 * 2 * s * width) for s in lens)
 
 
 def fmt_mib(kib):
@@ -228,10 +245,13 @@ def fmt_mib(kib):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--texts", type=int, default=None,
-                    help="number of texts (default 2000, or 300 for mpnet/xlm-roberta; --quick 300 / 96)")
-    ap.add_argument("--family", choices=["minilm", "mpnet", "xlm-roberta"], default="minilm",
-                    help="model: the real MiniLM, or a random-weight mpnet-base / xlm-roberta-base")
-    ap.add_argument("--quick", action="store_true", help="300-text run")
+                    help="number of texts (default 2000; mpnet/xlm-roberta 300, modernbert 96, qwen3 64; halved or so by --quick)")
+    ap.add_argument("--family", choices=list(TOKENS), default="minilm",
+                    help="model: the real MiniLM, or a random-weight mpnet-base / xlm-roberta-base / "
+                         "gte-modernbert-base / Qwen3-Embedding-0.6B")
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="tokens per text, special tokens included (default 200; modernbert and qwen3 128)")
+    ap.add_argument("--quick", action="store_true", help="fewer texts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bin", default=None, help="embedfleet binary")
     ap.add_argument("--model", default=None, help="sentence-transformers folder (overrides --family's model)")
@@ -247,18 +267,31 @@ def main():
     if args.ref_child:
         return reference_child(args)
 
-    base = args.family != "minilm"
     if args.model is None:
-        if base:
+        if args.family != "minilm":
             sys.path.insert(0, str(REPO / "tools" / "reference"))
-            from make_family_fixtures import CACHE, base_model_folder
+            from make_family_fixtures import CACHE
 
-            family = args.family.replace("-", "_")
-            print(f"model: random-weight {args.family}-base (building it once into the cache if needed)", flush=True)
-            args.model = str(base_model_folder(family, CACHE / "bench-models" / f"{family}-base"))
+            bench_models = CACHE / "bench-models"
+            print(f"model: random-weight {args.family} of the real size (building it once into the cache if needed)",
+                  flush=True)
+            if args.family == "modernbert":
+                from make_modernbert_fixture import base_model_folder
+
+                args.model = str(base_model_folder(bench_models / "modernbert-base"))
+            elif args.family == "qwen3":
+                from make_qwen3_fixture import base_model_folder
+
+                args.model = str(base_model_folder(bench_models / "qwen3-0.6b"))
+            else:
+                from make_family_fixtures import base_model_folder
+
+                family = args.family.replace("-", "_")
+                args.model = str(base_model_folder(family, bench_models / f"{family}-base"))
         else:
             args.model = str(REPO / ".deps" / "all-MiniLM-L6-v2")
-    n = args.texts if args.texts is not None else ((96 if base else 300) if args.quick else (300 if base else 2000))
+    n = args.texts if args.texts is not None else TEXTS[args.family][1 if args.quick else 0]
+    tokens = args.tokens if args.tokens is not None else TOKENS[args.family]
     if n <= WARMUP_TEXTS:
         sys.exit(f"--texts must be > {WARMUP_TEXTS}")
     T = args.threads
@@ -271,12 +304,12 @@ def main():
     print(f"embedfleet binary: {binp}")
     print(f"family: {args.family}, model: {args.model}")
 
-    texts, lens, ntok = build_texts(args.model, args.corpus, n)
+    texts, lens, ntok = build_texts(args.model, args.corpus, n, tokens)
     full = work / "texts.txt"
     small = work / "texts32.txt"
     full.write_text("\n".join(texts) + "\n", encoding="utf-8")
     small.write_text("\n".join(texts[:WARMUP_TEXTS]) + "\n", encoding="utf-8")
-    print(f"texts: {n} (corpus stream {ntok} word pieces), tokens/text incl. [CLS]/[SEP]: "
+    print(f"texts: {n} (corpus stream {ntok} word pieces), tokens/text incl. special tokens: "
           f"min {min(lens)} mean {sum(lens) / n:.1f} max {max(lens)}")
 
     results = {}
