@@ -115,7 +115,7 @@ impl Qwen3Config {
             }
         }
         let theta = params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(self.rope_theta).unwrap_or(10_000.0);
-        if !(theta > 0.0) {
+        if theta.is_nan() || theta <= 0.0 {
             return Err(ModelError::InvalidConfig(format!("rope_theta is {theta}")));
         }
         Ok(theta)
@@ -267,7 +267,6 @@ struct Qwen3 {
 }
 
 impl Qwen3 {
-    #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
         layer: &Layer,
