@@ -5,7 +5,7 @@
 //! padding (the tokenizer pads on the left, so a padded row's first real token is not at 0), and
 //! the causal mask is combined with the padding mask only when some row is padded.
 
-use super::layers::{Rotary, check_heads, linear};
+use super::layers::{Rotary, RotaryAngles, check_heads, linear};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -272,7 +272,7 @@ impl Qwen3 {
         layer: &Layer,
         x: &Tensor,
         mask: Option<&Tensor>,
-        rope: &super::layers::RotaryAngles,
+        rope: &RotaryAngles,
         train: bool,
         precision: Precision,
     ) -> Tensor {
