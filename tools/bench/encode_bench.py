@@ -6,7 +6,8 @@ Run with the reference venv (tools/reference/README.md):
 
     ~/.cache/embedfleet/reference-venv/bin/python tools/bench/encode_bench.py
         [--corpora sample,python-docs] [--texts N] [--threads T] [--device cpu|cuda] [--quick]
-        [--family minilm|mpnet|xlm-roberta] [--model PATH] [--bin PATH] [--keep DIR] [--json PATH]
+        [--family minilm|mpnet|xlm-roberta|modernbert|qwen3] [--model PATH] [--bin PATH] [--keep DIR]
+        [--json PATH]
 
 The texts are the passages a user encodes: the chunks `embedfleet generate` cuts (1000 characters,
 200 overlap, the defaults) from a corpus, white space collapsed so that each fits on one line.
@@ -16,8 +17,8 @@ Corpora (--corpora, default both):
   python-docs  the HTML pages of Debian's python3.11-doc (../shared/tools/real-docs.sh fetches them)
   PATH         any corpus file or folder `embedfleet generate --input` reads
 
-N texts are taken from each corpus's chunks in sha256(chunk id) order (default 1000; 300 for the
-base-sized families; --quick 300 / 96).
+N texts are taken from each corpus's chunks in sha256(chunk id) order (default 1000; mpnet and
+xlm-roberta 300, modernbert 96, qwen3 64; --quick 300 / 96 / 64 / 32).
 
 Runs, each in its own process:
 
@@ -35,9 +36,13 @@ of that child, the median run's for embedfleet), load included; the reference's 
 encodes and Python's start-up.
 The last lines check accuracy: embedfleet fp32 against ST fp32, and embedfleet bf16 against both.
 
---family mpnet / xlm-roberta runs a random-weight model of the real size (built once by
-tools/reference/make_family_fixtures.py's builders into ~/.cache/embedfleet/bench-models/); the
-default is the real all-MiniLM-L6-v2 from .deps/.
+--family mpnet / xlm-roberta runs a random-weight model of the real size (mpnet-base and
+xlm-roberta-base: 12 layers, hidden 768, the real vocabularies), built once by
+tools/reference/make_family_fixtures.py's builders into ~/.cache/embedfleet/bench-models/;
+--family modernbert (gte-modernbert-base's size: 22 layers, hidden 768, 50,368 rows) and --family
+qwen3 (Qwen3-Embedding-0.6B's size: 28 layers, hidden 1,024, 151,669 rows, last-token pooling) come
+from make_modernbert_fixture.py's and make_qwen3_fixture.py's builders, with their trained
+tokenizers, the same way. The default is the real all-MiniLM-L6-v2 from .deps/.
 """
 
 import argparse
@@ -56,6 +61,8 @@ WARMUP_TEXTS = 32
 BATCH = 32
 # Every timed run is repeated and the median kept: a few seconds of work on a shared machine vary.
 REPEATS = 3
+# Texts per corpus by family (default, --quick): the larger models take minutes per run on a CPU.
+TEXTS = {"minilm": (1000, 300), "mpnet": (300, 96), "xlm-roberta": (300, 96), "modernbert": (96, 64), "qwen3": (64, 32)}
 PYTHON_DOCS = Path.home() / ".cache" / "embedfleet" / "real-docs" / "root" / "usr" / "share" / "doc" / "python3.11" / "html"
 
 # --------------------------------------------------------------------------------------------
@@ -309,10 +316,10 @@ def print_corpus(r, threads, device):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpora", default="sample,python-docs", help="comma-separated: sample, python-docs or paths")
-    ap.add_argument("--texts", type=int, default=None, help="texts per corpus (default 1000; base-sized families 300)")
-    ap.add_argument("--family", choices=["minilm", "mpnet", "xlm-roberta"], default="minilm",
-                    help="model: the real MiniLM, or a random-weight mpnet-base / xlm-roberta-base")
-    ap.add_argument("--quick", action="store_true", help="300 texts (96 for base-sized families)")
+    ap.add_argument("--texts", type=int, default=None, help="texts per corpus (default by family: see above)")
+    ap.add_argument("--family", choices=list(TEXTS), default="minilm",
+                    help="model: the real MiniLM, or a random-weight model of a family's real size")
+    ap.add_argument("--quick", action="store_true", help="fewer texts (see above)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides on the same device)")
     ap.add_argument("--bin", default=None, help="embedfleet binary")
@@ -328,18 +335,29 @@ def main():
     if args.ref_child:
         return reference_child(args)
 
-    base = args.family != "minilm"
     if args.model is None:
-        if base:
-            sys.path.insert(0, str(REPO / "tools" / "reference"))
-            from make_family_fixtures import CACHE, base_model_folder
-
-            family = args.family.replace("-", "_")
-            print(f"model: random-weight {args.family}-base (building it once into the cache if needed)", flush=True)
-            args.model = str(base_model_folder(family, CACHE / "bench-models" / f"{family}-base"))
-        else:
+        if args.family == "minilm":
             args.model = str(REPO / ".deps" / "all-MiniLM-L6-v2")
-    n = args.texts if args.texts is not None else ((96 if base else 300) if args.quick else (300 if base else 1000))
+        else:
+            sys.path.insert(0, str(REPO / "tools" / "reference"))
+            from make_family_fixtures import CACHE
+
+            bench_models = CACHE / "bench-models"
+            print(f"model: random-weight {args.family} of the real size (building it once into the cache if needed)", flush=True)
+            if args.family == "modernbert":
+                from make_modernbert_fixture import base_model_folder
+
+                args.model = str(base_model_folder(bench_models / "modernbert-base"))
+            elif args.family == "qwen3":
+                from make_qwen3_fixture import base_model_folder
+
+                args.model = str(base_model_folder(bench_models / "qwen3-0.6b"))
+            else:
+                from make_family_fixtures import base_model_folder
+
+                family = args.family.replace("-", "_")
+                args.model = str(base_model_folder(family, bench_models / f"{family}-base"))
+    n = args.texts if args.texts is not None else TEXTS[args.family][1 if args.quick else 0]
     binp = find_bin(args.bin)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="encode_bench."))
     print(f"command: {' '.join([sys.executable] + sys.argv)}")

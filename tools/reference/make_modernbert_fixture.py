@@ -82,19 +82,24 @@ def modernbert_tokenizer(dest: Path):
     return fast
 
 
-def hf_model(tok):
+def hf_model(tok, size: str = "tiny"):
     import torch
     from transformers import ModernBertConfig, ModernBertModel
 
-    shape = dict(GTE_MODERNBERT_CONFIG, **TINY)
-    # ModernBERT pads its vocabulary to a multiple of 64 (50,368 rows for 50,285 tokens).
-    shape["vocab_size"] = (len(tok) + 63) // 64 * 64
+    shape = dict(GTE_MODERNBERT_CONFIG, **TINY) if size == "tiny" else dict(GTE_MODERNBERT_CONFIG)
+    if size == "tiny":
+        # ModernBERT pads its vocabulary to a multiple of 64 (50,368 rows for 50,285 tokens); the base
+        # size keeps the real 50,368 rows, of which the trained tokenizer uses the first 8,005.
+        shape["vocab_size"] = (len(tok) + 63) // 64 * 64
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in
            [("pad_token_id", "[PAD]"), ("cls_token_id", "[CLS]"), ("bos_token_id", "[CLS]"),
             ("sep_token_id", "[SEP]"), ("eos_token_id", "[SEP]")]}
     shape.update(ids)
     torch.manual_seed(SEED)
     model = ModernBertModel(ModernBertConfig(**shape))
+    if size != "tiny":
+        model.eval()
+        return model
     assert model.config.layer_types == ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -118,6 +123,30 @@ def hub_style_config(folder: Path):
     config["global_rope_theta"] = rope["full_attention"]["rope_theta"]
     config["local_rope_theta"] = rope["sliding_attention"]["rope_theta"]
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def base_model_folder(dest: Path) -> Path:
+    """A random-weight sentence-transformers folder of gte-modernbert-base's size (22 layers, hidden 768,
+    50,368 vocabulary rows) with the trained tokenizer, CLS pooling and Normalize, for benchmarks."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    if (dest / "modules.json").exists():
+        return dest
+    with tempfile.TemporaryDirectory(prefix="bench-model.") as tmp:
+        hf_dir = Path(tmp) / "hf"
+        tok = modernbert_tokenizer(hf_dir)
+        hf_model(tok, "base").save_pretrained(str(hf_dir))
+        hub_style_config(hf_dir)
+        transformer = Transformer(str(hf_dir), max_seq_length=MAX_SEQ_LENGTH)
+        dim = transformer.get_embedding_dimension()
+        st = SentenceTransformer(modules=[transformer, Pooling(dim, pooling_mode="cls"), Normalize()], device="cpu")
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        st.save(str(partial))
+        hub_style_config(partial)
+        partial.rename(dest)
+    return dest
 
 
 def main() -> int:

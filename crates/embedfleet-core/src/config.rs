@@ -301,6 +301,11 @@ pub struct TrainConfig {
     /// reports every metric at each D.
     #[arg(long, env = "EMBEDFLEET_MATRYOSHKA_DIMS", alias = "matryoshka_dims", value_delimiter = ',', num_args = 1..)]
     pub matryoshka_dims: Vec<usize>,
+    /// Put before every question in training, validation and mining: the name of one of the model's
+    /// prompts (config_sentence_transformers.json), the prompt's text, or `none`. Default: the model's
+    /// own `query` prompt if it has one (Qwen3-Embedding's instruction), else none.
+    #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
+    pub query_prompt: Option<String>,
     /// Hard negatives: how many per question, and how they are mined.
     #[command(flatten)]
     pub mining: MiningConfig,
@@ -322,6 +327,7 @@ impl Default for TrainConfig {
             symmetric_loss: false,
             train_seed: defaults::SEED,
             matryoshka_dims: Vec::new(),
+            query_prompt: None,
             mining: MiningConfig::default(),
         }
     }

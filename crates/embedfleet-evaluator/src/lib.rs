@@ -50,7 +50,9 @@ pub struct EvalOptions {
     pub hit_rate_k: usize,
     pub batch_size: usize,
     pub blocks: Blocks,
-    /// Put before every query (an instruction such as bge's); passages get none.
+    /// `--query-prompt`: which prompt goes before every query ([`SentenceEncoder::query_prompt`]:
+    /// a prompt name, its text or `none`; None means the model's own `query` prompt, if any).
+    /// Passages get none.
     pub query_prompt: Option<String>,
     /// Score embeddings cut to their first D dimensions (sentence-transformers' `truncate_dim`).
     pub truncate_dim: Option<usize>,
@@ -88,7 +90,11 @@ impl EvalOptions {
     /// What validation during training computes: the metric `config` selects by, and every metric
     /// at each of its Matryoshka dimensions.
     pub fn for_training(config: &embedfleet_core::TrainConfig) -> Self {
-        Self { matryoshka_dims: config.matryoshka_dims_descending(), ..Self::for_metric(&config.metric) }
+        Self {
+            matryoshka_dims: config.matryoshka_dims_descending(),
+            query_prompt: config.query_prompt.clone(),
+            ..Self::for_metric(&config.metric)
+        }
     }
 
     /// Refuses a dimension the model does not have, before any encoding.
@@ -334,7 +340,8 @@ pub fn evaluate_model_with_progress(
     let started = Instant::now();
     let q: Vec<&str> = data.queries.iter().map(String::as_str).collect();
     let c: Vec<&str> = data.corpus.iter().map(String::as_str).collect();
-    let queries = model.encode_with_progress(&q, options.batch_size, options.query_prompt.as_deref(), on_texts)?;
+    let prompt = model.query_prompt(options.query_prompt.as_deref());
+    let queries = model.encode_with_progress(&q, options.batch_size, prompt.as_deref(), on_texts)?;
     let corpus = model.encode_with_progress(&c, options.batch_size, None, on_texts)?;
     let encode_s = started.elapsed().as_secs_f64();
     let mut evaluation = evaluate_embeddings(data, &queries, &corpus, options);

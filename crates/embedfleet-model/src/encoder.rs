@@ -28,6 +28,10 @@ const TOKENIZER_FILES: &[&str] = &[
     "merges.txt",
 ];
 
+/// The name sentence-transformers models give the prompt for search queries in
+/// config_sentence_transformers.json.
+pub const QUERY_PROMPT_NAME: &str = "query";
+
 pub struct SentenceEncoder {
     vs: nn::VarStore,
     encoder: Box<dyn Encoder>,
@@ -180,6 +184,36 @@ impl SentenceEncoder {
     /// The text of a named prompt (`query`, …) from the model's config, if it has one.
     pub fn named_prompt(&self, name: &str) -> Option<&str> {
         self.prompts.get(name).and_then(|v| v.as_str())
+    }
+
+    /// The prompt this model's queries get in evaluation, mining and training. `setting` is
+    /// `--query-prompt`: the name of one of the model's prompts, the prompt's text, or `none`.
+    /// Without a setting it is the model's own `query` prompt when its config has a non-empty one
+    /// (Qwen3-Embedding's instruction), exactly as sentence-transformers applies it with the
+    /// evaluator's `query_prompt_name="query"` and the trainer's `prompts` argument on the question
+    /// column; passages get none. A model without one gets none, as before.
+    pub fn query_prompt(&self, setting: Option<&str>) -> Option<String> {
+        let prompt = match setting {
+            None => self.named_prompt(QUERY_PROMPT_NAME)?,
+            Some(s) if s.is_empty() || s.eq_ignore_ascii_case("none") => return None,
+            Some(s) => self.named_prompt(s).unwrap_or(s),
+        };
+        (!prompt.is_empty()).then(|| prompt.to_owned())
+    }
+
+    /// A batch of `texts` with `prompt` before each, as sentence-transformers' trainer builds one
+    /// (its data collator prepends the prompt, and records the prompt's length when pooling leaves
+    /// the prompt out).
+    pub fn prompted_batch(&self, texts: &[&str], prompt: Option<&str>) -> Result<TokenBatch, ModelError> {
+        let Some(prompt) = prompt.filter(|p| !p.is_empty()) else {
+            return self.tokenizer.batch(texts, self.device());
+        };
+        let prompted: Vec<String> = texts.iter().map(|t| format!("{prompt}{t}")).collect();
+        let mut batch = self.tokenizer.batch(&prompted.iter().map(String::as_str).collect::<Vec<_>>(), self.device())?;
+        if !self.include_prompt {
+            batch.prompt_length = Some(self.tokenizer.prompt_length(prompt)?);
+        }
+        Ok(batch)
     }
 
     /// Sentence embeddings `[batch, dim]` with gradients when `train` (dropout on) — the trainer's path.

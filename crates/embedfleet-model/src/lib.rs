@@ -1,5 +1,5 @@
 //! Sentence-embedding models on libtorch: one [`families::Encoder`] per model family (BERT, MPNet,
-//! XLM-RoBERTa) built from `config.json`, the sentence-transformers pipeline around it (tokenizer,
+//! XLM-RoBERTa, ModernBERT, Qwen3) built from `config.json`, the sentence-transformers pipeline around it (tokenizer,
 //! pooling, normalization, prompts), and the folder layouts Python's `SentenceTransformer(path)`
 //! reads and writes.
 
@@ -19,7 +19,7 @@ pub mod weights;
 pub use args::RuntimeArgs;
 pub use config::{ModelConfig, PoolingMode};
 pub use embedfleet_report::ModelCard;
-pub use encoder::{LoadOptions, SentenceEncoder};
+pub use encoder::{LoadOptions, QUERY_PROMPT_NAME, SentenceEncoder};
 pub use error::ModelError;
 pub use families::BertConfig;
 pub use precision::{Precision, PrecisionKind, parse_device};

@@ -1,6 +1,7 @@
 //! Every family against sentence-transformers 6.2 on the folders it saved
-//! (tools/reference/make_family_fixtures.py): token ids, fp32 and bf16 embeddings, the 6.x folder
-//! layout, every pooling mode with and without the prompt, pickle and sharded weights, and saving.
+//! (tools/reference/make_family_fixtures.py, make_modernbert_fixture.py, make_qwen3_fixture.py):
+//! token ids, fp32 and bf16 embeddings, the 6.x folder layout, every pooling mode with and without
+//! the prompt, named prompts, pickle and sharded weights, and saving.
 
 mod common;
 
@@ -137,19 +138,41 @@ fn modernbert_mean_pooling_matches_sentence_transformers() {
 }
 
 #[test]
+fn qwen3_matches_sentence_transformers() {
+    // Last-token pooling of a causal decoder, padded on the left as Qwen3-Embedding's tokenizer asks:
+    // every embedding is the state of the <|endoftext|> the tokenizer appends, which has seen the
+    // whole text through the causal mask, in batches where shorter rows start with padding.
+    parity("qwen3");
+}
+
+#[test]
 fn bert_folder_saved_by_sentence_transformers_6_loads() {
     parity("bert_st6");
 }
 
-#[test]
-fn named_prompt_is_applied_as_sentence_transformers_applies_it() {
-    let fx = fixture("xlm_roberta");
+fn named_prompt_parity(name: &str) {
+    let fx = fixture(name);
     let prompted = fx.prompted.as_ref().unwrap();
-    let model = load(&fixtures().join("xlm_roberta"), Precision::Fp32);
+    let model = load(&fixtures().join(name), Precision::Fp32);
     let prompt = model.named_prompt(&prompted.prompt_name).unwrap().to_owned();
     let texts = &fx.texts[..prompted.embeddings.len()];
     let (cos, abs) = agreement(&encode(&model, texts, Some(&prompt)), &prompted.embeddings);
-    assert!(cos >= 0.99999 && abs <= 1e-5, "prompted: min cosine {cos}, max abs diff {abs}");
+    eprintln!("{name} with the {:?} prompt, {} texts: min cosine {cos:.9}, max abs diff {abs:.3e}", prompted.prompt_name, texts.len());
+    assert!(cos >= 0.99999 && abs <= 1e-5, "{name} prompted: min cosine {cos}, max abs diff {abs}");
+    // The prompt matters: without it the embeddings are others.
+    let (plain, _) = agreement(&encode(&model, texts, None), &prompted.embeddings);
+    assert!(plain < 0.999, "{name}: the prompt changed nothing (min cosine {plain})");
+}
+
+#[test]
+fn named_prompt_is_applied_as_sentence_transformers_applies_it() {
+    named_prompt_parity("xlm_roberta");
+}
+
+#[test]
+fn qwen3_query_prompt_is_applied_as_sentence_transformers_applies_it() {
+    // Qwen3-Embedding's instruction, with its newline, before every text (encode(prompt_name="query")).
+    named_prompt_parity("qwen3");
 }
 
 #[test]
@@ -211,6 +234,7 @@ fn saved_folders_have_the_layout_both_sentence_transformers_generations_read() {
         ("xlm_roberta", "XLMRobertaModel", "xlm-roberta"),
         ("bert_st6", "BertModel", "bert"),
         ("modernbert", "ModernBertModel", "modernbert"),
+        ("qwen3", "Qwen3Model", "qwen3"),
     ] {
         let fx = fixture(name);
         let source = family_dir(name, tmp.path());
@@ -237,13 +261,19 @@ fn saved_folders_have_the_layout_both_sentence_transformers_generations_read() {
         );
         let pooling = json(&out.join("1_Pooling/config.json"));
         assert_eq!(pooling["word_embedding_dimension"], model.dimension(), "{name}");
-        let mode = if name == "modernbert" { "pooling_mode_cls_token" } else { "pooling_mode_mean_tokens" };
+        let mode = match name {
+            "modernbert" => "pooling_mode_cls_token",
+            "qwen3" => "pooling_mode_lasttoken",
+            _ => "pooling_mode_mean_tokens",
+        };
         assert_eq!(pooling[mode], true, "{name}");
         assert!(pooling.get("pooling_mode").is_none() && pooling.get("include_prompt").is_none(), "{name}: {pooling}");
         assert_eq!(json(&out.join("sentence_bert_config.json"))["max_seq_length"], fx.max_seq_length, "{name}");
         for file in ["tokenizer.json", "tokenizer_config.json", "config_sentence_transformers.json", "README.md"] {
             assert!(out.join(file).exists(), "{name}: {file} not saved");
         }
+        // Unchanged, so the padding side (Qwen3's left) and the pad token travel with the model.
+        assert_eq!(json(&out.join("tokenizer_config.json")), json(&source.join("tokenizer_config.json")), "{name}");
         assert_eq!(
             json(&out.join("config_sentence_transformers.json"))["prompts"],
             json(&source.join("config_sentence_transformers.json"))["prompts"],

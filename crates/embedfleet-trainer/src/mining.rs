@@ -32,6 +32,9 @@ pub struct MineSettings {
     pub relative_margin: f64,
     pub sampling: Sampling,
     pub seed: u64,
+    /// `--query-prompt` for the questions ([`SentenceEncoder::query_prompt`]); None: the mining
+    /// model's own `query` prompt, if any, as its evaluation and training use.
+    pub query_prompt: Option<String>,
 }
 
 impl MineSettings {
@@ -44,7 +47,13 @@ impl MineSettings {
             relative_margin: config.relative_margin,
             sampling: config.sampling,
             seed: config.mining_seed,
+            query_prompt: None,
         }
+    }
+
+    pub fn with_query_prompt(mut self, setting: Option<&str>) -> Self {
+        self.query_prompt = setting.map(str::to_owned);
+        self
     }
 }
 
@@ -177,7 +186,8 @@ impl<'a> Problem<'a> {
 pub fn mine(model: &SentenceEncoder, dataset: &QaDataset, settings: &MineSettings, batch_size: usize) -> Result<(HardNegatives, MiningReport), embedfleet_model::ModelError> {
     let problem = Problem::new(dataset);
     let started = Instant::now();
-    let queries = model.encode(&problem.queries, batch_size, None)?;
+    let prompt = model.query_prompt(settings.query_prompt.as_deref());
+    let queries = model.encode(&problem.queries, batch_size, prompt.as_deref())?;
     let corpus = model.encode(&problem.corpus, batch_size, None)?;
     let embed_seconds = started.elapsed().as_secs_f64();
     let (negatives, mut report) = mine_embeddings(&problem.query_ids, &queries, &problem.positives, &problem.corpus_ids, &problem.corpus, &corpus, settings, Blocks::default());
@@ -293,7 +303,7 @@ mod tests {
     use rand::Rng;
 
     fn settings(negatives: usize) -> MineSettings {
-        MineSettings { negatives, range_min: 0, range_max: 10, relative_margin: 0.05, sampling: Sampling::Top, seed: 7 }
+        MineSettings { negatives, range_min: 0, range_max: 10, relative_margin: 0.05, sampling: Sampling::Top, seed: 7, query_prompt: None }
     }
 
     #[test]

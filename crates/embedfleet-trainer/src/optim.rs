@@ -33,9 +33,13 @@ pub struct AdamW {
     pub step: i64,
 }
 
-/// Biases and LayerNorm weights are not decayed, as transformers' Trainer does.
+/// Whether a parameter is decayed: not biases and norm weights, by transformers 5's Trainer rule
+/// (`get_decay_parameter_names`, on the lowercased name: "bias", "layernorm" or "rmsnorm" anywhere, a
+/// segment named `norm` or ending in `_norm`), so RMSNorm and ModernBERT's `attn_norm` are spared too.
 pub fn decays(name: &str) -> bool {
-    !(name.ends_with("bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
+    let name = name.to_lowercase();
+    let norm_segment = name.split('.').any(|s| s == "norm" || s.ends_with("_norm"));
+    !(name.contains("bias") || name.contains("layernorm") || name.contains("rmsnorm") || norm_segment)
 }
 
 impl AdamW {
@@ -71,18 +75,26 @@ impl AdamW {
         let c = &self.config;
         let bias1 = 1.0 - c.beta1.powi(self.step as i32);
         let bias2 = 1.0 - c.beta2.powi(self.step as i32);
+        // In place, as torch.optim.AdamW's single-tensor path: a step holds at most one temporary the
+        // size of one parameter (Qwen3-Embedding's 151,669 × 1,024 embedding table is 620 MB in fp32),
+        // not five.
         for ((_, p, m, v, decay), g) in self.params.iter_mut().zip(&grads) {
             if !g.defined() {
                 continue;
             }
-            let g = if clip < 1.0 { g * clip } else { g.shallow_clone() };
+            let mut g = g.shallow_clone();
+            if clip < 1.0 {
+                // clip_grad_norm_ scales the gradients themselves; zero_grad clears them next.
+                let _ = g.g_mul_scalar_(clip);
+            }
             if *decay && c.weight_decay > 0.0 {
                 let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
             }
-            let _ = m.g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
-            let _ = v.g_mul_scalar_(c.beta2).g_add_(&(&g * &g * (1.0 - c.beta2)));
-            let denom = (v.sqrt() / bias2.sqrt()) + c.eps;
-            let _ = p.g_add_(&(&*m / denom * (-lr / bias1)));
+            let _ = m.lerp_(&g, 1.0 - c.beta1);
+            let _ = v.g_mul_scalar_(c.beta2).addcmul_(&(&g * (1.0 - c.beta2)), &g);
+            let mut denom = v.sqrt();
+            let _ = denom.g_div_scalar_(bias2.sqrt()).g_add_scalar_(c.eps).g_div_scalar_(-lr / bias1);
+            let _ = p.addcdiv_(m, &denom);
         }
         total
     }
@@ -154,6 +166,29 @@ mod tests {
         let bias = f64::try_from(&b).unwrap();
         assert!((bias - (0.5 - 0.1)).abs() < 1e-6, "bias is not decayed: {bias}");
         assert!(!decays("encoder.layer.0.output.LayerNorm.weight") && decays("encoder.layer.0.output.dense.weight"));
+    }
+
+    #[test]
+    fn norms_of_every_family_are_not_decayed() {
+        // transformers' Trainer spares these (its patterns on the lowercased name); matrices decay.
+        for name in [
+            "encoder.layer.0.attention.output.LayerNorm.weight",
+            "encoder.layer.0.attention.self.query.bias",
+            "encoder.relative_attention_bias.weight",
+            "layers.0.attn_norm.weight",
+            "embeddings.norm.weight",
+            "final_norm.weight",
+            "layers.3.input_layernorm.weight",
+            "layers.3.post_attention_layernorm.weight",
+            "layers.3.self_attn.q_norm.weight",
+            "layers.3.self_attn.k_norm.weight",
+            "norm.weight",
+        ] {
+            assert!(!decays(name), "{name} is decayed");
+        }
+        for name in ["layers.3.self_attn.q_proj.weight", "layers.3.mlp.gate_proj.weight", "embed_tokens.weight", "layers.0.attn.Wqkv.weight", "normalizer.weight"] {
+            assert!(decays(name), "{name} is not decayed");
+        }
     }
 
     #[test]

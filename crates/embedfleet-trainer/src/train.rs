@@ -241,6 +241,11 @@ pub fn train_with_hooks(
     if !config.matryoshka_dims.is_empty() {
         fingerprint.push_str(&format!(" matryoshka={:?}", config.matryoshka_dims_descending()));
     }
+    // The questions' prompt: the model's own `query` prompt unless --query-prompt says otherwise.
+    let query_prompt = model.query_prompt(config.query_prompt.as_deref());
+    if let Some(prompt) = &query_prompt {
+        fingerprint.push_str(&format!(" query_prompt={prompt:?}"));
+    }
 
     let named: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
     let mut optimizer = AdamW::new(named, job.optim());
@@ -260,7 +265,7 @@ pub fn train_with_hooks(
     let started = std::cell::Cell::new(Instant::now());
     let facts = |model: &SentenceEncoder, steps: usize, trained_pairs: usize, best_step: Option<usize>| {
         let seconds = started.get().elapsed().as_secs_f64();
-        training_facts(job, model, pairs.len(), steps, seconds, trained_pairs as f64 / seconds.max(1e-9), best_step)
+        training_facts(job, model, query_prompt.as_deref(), pairs.len(), steps, seconds, trained_pairs as f64 / seconds.max(1e-9), best_step)
     };
     let card = |evals: &[EvalRow], best_step: Option<usize>, facts: TrainingFacts| {
         model_card(job, pairs.len(), output, val, evals, best_step, facts)
@@ -303,7 +308,7 @@ pub fn train_with_hooks(
             let lr = config.learning_rate * linear_schedule(state.global_step, warmup, total_steps);
             // A fixed RNG stream per step makes dropout, and so a resumed run, reproducible.
             tch::manual_seed((config.train_seed as i64).wrapping_mul(1_000_003).wrapping_add(state.global_step as i64));
-            let loss = run_step(model, &pairs, &negatives, batch, job, state.global_step)?;
+            let loss = run_step(model, &pairs, &negatives, batch, job, query_prompt.as_deref(), state.global_step)?;
             optimizer.step(lr);
             optimizer.zero_grad();
             state.global_step += 1;
@@ -397,9 +402,11 @@ pub fn device_name(device: Device) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn training_facts(
     job: &TrainJob,
     model: &SentenceEncoder,
+    query_prompt: Option<&str>,
     pairs: usize,
     steps: usize,
     seconds: f64,
@@ -422,6 +429,9 @@ fn training_facts(
             m.range_max,
             (1.0 - m.relative_margin) * 100.0
         ));
+    }
+    if let Some(prompt) = query_prompt {
+        loss.push_str(&format!(", every question prefixed with the model's query prompt {prompt:?} (in validation too)"));
     }
     if !loss_fn.matryoshka_dims.is_empty() {
         let dims: Vec<String> = loss_fn.matryoshka_dims.iter().map(usize::to_string).collect();
@@ -545,13 +555,15 @@ fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPai
 }
 
 /// One optimisation step's forward and backward; returns the loss. A libtorch failure (out of
-/// memory above all) becomes an error that says what to lower.
+/// memory above all) becomes an error that says what to lower. `query_prompt` goes before every
+/// question, as sentence-transformers' trainer puts a `prompts` entry before its column's texts.
 fn run_step(
     model: &SentenceEncoder,
     pairs: &[TrainPair],
     negatives: &[Vec<Negative>],
     batch: &[usize],
     job: &TrainJob,
+    query_prompt: Option<&str>,
     step: usize,
 ) -> Result<f64, TrainError> {
     let config = &job.config;
@@ -561,9 +573,9 @@ fn run_step(
     let passages: Vec<&str> = candidates(pairs, negatives, batch);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<f64, embedfleet_model::ModelError> {
         match config.mini_batch_size.filter(|&m| m < batch.len()) {
-            Some(mini) => cached_step(model, &questions, &passages, mini, &loss_fn, config.train_seed, step),
+            Some(mini) => cached_step(model, &questions, &passages, query_prompt, mini, &loss_fn, config.train_seed, step),
             None => {
-                let q = model.forward(&model.tokenizer().batch(&questions, model.device())?, true);
+                let q = model.forward(&model.prompted_batch(&questions, query_prompt)?, true);
                 let p = model.forward(&model.tokenizer().batch(&passages, model.device())?, true);
                 let loss = loss_fn.compute(&q, &p);
                 loss.backward();
@@ -595,10 +607,13 @@ fn run_step(
 /// embeddings, then re-embed each mini-batch with gradients and push that gradient through it.
 /// Each mini-batch replays its own RNG seed, so dropout masks are the same in both passes.
 /// `passages` may hold more rows than `questions`: the hard negatives after the positives.
+/// `query_prompt` goes before every question.
+#[allow(clippy::too_many_arguments)]
 pub fn cached_step(
     model: &SentenceEncoder,
     questions: &[&str],
     passages: &[&str],
+    query_prompt: Option<&str>,
     mini: usize,
     loss_fn: &TrainingLoss,
     seed: u64,
@@ -607,12 +622,13 @@ pub fn cached_step(
     let seed_of = |side: i64, i: usize| -> i64 {
         (seed as i64).wrapping_mul(7_919).wrapping_add((step as i64) << 20).wrapping_add(side << 16).wrapping_add(i as i64)
     };
+    let prompt_of = |side: i64| if side == 0 { query_prompt } else { None };
     let embed_all = |texts: &[&str], side: i64| -> Result<Tensor, embedfleet_model::ModelError> {
         let _guard = tch::no_grad_guard();
         let mut parts = Vec::new();
         for (i, chunk) in texts.chunks(mini).enumerate() {
             tch::manual_seed(seed_of(side, i));
-            parts.push(model.forward(&model.tokenizer().batch(chunk, model.device())?, true).to_kind(Kind::Float));
+            parts.push(model.forward(&model.prompted_batch(chunk, prompt_of(side))?, true).to_kind(Kind::Float));
         }
         Ok(Tensor::cat(&parts, 0))
     };
@@ -624,7 +640,7 @@ pub fn cached_step(
     for (texts, grad, side) in [(questions, &q_grad, 0i64), (passages, &p_grad, 1i64)] {
         for (i, chunk) in texts.chunks(mini).enumerate() {
             tch::manual_seed(seed_of(side, i));
-            let emb = model.forward(&model.tokenizer().batch(chunk, model.device())?, true).to_kind(Kind::Float);
+            let emb = model.forward(&model.prompted_batch(chunk, prompt_of(side))?, true).to_kind(Kind::Float);
             let g = grad.narrow(0, (i * mini) as i64, chunk.len() as i64);
             (emb * g).sum(Kind::Float).backward();
         }

@@ -78,6 +78,7 @@ fn mining_picks_the_negatives_sentence_transformers_picks() {
         relative_margin: fx.settings.relative_margin,
         sampling: Sampling::Top,
         seed: 42,
+        query_prompt: None,
     };
     let model = SentenceEncoder::load(&minilm(), LoadOptions::default()).unwrap();
     let (mined, report) = mine(&model, &d, &settings, 32).unwrap();
@@ -105,7 +106,7 @@ fn first_step_loss_with_hard_negatives_is_sentence_transformers() {
     let q = model.forward(&model.tokenizer().batch(&anchors, model.device()).unwrap(), true);
     let c = model.forward(&model.tokenizer().batch(&candidates, model.device()).unwrap(), true);
     let plain = f64::try_from(loss_fn.compute(&q, &c)).unwrap();
-    let cached = cached_step(&model, &anchors, &candidates, fx.cached_mini_batch_size, &loss_fn.into(), 42, 0).unwrap();
+    let cached = cached_step(&model, &anchors, &candidates, None, fx.cached_mini_batch_size, &loss_fn.into(), 42, 0).unwrap();
     eprintln!(
         "first-step MNRL with {} negative columns: {plain:.7} (sentence-transformers {:.7}, |diff| {:.1e}); GradCache {cached:.7} (CachedMNRL {:.7}, |diff| {:.1e})",
         fx.negatives.len(),

@@ -80,7 +80,7 @@ fn first_step_matryoshka_loss_is_sentence_transformers() {
     let pairs = f64::try_from(loss_fn.compute(&q, &embed(&positives))).unwrap();
     let c = embed(&candidates);
     let with_negatives = f64::try_from(loss_fn.compute(&q, &c)).unwrap();
-    let cached = cached_step(&model, &anchors, &candidates, fx.loss.cached_mini_batch_size, &loss_fn, 42, 0).unwrap();
+    let cached = cached_step(&model, &anchors, &candidates, None, fx.loss.cached_mini_batch_size, &loss_fn, 42, 0).unwrap();
     eprintln!(
         "first-step MatryoshkaLoss {:?}: pairs {pairs:.7} (reference {:.7}), with negatives {with_negatives:.7} ({:.7}), GradCache {cached:.7} ({:.7})",
         fx.dims, fx.loss.pairs, fx.loss.with_negatives, fx.loss.cached_with_negatives

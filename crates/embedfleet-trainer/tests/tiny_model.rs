@@ -84,7 +84,7 @@ fn cached_loss_equals_the_plain_loss_and_gradients() {
     let plain_loss = f64::try_from(&loss).unwrap();
 
     let cached = tiny(0.0);
-    let cached_loss = cached_step(&cached, &questions, &passages, 5, &loss_fn.into(), 42, 0).unwrap();
+    let cached_loss = cached_step(&cached, &questions, &passages, None, 5, &loss_fn.into(), 42, 0).unwrap();
     assert!((plain_loss - cached_loss).abs() < 1e-5, "{plain_loss} vs {cached_loss}");
     let grads = |m: &SentenceEncoder| -> Vec<(String, Tensor)> { weights(m).into_iter().map(|(n, t)| (n, t.grad())).collect() };
     let mut worst = 0.0f64;

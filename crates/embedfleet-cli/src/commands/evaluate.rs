@@ -38,8 +38,10 @@ pub struct EvaluateArgs {
     /// Score functions, in CSV column order.
     #[arg(long, env = "EMBEDFLEET_SCORE_FUNCTIONS", value_delimiter = ',', default_value = "cosine")]
     pub score_functions: Vec<ScoreFunction>,
-    /// Instruction put before every query; `query` picks the model's own query prompt.
-    #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT")]
+    /// Put before every query: the name of one of the model's prompts, the prompt's text, or
+    /// `none`. Default: the model's own `query` prompt if it has one (Qwen3-Embedding's
+    /// instruction), as sentence-transformers' evaluator with query_prompt_name="query"; else none.
+    #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
     pub query_prompt: Option<String>,
     #[arg(long, env = "EMBEDFLEET_BATCH_SIZE", alias = "batch_size", default_value_t = 32)]
     pub batch_size: usize,
@@ -130,7 +132,8 @@ pub async fn compare_models(
         progress.message(name);
         let model = runtime.load(spec, &storage.options()).await.with_context(|| format!("loading model {name} ({spec})"))?;
         let mut opts = options.clone();
-        opts.query_prompt = query_prompt.map(|p| model.named_prompt(p).unwrap_or(p).to_owned());
+        // Resolved against each model: its own `query` prompt unless the setting says otherwise.
+        opts.query_prompt = query_prompt.map(str::to_owned);
         let data = data.clone();
         let bar = progress.clone();
         let evaluation = tokio::task::spawn_blocking(move || {

@@ -69,7 +69,13 @@ pub async fn finetune(
 }
 
 pub fn print_outcome(outcome: &TrainOutcome, metric: &str, output: &std::path::Path) {
-    println!("trained {} steps in {:.1} s ({:.1} pairs/s, {} pairs per epoch)", outcome.steps, outcome.seconds, outcome.pairs_per_second, outcome.pairs_per_epoch);
+    // Two significant digits at least: a 0.6B model on a CPU trains well under one pair a second.
+    let rate = outcome.pairs_per_second;
+    let digits = if rate > 0.0 && rate < 1.0 { (1.0 - rate.log10().floor()) as usize } else { 1 };
+    println!(
+        "trained {} steps in {:.1} s ({rate:.digits$} pairs/s, {} pairs per epoch)",
+        outcome.steps, outcome.seconds, outcome.pairs_per_epoch
+    );
     if let (Some(base), Some(best)) = (outcome.base_value, outcome.best_value) {
         match outcome.best_step {
             Some(step) => println!("best {metric} {best:.4} at step {step} (base model {base:.4}, {:+.4})", best - base),
@@ -88,6 +94,7 @@ pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
         &args.train_dataset,
         &train,
         &args.training.mining,
+        args.training.query_prompt.as_deref(),
         &args.runtime,
         &args.storage,
     )

@@ -36,6 +36,10 @@ pub struct MineArgs {
     /// Texts per encoding batch.
     #[arg(long, env = "EMBEDFLEET_BATCH_SIZE", alias = "batch_size", default_value_t = 32)]
     pub batch_size: usize,
+    /// Put before every question when embedding it: the name of one of the mining model's prompts,
+    /// the prompt's text, or `none`. Default: the model's own `query` prompt if it has one.
+    #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
+    pub query_prompt: Option<String>,
     /// Replace a negatives file that is already there.
     #[arg(long, env = "EMBEDFLEET_OVERWRITE")]
     pub overwrite: bool,
@@ -46,11 +50,13 @@ pub struct MineArgs {
 }
 
 /// Loads the mining model (`--mining-model`, else `base_model`) and mines `count` negatives per
-/// question of `train`.
+/// question of `train`, the questions embedded with `query_prompt` (`--query-prompt`).
+#[allow(clippy::too_many_arguments)]
 pub async fn mine_negatives(
     base_model: &str,
     train: &QaDataset,
     mining: &MiningConfig,
+    query_prompt: Option<&str>,
     count: usize,
     batch_size: usize,
     runtime: &RuntimeArgs,
@@ -58,7 +64,7 @@ pub async fn mine_negatives(
 ) -> Result<(HardNegatives, MiningReport)> {
     let model_id = mining.mining_model.as_deref().unwrap_or(base_model);
     let model = runtime.load(model_id, &storage.options()).await.with_context(|| format!("loading the mining model {model_id}"))?;
-    let settings = MineSettings::new(mining, count);
+    let settings = MineSettings::new(mining, count).with_query_prompt(query_prompt);
     let train = train.clone();
     let mined = tokio::task::spawn_blocking(move || mine(&model, &train, &settings, batch_size)).await??;
     Ok(mined)
@@ -81,6 +87,7 @@ pub async fn negatives_for_training(
     train_path: &Path,
     train: &QaDataset,
     mining: &MiningConfig,
+    query_prompt: Option<&str>,
     runtime: &RuntimeArgs,
     storage: &StorageArgs,
 ) -> Result<Option<HardNegatives>> {
@@ -95,7 +102,7 @@ pub async fn negatives_for_training(
     }
     println!("== mine");
     let started = Instant::now();
-    let (negatives, report) = mine_negatives(base_model, train, mining, count, 32, runtime, storage).await?;
+    let (negatives, report) = mine_negatives(base_model, train, mining, query_prompt, count, 32, runtime, storage).await?;
     negatives.save(&path)?;
     print_report(&report, count, &path, started.elapsed().as_secs_f64());
     Ok(Some(negatives))
@@ -118,7 +125,8 @@ pub async fn run(args: MineArgs) -> Result<ExitCode> {
     }
     let started = Instant::now();
     let (negatives, report) =
-        mine_negatives(&args.model_id, &train, &args.mining, count, args.batch_size, &args.runtime, &args.storage).await?;
+        mine_negatives(&args.model_id, &train, &args.mining, args.query_prompt.as_deref(), count, args.batch_size, &args.runtime, &args.storage)
+            .await?;
     negatives.save(&output)?;
     print_report(&report, count, &output, started.elapsed().as_secs_f64());
     if let Some(path) = &args.export_jsonl {

@@ -71,7 +71,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             println!("\n== mine");
             let mined_at = Instant::now();
             let (negatives, report) =
-                mine_negatives(&args.model_id, &built.train, &args.training.mining, count, 32, &args.runtime, &args.storage).await?;
+                mine_negatives(&args.model_id, &built.train, &args.training.mining, args.training.query_prompt.as_deref(), count, 32, &args.runtime, &args.storage)
+                    .await?;
             let name = HardNegatives::file_name(DatasetSplit::Train);
             store.put(&name, negatives.to_json()).await?;
             print_report(&report, count, std::path::Path::new(&store.describe(&name)), mined_at.elapsed().as_secs_f64());
@@ -100,7 +101,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let data = PreparedDataset::new(&built.val)?;
     let models = vec![("base".to_owned(), args.model_id.clone()), ("finetuned".to_owned(), model_dir.display().to_string())];
     let results_dir = args.output_dir.join("results");
-    let comparison = compare_models(&models, &data, &EvalOptions::for_training(&args.training), None, &args.runtime, &args.storage, &results_dir).await?;
+    let comparison = compare_models(&models, &data, &EvalOptions::for_training(&args.training), args.training.query_prompt.as_deref(), &args.runtime, &args.storage, &results_dir).await?;
 
     let results = report::model_results(&comparison, &models);
     let dataset = report::dataset_facts(&built, &args.dataset, &args.llm);

@@ -1,11 +1,11 @@
 //! Building blocks the encoder families share: the post-norm transformer layer of BERT, MPNet and
 //! XLM-RoBERTa (they differ only in its parameter names), mixed-precision linear layers, padding
-//! masks and RoBERTa-style position ids.
+//! masks, RoBERTa-style position ids, and the rotary position embeddings of ModernBERT and Qwen3.
 
 use super::dropout::dropout;
 use crate::precision::{Precision, PrecisionKind, cached};
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Where a layer's attention parameters sit under `encoder.layer.N` in a checkpoint.
 pub struct AttentionNames {
@@ -280,6 +280,50 @@ pub fn padding_mask(attention_mask: &Tensor, kind: Kind) -> Tensor {
 pub fn positions_after_padding(input_ids: &Tensor, padding_idx: i64) -> Tensor {
     let real = input_ids.ne(padding_idx).to_kind(Kind::Int);
     (real.cumsum(1, Kind::Int) * &real).to_kind(Kind::Int64) + padding_idx
+}
+
+/// transformers' default rotary position embeddings (no scaling), for one rotary base.
+#[derive(Debug)]
+pub struct Rotary {
+    inv_freq: Tensor,
+}
+
+/// cos and sin `[1, 1, seq, head_dim]` in fp32 for positions 0..seq.
+pub struct RotaryAngles {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    /// `1 / theta^(2i/d)` in fp32, computed as torch does so the angles match bit for bit.
+    pub fn new(head_dim: i64, theta: f64, device: Device) -> Self {
+        let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / head_dim as f64;
+        Rotary { inv_freq: Tensor::pow_scalar(theta, &exponents).reciprocal().to_device(device) }
+    }
+
+    /// The angles of positions 0..seq. The halves repeat, as transformers' rotate_half pairs
+    /// dimension i with i + head_dim/2.
+    pub fn angles(&self, seq: i64, device: Device) -> RotaryAngles {
+        let positions = Tensor::arange(seq, (Kind::Float, device)).unsqueeze(1);
+        let freqs = positions * self.inv_freq.to_device(device).unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(0).unsqueeze(0);
+        RotaryAngles { cos: emb.cos(), sin: emb.sin() }
+    }
+}
+
+impl RotaryAngles {
+    /// Rotates `[batch, heads, seq, head_dim]` in fp32 and returns to the input's kind, as
+    /// apply_rotary_pos_emb does under bf16.
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        (&xf * &self.cos + rotate_half(&xf) * &self.sin).to_kind(x.kind())
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size().last().copied().unwrap_or(0) / 2;
+    let (x1, x2) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
+    Tensor::cat(&[&x2.neg(), &x1], -1)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod dropout;
 mod layers;
 mod modernbert;
 mod mpnet;
+mod qwen3;
 mod xlm_roberta;
 
 pub use bert::BertConfig;
@@ -53,7 +54,7 @@ pub struct Family {
     pub build: fn(&nn::Path, &ModelConfig) -> Result<Box<dyn Encoder>, ModelError>,
 }
 
-pub const FAMILIES: &[Family] = &[bert::FAMILY, mpnet::FAMILY, xlm_roberta::FAMILY, modernbert::FAMILY];
+pub const FAMILIES: &[Family] = &[bert::FAMILY, mpnet::FAMILY, xlm_roberta::FAMILY, modernbert::FAMILY, qwen3::FAMILY];
 
 /// The family of a config, or an error that lists every supported one.
 pub fn family_of(config: &ModelConfig) -> Result<&'static Family, ModelError> {

@@ -4,7 +4,7 @@
 //! rotary base. transformers' ModernBertModel (sdpa path, no unpadding) is the reference: padded
 //! keys are masked out of every layer, padded queries are computed and then ignored by pooling.
 
-use super::layers::{activation, check_activation, check_heads, linear};
+use super::layers::{Rotary, RotaryAngles, activation, check_activation, check_heads, linear};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -13,7 +13,7 @@ use crate::tokenize::TokenBatch;
 use serde::Deserialize;
 use std::collections::HashMap;
 use tch::nn::{self, Module};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 pub const FAMILY: Family = Family {
     model_type: "modernbert",
@@ -201,8 +201,8 @@ fn build(root: &nn::Path, config: &ModelConfig) -> Result<Box<dyn Encoder>, Mode
         head_dim,
         // The window is ±local_attention/2 tokens, both ends included (transformers' sliding_window).
         half_window: c.local_attention / 2,
-        global_inv_freq: inv_freq(head_dim, global_theta),
-        local_inv_freq: inv_freq(head_dim, local_theta),
+        global_rotary: Rotary::new(head_dim, global_theta, root.device()),
+        local_rotary: Rotary::new(head_dim, local_theta, root.device()),
         activation: c.hidden_activation,
         embedding_dropout: c.embedding_dropout,
         attention_dropout: c.attention_dropout,
@@ -210,12 +210,6 @@ fn build(root: &nn::Path, config: &ModelConfig) -> Result<Box<dyn Encoder>, Mode
         hidden: h,
         max_positions: c.max_position_embeddings,
     }))
-}
-
-/// `1 / theta^(2i/d)` in fp32, computed as torch does so the angles match bit for bit.
-fn inv_freq(head_dim: i64, theta: f64) -> Tensor {
-    let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / head_dim as f64;
-    Tensor::pow_scalar(theta, &exponents).reciprocal()
 }
 
 /// LayerNorm whose bias is optional (`norm_bias`), which tch's LayerNorm cannot express.
@@ -261,8 +255,8 @@ struct ModernBert {
     heads: i64,
     head_dim: i64,
     half_window: i64,
-    global_inv_freq: Tensor,
-    local_inv_freq: Tensor,
+    global_rotary: Rotary,
+    local_rotary: Rotary,
     activation: String,
     embedding_dropout: f64,
     attention_dropout: f64,
@@ -271,35 +265,14 @@ struct ModernBert {
     max_positions: i64,
 }
 
-/// cos and sin `[1, 1, seq, head_dim]` in fp32 for positions 0..seq: the halves repeat, as
-/// transformers' rotate_half pairs dimension i with i + head_dim/2.
-fn rotary(inv_freq: &Tensor, seq: i64, device: Device) -> (Tensor, Tensor) {
-    let positions = Tensor::arange(seq, (Kind::Float, device)).unsqueeze(1);
-    let freqs = positions * inv_freq.to_device(device).unsqueeze(0);
-    let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(0).unsqueeze(0);
-    (emb.cos(), emb.sin())
-}
-
-fn rotate_half(x: &Tensor) -> Tensor {
-    let half = x.size().last().copied().unwrap_or(0) / 2;
-    let (x1, x2) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
-    Tensor::cat(&[&x2.neg(), &x1], -1)
-}
-
-/// Rotates in fp32 and returns to the compute kind, as apply_rotary_pos_emb does under bf16.
-fn apply_rotary(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Tensor {
-    let xf = x.to_kind(Kind::Float);
-    (&xf * cos + rotate_half(&xf) * sin).to_kind(x.kind())
-}
-
 impl ModernBert {
-    fn layer(&self, layer: &Layer, x: &Tensor, mask: Option<&Tensor>, rope: &(Tensor, Tensor), train: bool, precision: Precision) -> Tensor {
+    fn layer(&self, layer: &Layer, x: &Tensor, mask: Option<&Tensor>, rope: &RotaryAngles, train: bool, precision: Precision) -> Tensor {
         let (batch, seq, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
         let compute = precision.kind();
         let normed = layer.attn_norm.as_ref().map_or_else(|| x.shallow_clone(), |n| n.forward(x));
         let qkv = linear(&layer.wqkv, &normed.to_kind(compute), compute).view([batch, seq, 3, self.heads, self.head_dim]);
         let part = |i: i64| qkv.select(2, i).transpose(1, 2);
-        let (q, k, v) = (apply_rotary(&part(0), rope), apply_rotary(&part(1), rope), part(2));
+        let (q, k, v) = (rope.apply(&part(0)), rope.apply(&part(1)), part(2));
         let dropout = if train { self.attention_dropout } else { 0.0 };
         let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false)
             .transpose(1, 2)
@@ -332,8 +305,8 @@ impl Encoder for ModernBert {
         let near = (idx.unsqueeze(1) - idx.unsqueeze(0)).abs().le(self.half_window).view([1, 1, seq, seq]);
         let local_mask = keys.logical_and(&near);
 
-        let global_rope = rotary(&self.global_inv_freq, seq, device);
-        let local_rope = rotary(&self.local_inv_freq, seq, device);
+        let global_rope = self.global_rotary.angles(seq, device);
+        let local_rope = self.local_rotary.angles(seq, device);
         for layer in &self.layers {
             let (mask, rope) = if layer.global { (global_mask.as_ref(), &global_rope) } else { (Some(&local_mask), &local_rope) };
             x = self.layer(layer, &x, mask, rope, train, precision);
@@ -354,6 +327,7 @@ impl Encoder for ModernBert {
 mod tests {
     use super::*;
     use serde_json::json;
+    use tch::Device;
 
     fn config(extra: serde_json::Value) -> ModernBertConfig {
         let mut base = json!({
