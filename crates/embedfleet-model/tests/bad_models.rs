@@ -41,6 +41,42 @@ fn corrupt_weights() {
     assert!(matches!(err, ModelError::BadWeights { .. }), "{err}");
 }
 
+/// Loading reads a safetensors file one tensor at a time from its header's offsets, so every lie a
+/// header can tell must be an error, not a read past the file or a panic.
+#[test]
+fn safetensors_headers_that_lie_are_errors() {
+    let write = |dir: &Path, header: serde_json::Value, data: usize| {
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header);
+        bytes.extend(vec![0u8; data]);
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    };
+    let name = "embeddings.word_embeddings.weight";
+    let cases = [
+        ("offsets past the end of the file", serde_json::json!({name: {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}), 8, "offsets"),
+        ("offsets that do not fit the shape", serde_json::json!({name: {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 16]}}), 16, "offsets"),
+        ("offsets backwards", serde_json::json!({name: {"dtype": "F32", "shape": [0], "data_offsets": [16, 0]}}), 16, "offsets"),
+        ("an unknown dtype", serde_json::json!({name: {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}}), 1, "dtype"),
+        ("no shape", serde_json::json!({name: {"dtype": "F32", "data_offsets": [0, 4]}}), 4, "shape"),
+        ("a dimension that overflows", serde_json::json!({name: {"dtype": "F32", "shape": [u64::MAX, 4], "data_offsets": [0, 4]}}), 4, "shape"),
+        ("a tensor the model lacks", serde_json::json!({"unused": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}), 4, "missing"),
+    ];
+    for (what, header, data, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_model(dir.path());
+        write(dir.path(), header, data);
+        let err = load(dir.path());
+        assert!(matches!(err, ModelError::BadWeights { .. }), "{what}: {err}");
+        assert!(err.to_string().contains(says), "{what}: {err}");
+    }
+    // A header length past the file.
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    std::fs::write(dir.path().join("model.safetensors"), 1_000_000u64.to_le_bytes()).unwrap();
+    assert!(matches!(load(dir.path()), ModelError::BadWeights { .. }));
+}
+
 #[test]
 fn unsupported_architecture_names_the_supported_ones() {
     let dir = tempfile::tempdir().unwrap();
