@@ -18,7 +18,7 @@ Corpora (--corpora, default both):
   PATH         any corpus file or folder `embedfleet generate --input` reads
 
 N texts are taken from each corpus's chunks in sha256(chunk id) order (default 1000; mpnet and
-xlm-roberta 300, modernbert 96, qwen3 64; --quick 300 / 96 / 64 / 32).
+xlm-roberta 300, modernbert 96, qwen3 64; --quick 300 / 96 / 64 / 48).
 
 Runs, each in its own process:
 
@@ -62,7 +62,7 @@ BATCH = 32
 # Every timed run is repeated and the median kept: a few seconds of work on a shared machine vary.
 REPEATS = 3
 # Texts per corpus by family (default, --quick): the larger models take minutes per run on a CPU.
-TEXTS = {"minilm": (1000, 300), "mpnet": (300, 96), "xlm-roberta": (300, 96), "modernbert": (96, 64), "qwen3": (64, 32)}
+TEXTS = {"minilm": (1000, 300), "mpnet": (300, 96), "xlm-roberta": (300, 96), "modernbert": (96, 64), "qwen3": (64, 48)}
 PYTHON_DOCS = Path.home() / ".cache" / "embedfleet" / "real-docs" / "root" / "usr" / "share" / "doc" / "python3.11" / "html"
 
 # --------------------------------------------------------------------------------------------
