@@ -7,7 +7,9 @@
 #
 # Usage: tools/human_questions/measure.sh [WORK_DIR]   (default ~/.cache/embedfleet/human-questions/measure)
 # Settings: MODEL (default .deps/all-MiniLM-L6-v2), EPOCHS (1), GENERATOR (offline), THREADS (2),
-#           VARIANTS ("plain hard-negatives matryoshka"), EMBEDFLEET_BIN.
+#           VARIANTS ("plain hard-negatives matryoshka"), DOCS (the documents to train on; default
+#           all of build.py's docs/, a folder of some of them makes a quicker run, e.g. for a slow
+#           local LLM), EMBEDFLEET_BIN.
 # A variant whose model folder exists is not trained again; delete the folder to retrain it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -19,6 +21,7 @@ generator=${GENERATOR:-offline}
 threads=${THREADS:-2}
 variants=${VARIANTS:-plain hard-negatives matryoshka}
 hq=$HOME/.cache/embedfleet/human-questions/out
+docs=${DOCS:-$hq/docs}
 
 [ -x "$bin" ] || { echo "measure.sh: no embedfleet binary at $bin; run cargo build --bins first" >&2; exit 2; }
 [ -f "$model/config.json" ] || { echo "measure.sh: no model at $model; run scripts/setup.sh first" >&2; exit 2; }
@@ -26,7 +29,7 @@ python3 "$root/tools/human_questions/build.py" --show 0
 mkdir -p "$work"
 data="$work/data-$generator"
 if [ ! -f "$data/train_dataset.json" ]; then
-  "$bin" generate --input "$hq/docs" --output-dir "$data" --generator "$generator"
+  "$bin" generate --input "$docs" --output-dir "$data" --generator "$generator"
 fi
 
 models=(--model "base=$model")
