@@ -100,6 +100,11 @@ pub fn clean_line(raw: &str) -> String {
     let unquoted = s.trim_start_matches(quotes).trim_end_matches(quotes);
     // Only a wrapping pair of quotes is removed; a line that merely ends in a quote keeps it.
     let s = if unquoted.len() + 2 <= s.len() && s.starts_with(quotes) && s.ends_with(quotes) { unquoted } else { s };
+    // A lone opening quote with no closing one anywhere ("\"What is X?") is the model's, not the text's.
+    let s = match s.strip_prefix(['"', '“']) {
+        Some(rest) if !rest.contains(['"', '”']) => rest,
+        _ => s,
+    };
     s.trim().to_owned()
 }
 
@@ -120,6 +125,12 @@ fn strip_marker(s: &str) -> &str {
         }
     }
     let lower = s.to_ascii_lowercase();
+    // Small models label their one question: "The question: …", "Generated question: …".
+    for label in ["the question:", "generated question:", "example question:", "sample question:"] {
+        if lower.starts_with(label) {
+            return &s[label.len()..];
+        }
+    }
     for label in ["question", "q"] {
         if lower.starts_with(label) {
             let rest = s[label.len()..].trim_start().trim_start_matches('#');
@@ -169,6 +180,10 @@ const PREAMBLE_STARTS: &[&str] = &[
     "here are", "here is", "here's", "sure", "certainly", "of course", "okay", "ok,", "ok.", "below are",
     "the following", "i hope", "i have", "i've", "let me know", "feel free", "note:", "these questions",
     "these are", "as a teacher", "as a professor",
+    // Assistant chatter that small chat models answer with instead of questions.
+    "i'm ready", "i am ready", "i'm happy to", "i'd be happy", "i would be happy", "what's the question",
+    "what is the question", "what's your question", "what is your question", "how can i help",
+    "how can i assist", "what's your favorite", "what is your favorite",
 ];
 
 const ANSWER_STARTS: &[&str] = &["answer:", "answer ", "a:", "a)", "a.", "ans:", "correct answer"];
@@ -362,6 +377,19 @@ mod tests {
         assert_eq!(count(|l| matches!(l, Line::Question(_))), 2, "{lines:?}");
         assert_eq!(count(|l| matches!(l, Line::Preamble(_))), 4, "{lines:?}");
         assert_eq!(count(|l| matches!(l, Line::NotAQuestion(_))), 2, "{lines:?}");
+    }
+
+    /// Lines SmolLM2-135M-Instruct wrote through llama.cpp for real documentation chunks.
+    #[test]
+    fn small_model_chatter_and_labels() {
+        assert_eq!(clean_line("The question: \"What is the purpose of a web server?\""), "What is the purpose of a web server?");
+        assert_eq!(clean_line("\"What is the purpose of the `curl` command?"), "What is the purpose of the `curl` command?");
+        assert_eq!(clean_line("\"Why\" is a word; what does it ask?"), "\"Why\" is a word; what does it ask?");
+        let answer = "I'm ready to assist. What's the question you're looking for?\nWhat's your favorite color?\n\
+                      The question: \"How does SQLite handle tables?\"";
+        assert_eq!(questions(answer), vec!["How does SQLite handle tables?"]);
+        let lines = parse_answer(answer);
+        assert_eq!(lines.iter().filter(|l| matches!(l, Line::Preamble(_))).count(), 2, "{lines:?}");
     }
 
     #[test]
