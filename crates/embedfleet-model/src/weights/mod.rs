@@ -61,6 +61,11 @@ impl Stored {
         }
     }
 
+    /// Weights a model can take (integer tensors are buffers such as position ids).
+    pub fn is_floating(&self) -> bool {
+        matches!(self.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double)
+    }
+
     /// The tensor itself, read from its file if it is not in memory.
     pub fn read(self) -> Result<Tensor, ModelError> {
         match self {
@@ -219,7 +224,7 @@ pub fn load_into(vs: &mut nn::VarStore, dir: &Path, rules: &KeyRules) -> Result<
                 message: format!("tensor '{name}' has shape {:?}, the config wants {:?}", src.shape(), var.size()),
             });
         }
-        if !matches!(src.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
+        if !src.is_floating() {
             return Err(ModelError::BadWeights {
                 path: path.clone(),
                 message: format!("tensor '{name}' holds {:?} values, not floating point", src.kind()),
@@ -229,8 +234,7 @@ pub fn load_into(vs: &mut nn::VarStore, dir: &Path, rules: &KeyRules) -> Result<
     }
     let mut passthrough = Vec::new();
     for (name, stored) in by_name {
-        let floating = matches!(stored.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double);
-        if floating && rules.passthrough.iter().any(|p| name.starts_with(p)) {
+        if stored.is_floating() && rules.passthrough.iter().any(|p| name.starts_with(p)) {
             passthrough.push((name, stored.read()?.to_kind(Kind::Float)));
         }
     }
