@@ -392,6 +392,18 @@ mod tests {
         assert_eq!(lines.iter().filter(|l| matches!(l, Line::Preamble(_))).count(), 2, "{lines:?}");
     }
 
+    proptest::proptest! {
+        /// Any answer text, multi-byte and quote-heavy lines included: no panic, and a kept line
+        /// is a trimmed piece of its raw line with the emphasis markers removed.
+        #[test]
+        fn any_line_cleans_to_a_piece_of_itself(line in "(The question: |Question 1: |[\"“”'`*#>•-]|[0-9]{1,4}[.):]| |é|漢|[a-zA-Z?]{1,6}){0,12}") {
+            let cleaned = clean_line(&line);
+            proptest::prop_assert_eq!(cleaned.trim(), cleaned.as_str());
+            proptest::prop_assert!(line.replace("**", "").replace("__", "").contains(&cleaned), "{:?} -> {:?}", line, cleaned);
+            let _ = parse_answer(&format!("{line}\n{line}"));
+        }
+    }
+
     #[test]
     fn normalization_ignores_case_punctuation_and_spacing() {
         assert_eq!(normalize("  What IS   ownership?! "), "what is ownership");
