@@ -618,10 +618,11 @@ def main() -> None:
     runs = [("fp32", [])] + ([] if args.skip_bf16 else [("bf16", ["--precision", "bf16"])])
     for tag, extra in runs:
         out = work / f"out_embedfleet_{tag}"
+        # The reference trains on whole passages, so embedfleet does too here (its default cuts spans out).
         cmd = [str(embedfleet), "finetune", "--model-id", str(args.model), "--train-dataset", str(train_path),
                "--val-dataset", str(val_path), "--output-path", str(out), "--epochs", str(args.epochs),
                "--batch-size", str(BATCH), "--evaluation-steps", "0", "--threads", str(args.threads),
-               "--device", args.device, "--overwrite", *variant_flags, *extra]
+               "--device", args.device, "--overwrite", "--inverse-cloze", "false", *variant_flags, *extra]
         print(f"[embedfleet {tag}] {' '.join(cmd)}", flush=True)
         r = run_child(cmd, work / f"embedfleet_{tag}", env, args.max_wait)
         entry = {k: v for k, v in r.items() if k not in ("stdout", "stderr", "sampler")}

@@ -287,6 +287,7 @@ impl Coordinator {
             split_by: split_by.as_str().unwrap_or_default(),
             generator: generator.as_str().unwrap_or_default(),
             failed_chunks: record.failed_chunks as usize,
+            train: &record.spec.train,
             run_prefix: layout::run(run_id),
             results_prefix: layout::results(run_id),
             model_prefix: layout::model(run_id),

@@ -7,9 +7,12 @@
 //! for specs that did not come through the CLI); its error names the flag.
 
 use crate::chunk::ChunkConfig;
+use crate::dataset::QaDataset;
+use crate::inverse_cloze::{ClozeCuts, cut_questions_from_positives};
 use crate::split::{SplitBy, SplitConfig};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// A setting that cannot work, named by its flag.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -306,6 +309,12 @@ pub struct TrainConfig {
     /// own `query` prompt if it has one (Qwen3-Embedding's instruction), else none.
     #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
     pub query_prompt: Option<String>,
+    /// Inverse cloze: cut each question that is word for word in its passage (the offline
+    /// generator's spans) out of that passage, for training and validation, so the model learns
+    /// what a passage is about instead of matching its words; `false` keeps the passages whole.
+    /// Questions an LLM wrote are not in their passage and stay as they are.
+    #[arg(long, env = "EMBEDFLEET_INVERSE_CLOZE", alias = "inverse_cloze", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub inverse_cloze: bool,
     /// Hard negatives: how many per question, and how they are mined.
     #[command(flatten)]
     pub mining: MiningConfig,
@@ -328,6 +337,7 @@ impl Default for TrainConfig {
             train_seed: defaults::SEED,
             matryoshka_dims: Vec::new(),
             query_prompt: None,
+            inverse_cloze: true,
             mining: MiningConfig::default(),
         }
     }
@@ -394,6 +404,22 @@ pub fn check_metric(name: &str) -> Result<(), ConfigError> {
 }
 
 impl TrainConfig {
+    /// The dataset as training and validation see it: with `--inverse-cloze`, each question cut
+    /// out of its passages (see [`crate::inverse_cloze`]); otherwise the dataset itself.
+    pub fn training_view<'a>(&self, dataset: &'a QaDataset) -> Cow<'a, QaDataset> {
+        self.training_view_counted(dataset).0
+    }
+
+    /// [`TrainConfig::training_view`], and what the cut did.
+    pub fn training_view_counted<'a>(&self, dataset: &'a QaDataset) -> (Cow<'a, QaDataset>, ClozeCuts) {
+        if !self.inverse_cloze {
+            return (Cow::Borrowed(dataset), ClozeCuts::default());
+        }
+        let (cut, cuts) = cut_questions_from_positives(dataset);
+        tracing::info!(cut = cuts.cut, not_found = cuts.not_found, whole_passage = cuts.whole_passage, "{cuts}");
+        (Cow::Owned(cut), cuts)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.epochs == 0 {
             return Err(refuse("--epochs", 0, "must be at least 1"));

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod html;
 pub mod ids;
 pub mod ingest;
+pub mod inverse_cloze;
 pub mod name;
 pub mod negatives;
 pub mod offline;

@@ -55,7 +55,7 @@ impl TaskHandler for EvaluateWorker {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| TaskError::fatal(format!("{result_key}: {e}")))?,
             None => {
                 let val = read_dataset(&self.store, &layout::data(&run_id), DatasetSplit::Val).await.map_err(TaskError::classify)?;
-                let data = PreparedDataset::new(&val).map_err(TaskError::classify)?;
+                let data = PreparedDataset::new(&spec.train.training_view(&val)).map_err(TaskError::classify)?;
                 let local = self.work_dir.join(format!("{run_id}-{label}"));
                 let _ = std::fs::remove_dir_all(&local);
                 let n = self.store.get_dir(&layout::checkpoint(&run_id, &label), &local).await?;

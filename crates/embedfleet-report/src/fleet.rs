@@ -44,6 +44,8 @@ pub struct FleetRun<'a> {
     pub split_by: &'a str,
     pub generator: &'a str,
     pub failed_chunks: usize,
+    /// How the run's training and evaluators saw validation: the run spec's `train`.
+    pub train: &'a embedfleet_core::TrainConfig,
     /// `runs/<run>`.
     pub run_prefix: String,
     pub results_prefix: String,
@@ -137,7 +139,8 @@ pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Resu
     let report = RunReport {
         title: format!("Run {}", run.run_id),
         models,
-        validation: val,
+        // The passages as the evaluators scored them (with inverse cloze, questions cut out).
+        validation: run.train.training_view(&val).into_owned(),
         dataset: Some(dataset.clone()),
         training: training.as_ref().map(|t| TrainingFacts { best_step, base_model: base_name.clone(), ..t.facts.clone() }),
         curve: Some(curve),

@@ -211,7 +211,7 @@ pub fn train_with_hooks(
             source => TrainError::Hook { step, source },
         }
     };
-    let (pairs, negatives) = training_pairs(train_set, job)?;
+    let (pairs, negatives, cloze_cuts) = training_pairs(train_set, job)?;
     if pairs.len() < config.batch_size {
         return Err(TrainError::TooFewPairs { pairs: pairs.len(), batch: config.batch_size });
     }
@@ -237,6 +237,9 @@ pub fn train_with_hooks(
     // Only when set, so checkpoints written before hard negatives existed still resume.
     if job.hard_negatives() > 0 {
         fingerprint.push_str(&format!(" negatives={}/{}", job.hard_negatives(), negatives.iter().map(Vec::len).sum::<usize>()));
+    }
+    if config.inverse_cloze {
+        fingerprint.push_str(" inverse_cloze");
     }
     if !config.matryoshka_dims.is_empty() {
         fingerprint.push_str(&format!(" matryoshka={:?}", config.matryoshka_dims_descending()));
@@ -265,7 +268,7 @@ pub fn train_with_hooks(
     let started = std::cell::Cell::new(Instant::now());
     let facts = |model: &SentenceEncoder, steps: usize, trained_pairs: usize, best_step: Option<usize>| {
         let seconds = started.get().elapsed().as_secs_f64();
-        training_facts(job, model, query_prompt.as_deref(), pairs.len(), steps, seconds, trained_pairs as f64 / seconds.max(1e-9), best_step)
+        training_facts(job, model, query_prompt.as_deref(), pairs.len(), cloze_cuts, steps, seconds, trained_pairs as f64 / seconds.max(1e-9), best_step)
     };
     let card = |evals: &[EvalRow], best_step: Option<usize>, facts: TrainingFacts| {
         model_card(job, pairs.len(), output, val, evals, best_step, facts)
@@ -408,6 +411,7 @@ fn training_facts(
     model: &SentenceEncoder,
     query_prompt: Option<&str>,
     pairs: usize,
+    cloze_cuts: usize,
     steps: usize,
     seconds: f64,
     pairs_per_second: f64,
@@ -428,6 +432,11 @@ fn training_facts(
             m.range_min,
             m.range_max,
             (1.0 - m.relative_margin) * 100.0
+        ));
+    }
+    if cloze_cuts > 0 {
+        loss.push_str(&format!(
+            "; {cloze_cuts} questions that were word for word in their passage were cut out of it first (inverse cloze; in validation too)"
         ));
     }
     if let Some(prompt) = query_prompt {
@@ -529,7 +538,8 @@ fn prepare_output(output: &Path, resume: bool, overwrite: bool) -> Result<(), Tr
 
 /// The (question, positive) pairs in the dataset's order, and each pair's first
 /// `--hard-negatives` mined negatives (empty lists when none are asked for).
-fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPair>, Vec<Vec<Negative>>), TrainError> {
+/// Also how many questions inverse cloze cut out of their passages.
+fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPair>, Vec<Vec<Negative>>, usize), TrainError> {
     let wanted = job.hard_negatives();
     let mined = match (&job.negatives, wanted) {
         (_, 0) => None,
@@ -539,6 +549,7 @@ fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPai
         }
         (None, n) => return Err(TrainError::NoNegatives(n)),
     };
+    let (train_set, cuts) = job.config.training_view_counted(train_set);
     let mut pairs = Vec::new();
     let mut negatives = Vec::new();
     for (qid, question) in &train_set.queries {
@@ -551,7 +562,7 @@ fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPai
             }
         }
     }
-    Ok((pairs, negatives))
+    Ok((pairs, negatives, cuts.cut))
 }
 
 /// One optimisation step's forward and backward; returns the loss. A libtorch failure (out of

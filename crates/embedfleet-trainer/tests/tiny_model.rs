@@ -221,6 +221,42 @@ fn hard_negatives_train_the_same_under_grad_cache() {
     assert!(none.log[0].loss < one.log[0].loss, "more candidates, higher first loss: {} vs {}", none.log[0].loss, one.log[0].loss);
 }
 
+/// Spans of their own passage, as the offline generator writes them (one space between words,
+/// while the passage has a line break inside the span).
+fn span_dataset(chunks: usize) -> QaDataset {
+    let mut d = QaDataset::new();
+    for c in 0..chunks {
+        let topic = TOPICS[c % TOPICS.len()];
+        let id = format!("d{c:03}-0000");
+        d.corpus.insert(id.clone(), format!("Section {c} explains {topic}\nin detail: setting {c} controls {topic} behaviour number {c}."));
+        let qid = format!("{id}-q0");
+        d.queries.insert(qid.clone(), format!("{c} explains {topic} in detail:"));
+        d.relevant_docs.insert(qid, vec![id.clone()]);
+    }
+    d
+}
+
+#[test]
+fn inverse_cloze_trains_on_passages_without_their_spans() {
+    let _serial = serial();
+    let run = |d: &QaDataset, inverse_cloze: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = tiny(0.0);
+        let config = TrainConfig { inverse_cloze, evaluation_steps: 0, ..config() };
+        train(&mut model, d, None, &job(config), dir.path(), false, false, &NoProgress).unwrap()
+    };
+    let spans = span_dataset(16);
+    let cut = run(&spans, true);
+    assert!(cut.facts.loss.contains("16 questions that were word for word in their passage were cut out of it"), "{}", cut.facts.loss);
+    let whole = run(&spans, false);
+    assert!(!whole.facts.loss.contains("inverse cloze"), "{}", whole.facts.loss);
+    // Same model, same batches: only the passages differ, and with them the very first loss.
+    assert!((cut.log[0].loss - whole.log[0].loss).abs() > 1e-6, "{} vs {}", cut.log[0].loss, whole.log[0].loss);
+    // Questions written as questions are not in their passage: nothing is cut, nothing is said.
+    let questions = run(&dataset(8), true);
+    assert!(!questions.facts.loss.contains("inverse cloze"), "{}", questions.facts.loss);
+}
+
 #[test]
 fn hard_negatives_need_mined_negatives_of_this_dataset() {
     let _serial = serial();

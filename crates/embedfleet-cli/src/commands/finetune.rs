@@ -59,7 +59,7 @@ pub async fn finetune(
     if let Some(negatives) = negatives {
         job = job.with_negatives(negatives);
     }
-    let val = PreparedDataset::new(&val)?;
+    let val = PreparedDataset::new(&training.training_view(&val))?;
     let progress = crate::progress::for_terminal();
     let outcome = tokio::task::spawn_blocking(move || {
         embedfleet_trainer::train(&mut model, &train, Some(&val), &job, &output, resume, overwrite, progress.as_ref())

@@ -98,7 +98,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     print_outcome(&outcome, &args.training.metric, &model_dir);
 
     println!("\n== evaluate");
-    let data = PreparedDataset::new(&built.val)?;
+    // Scored as training's validation scored it (with --inverse-cloze, questions cut out of their passages).
+    let validation = args.training.training_view(&built.val).into_owned();
+    let data = PreparedDataset::new(&validation)?;
     let models = vec![("base".to_owned(), args.model_id.clone()), ("finetuned".to_owned(), model_dir.display().to_string())];
     let results_dir = args.output_dir.join("results");
     let comparison = compare_models(&models, &data, &EvalOptions::for_training(&args.training), args.training.query_prompt.as_deref(), &args.runtime, &args.storage, &results_dir).await?;
@@ -121,7 +123,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let report = RunReport {
         title: format!("{base_model} fine-tuned on {}", args.input.display()),
         models: results,
-        validation: built.val.clone(),
+        validation,
         dataset: Some(dataset),
         training: Some(outcome.facts.clone()),
         curve: Some(outcome.curve.clone()),
