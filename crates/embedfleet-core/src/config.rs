@@ -416,7 +416,7 @@ impl TrainConfig {
             return (Cow::Borrowed(dataset), ClozeCuts::default());
         }
         let (cut, cuts) = cut_questions_from_positives(dataset);
-        tracing::info!(cut = cuts.cut, not_found = cuts.not_found, whole_passage = cuts.whole_passage, "{cuts}");
+        tracing::info!(cut = cuts.cut, not_found = cuts.not_found, left_in = cuts.left_in, "{cuts}");
         (Cow::Owned(cut), cuts)
     }
 
