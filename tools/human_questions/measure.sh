@@ -3,7 +3,8 @@
 # offline generator, or an LLM with GENERATOR=llm and the usual EMBEDFLEET_LLM_* settings) once per
 # variant (plain MNRL, one mined hard negative, Matryoshka), then score the base model and every
 # variant on the FAQs' human-written questions against all 2,401 passages, at full size and cut to
-# 384 and 64 dimensions.
+# 384 and 64 dimensions, and print a paired bootstrap of each difference from the base
+# (tools/human_questions/paired_bootstrap.py).
 #
 # Usage: tools/human_questions/measure.sh [WORK_DIR]   (default ~/.cache/embedfleet/human-questions/measure)
 # Settings: MODEL (default .deps/all-MiniLM-L6-v2), EPOCHS (1), GENERATOR (offline), THREADS (2),
@@ -53,3 +54,5 @@ done
 
 "$bin" evaluate "${models[@]}" --val-dataset "$hq/eval/human_dataset.json" \
   --results-dir "$work/human-$generator" --matryoshka-dims 384,64 --threads "$threads"
+# 137 questions cannot tell small differences apart: say how wide the noise is.
+python3 "$root/tools/human_questions/paired_bootstrap.py" "$work/human-$generator/per_query.jsonl"
