@@ -59,8 +59,8 @@ pub fn cut_questions_from_positives(dataset: &QaDataset) -> (QaDataset, ClozeCut
         let words = &words_of[cid];
         let mut covered = vec![false; words.len()];
         for range in ranges {
-            let left = covered.iter().enumerate().filter(|&(i, &c)| !c && !range.contains(&i)).count();
-            if left == 0 {
+            let leaves_a_word = covered.iter().enumerate().any(|(i, &c)| !c && !range.contains(&i));
+            if !leaves_a_word {
                 cuts.left_in += 1;
                 continue;
             }
