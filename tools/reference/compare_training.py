@@ -622,7 +622,8 @@ def main() -> None:
         cmd = [str(embedfleet), "finetune", "--model-id", str(args.model), "--train-dataset", str(train_path),
                "--val-dataset", str(val_path), "--output-path", str(out), "--epochs", str(args.epochs),
                "--batch-size", str(BATCH), "--evaluation-steps", "0", "--threads", str(args.threads),
-               "--device", args.device, "--overwrite", "--inverse-cloze", "false", *variant_flags, *extra]
+               "--device", args.device, "--overwrite", "--inverse-cloze", "false", "--learning-rate", str(LR),
+               *variant_flags, *extra]
         print(f"[embedfleet {tag}] {' '.join(cmd)}", flush=True)
         r = run_child(cmd, work / f"embedfleet_{tag}", env, args.max_wait)
         entry = {k: v for k, v in r.items() if k not in ("stdout", "stderr", "sampler")}

@@ -21,6 +21,14 @@ pub struct ClozeCuts {
     pub left_in: usize,
 }
 
+impl ClozeCuts {
+    /// Whether most questions were found word for word in their passages: spans of the text, as
+    /// the offline generator makes, rather than questions someone wrote.
+    pub fn questions_are_spans(&self) -> bool {
+        self.cut + self.left_in > self.not_found
+    }
+}
+
 impl std::fmt::Display for ClozeCuts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

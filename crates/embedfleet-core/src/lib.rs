@@ -28,6 +28,7 @@ pub use dataset::{DatasetError, DatasetSplit, QaDataset};
 pub use generate::{GenerateError, GenerationOutcome, QuestionGenerator};
 pub use ids::{ChunkId, DocId, QueryId};
 pub use ingest::{Document, IngestError, IngestOptions};
+pub use inverse_cloze::ClozeCuts;
 pub use negatives::{ExportFormat, HardNegatives, NegativesError};
 pub use name::{CheckpointLabel, InvalidName, RunId};
 pub use offline::OfflineGenerator;

@@ -5,9 +5,9 @@
 
 use tch::{Kind, Tensor};
 
+/// Everything but the learning rate, which the schedule passes to each [`AdamW::step`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
-    pub lr: f64,
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -17,7 +17,7 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 2e-5, weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, max_grad_norm: 1.0 }
+        Self { weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, max_grad_norm: 1.0 }
     }
 }
 
@@ -156,7 +156,7 @@ mod tests {
     fn one_adamw_step_matches_the_formula() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
         let b = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
-        let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone()), ("dense.bias".into(), b.shallow_clone())], AdamWConfig { lr: 0.1, max_grad_norm: 1e9, ..Default::default() });
+        let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone()), ("dense.bias".into(), b.shallow_clone())], AdamWConfig { max_grad_norm: 1e9, ..Default::default() });
         (p.pow_tensor_scalar(2).sum(Kind::Float) + b.sum(Kind::Float) * 3.0).backward();
         opt.step(0.1);
         // First step of Adam moves each weight by lr * sign(grad) (up to eps); w also decays.

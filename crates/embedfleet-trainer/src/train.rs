@@ -5,7 +5,7 @@ use crate::batching::{Negative, TrainPair, candidates, epoch_batches_with_negati
 use crate::checkpoint::{EvalRow, LogRow, TrainState, checkpoint_dir, latest};
 use crate::loss::{MnrlLoss, TrainingLoss};
 use crate::optim::{AdamW, AdamWConfig, linear_schedule};
-use embedfleet_core::{HardNegatives, NegativesError, Progress, QaDataset};
+use embedfleet_core::{ClozeCuts, HardNegatives, NegativesError, Progress, QaDataset};
 use embedfleet_evaluator::csv::{csv_file_name, csv_header, csv_row, dim_csv_name};
 use embedfleet_evaluator::metrics::RetrievalMetrics;
 use embedfleet_evaluator::rank::ScoreFunction;
@@ -67,7 +67,6 @@ impl TrainJob {
 
     pub fn optim(&self) -> AdamWConfig {
         AdamWConfig {
-            lr: self.config.learning_rate,
             weight_decay: self.config.weight_decay,
             max_grad_norm: self.config.max_grad_norm,
             ..Default::default()
@@ -212,6 +211,10 @@ pub fn train_with_hooks(
         }
     };
     let (pairs, negatives, cloze_cuts) = training_pairs(train_set, job)?;
+    let learning_rate = config.learning_rate_for(&cloze_cuts);
+    if config.learning_rate.is_none() && cloze_cuts.questions_are_spans() {
+        tracing::info!(learning_rate, "most questions are spans of their passages: training at the rate for spans (pass --learning-rate to choose)");
+    }
     if pairs.len() < config.batch_size {
         return Err(TrainError::TooFewPairs { pairs: pairs.len(), batch: config.batch_size });
     }
@@ -231,7 +234,7 @@ pub fn train_with_hooks(
         config.batch_size,
         config.epochs,
         config.train_seed,
-        config.learning_rate,
+        learning_rate,
         config.mini_batch_size
     );
     // Only when set, so checkpoints written before hard negatives existed still resume.
@@ -268,7 +271,7 @@ pub fn train_with_hooks(
     let started = std::cell::Cell::new(Instant::now());
     let facts = |model: &SentenceEncoder, steps: usize, trained_pairs: usize, best_step: Option<usize>| {
         let seconds = started.get().elapsed().as_secs_f64();
-        training_facts(job, model, query_prompt.as_deref(), pairs.len(), cloze_cuts, steps, seconds, trained_pairs as f64 / seconds.max(1e-9), best_step)
+        training_facts(job, model, query_prompt.as_deref(), pairs.len(), cloze_cuts.cut, learning_rate, steps, seconds, trained_pairs as f64 / seconds.max(1e-9), best_step)
     };
     let card = |evals: &[EvalRow], best_step: Option<usize>, facts: TrainingFacts| {
         model_card(job, pairs.len(), output, val, evals, best_step, facts)
@@ -308,7 +311,7 @@ pub fn train_with_hooks(
                 stopped_early = true;
                 break 'epochs;
             }
-            let lr = config.learning_rate * linear_schedule(state.global_step, warmup, total_steps);
+            let lr = learning_rate * linear_schedule(state.global_step, warmup, total_steps);
             // A fixed RNG stream per step makes dropout, and so a resumed run, reproducible.
             tch::manual_seed((config.train_seed as i64).wrapping_mul(1_000_003).wrapping_add(state.global_step as i64));
             let loss = run_step(model, &pairs, &negatives, batch, job, query_prompt.as_deref(), state.global_step)?;
@@ -412,6 +415,7 @@ fn training_facts(
     query_prompt: Option<&str>,
     pairs: usize,
     cloze_cuts: usize,
+    learning_rate: f64,
     steps: usize,
     seconds: f64,
     pairs_per_second: f64,
@@ -456,7 +460,7 @@ fn training_facts(
         mini_batch_size: config.mini_batch_size,
         epochs: config.epochs,
         steps,
-        learning_rate: config.learning_rate,
+        learning_rate,
         warmup_ratio: config.warmup_ratio,
         weight_decay: config.weight_decay,
         max_grad_norm: config.max_grad_norm,
@@ -538,8 +542,8 @@ fn prepare_output(output: &Path, resume: bool, overwrite: bool) -> Result<(), Tr
 
 /// The (question, positive) pairs in the dataset's order, and each pair's first
 /// `--hard-negatives` mined negatives (empty lists when none are asked for).
-/// Also how many questions inverse cloze cut out of their passages.
-fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPair>, Vec<Vec<Negative>>, usize), TrainError> {
+/// Also what inverse cloze cut out of the passages.
+fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPair>, Vec<Vec<Negative>>, ClozeCuts), TrainError> {
     let wanted = job.hard_negatives();
     let mined = match (&job.negatives, wanted) {
         (_, 0) => None,
@@ -562,7 +566,7 @@ fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPai
             }
         }
     }
-    Ok((pairs, negatives, cuts.cut))
+    Ok((pairs, negatives, cuts))
 }
 
 /// One optimisation step's forward and backward; returns the loss. A libtorch failure (out of

@@ -92,7 +92,7 @@ fn first_steps(name: &str, lr: f64, precision: Precision, tolerance: f64) {
     let before: Vec<(String, Tensor)> =
         model.var_store().variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
     let named: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
-    let mut optimizer = AdamW::new(named, AdamWConfig { lr, ..Default::default() });
+    let mut optimizer = AdamW::new(named, AdamWConfig::default());
 
     let mut losses = Vec::new();
     for _ in 0..4 {

@@ -60,7 +60,7 @@ fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
 }
 
 fn config() -> TrainConfig {
-    TrainConfig { epochs: 2, batch_size: 8, evaluation_steps: 4, learning_rate: 1e-3, ..Default::default() }
+    TrainConfig { epochs: 2, batch_size: 8, evaluation_steps: 4, learning_rate: Some(1e-3), ..Default::default() }
 }
 
 fn job(config: TrainConfig) -> TrainJob {
@@ -155,7 +155,7 @@ fn best_checkpoint_is_kept_and_the_base_when_nothing_beats_it() {
     let mut model = tiny(0.1);
     let before = weights(&model);
     let mut cfg = config();
-    cfg.learning_rate = 0.0;
+    cfg.learning_rate = Some(0.0);
     let outcome = train(&mut model, &train_set, Some(&val), &job(cfg), dir.path(), false, false, &NoProgress).unwrap();
     assert!(!outcome.improved());
     let saved = SentenceEncoder::load(dir.path(), LoadOptions::default()).unwrap();
