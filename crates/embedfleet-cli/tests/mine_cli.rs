@@ -48,6 +48,8 @@ fn mine_writes_guarded_negatives_for_the_sample_corpus() {
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("the guard dropped") && stdout.contains("own document") && stdout.contains("within the margin"), "{stdout}");
+    // Offline spans: mined against the passages training sees, the spans cut out.
+    assert!(stdout.contains("questions cut out (inverse cloze)"), "{stdout}");
 
     // The file beside the dataset: every training question, negatives from other documents only.
     let dataset: Value = serde_json::from_slice(&std::fs::read(&train).unwrap()).unwrap();

@@ -9,7 +9,8 @@
 //! (`random`). Window, margin and skipping follow sentence-transformers' `mine_hard_negatives`, so
 //! the two mine comparable sets; the same-document rule is embedfleet's.
 
-use embedfleet_core::config::{MiningConfig, Sampling};
+use embedfleet_core::config::{MiningConfig, Sampling, TrainConfig};
+use embedfleet_core::inverse_cloze::cut_questions_from_positives;
 use embedfleet_core::ids::derive_seed;
 use embedfleet_core::{ChunkId, DocId, HardNegatives, QaDataset};
 use embedfleet_evaluator::rank::{Blocks, ScoreFunction, top_k};
@@ -35,6 +36,10 @@ pub struct MineSettings {
     /// `--query-prompt` for the questions ([`SentenceEncoder::query_prompt`]); None: the mining
     /// model's own `query` prompt, if any, as its evaluation and training use.
     pub query_prompt: Option<String>,
+    /// Embed each passage with its questions cut out (inverse cloze), as training will see it, so
+    /// the margin is measured against the positive the loss uses rather than one that still holds
+    /// the question's words. Chunks with the same text are still told by their whole text.
+    pub inverse_cloze: bool,
 }
 
 impl MineSettings {
@@ -48,7 +53,13 @@ impl MineSettings {
             sampling: config.sampling,
             seed: config.mining_seed,
             query_prompt: None,
+            inverse_cloze: false,
         }
+    }
+
+    /// For training with `config`: its mining flags, its query prompt, and its passages.
+    pub fn for_training(config: &TrainConfig, negatives: usize) -> Self {
+        Self { query_prompt: config.query_prompt.clone(), inverse_cloze: config.inverse_cloze, ..Self::new(&config.mining, negatives) }
     }
 
     pub fn with_query_prompt(mut self, setting: Option<&str>) -> Self {
@@ -126,6 +137,8 @@ pub struct MiningReport {
     pub empty: usize,
     /// Questions whose positive ids carry no document (not embedfleet's `d<hex>-NNNN`).
     pub without_document: usize,
+    /// Questions cut out of their passages before the passages were embedded (inverse cloze).
+    pub cut_from_passages: usize,
     pub embed_seconds: f64,
     pub search_seconds: f64,
 }
@@ -137,6 +150,9 @@ impl MiningReport {
             "{} negatives for {} questions over {} chunks ({} asked per question); of {} candidates the guard dropped {} of the positive's own document and {} within the margin",
             self.negatives, self.queries, self.corpus, asked, self.candidates, self.dropped_same_document, self.dropped_margin
         );
+        if self.cut_from_passages > 0 {
+            s.push_str(&format!("; passages embedded as training sees them, {} questions cut out (inverse cloze)", self.cut_from_passages));
+        }
         if self.duplicates_of_positive > 0 {
             s.push_str(&format!("; {} chunks repeat a positive's text and were left out with it", self.duplicates_of_positive));
         }
@@ -182,16 +198,24 @@ impl<'a> Problem<'a> {
     }
 }
 
-/// Embeds the training set with `model` and mines; the negatives come back in query order.
+/// Embeds the training set with `model` (each passage as [`MineSettings::inverse_cloze`] says) and
+/// mines; the negatives come back in query order.
 pub fn mine(model: &SentenceEncoder, dataset: &QaDataset, settings: &MineSettings, batch_size: usize) -> Result<(HardNegatives, MiningReport), embedfleet_model::ModelError> {
     let problem = Problem::new(dataset);
     let started = Instant::now();
     let prompt = model.query_prompt(settings.query_prompt.as_deref());
     let queries = model.encode(&problem.queries, batch_size, prompt.as_deref())?;
-    let corpus = model.encode(&problem.corpus, batch_size, None)?;
+    // Same ids in the same order: only the texts that are embedded change.
+    let cut = settings.inverse_cloze.then(|| cut_questions_from_positives(dataset));
+    let passages: Vec<&str> = match &cut {
+        Some((view, _)) => view.corpus.values().map(String::as_str).collect(),
+        None => problem.corpus.clone(),
+    };
+    let corpus = model.encode(&passages, batch_size, None)?;
     let embed_seconds = started.elapsed().as_secs_f64();
     let (negatives, mut report) = mine_embeddings(&problem.query_ids, &queries, &problem.positives, &problem.corpus_ids, &problem.corpus, &corpus, settings, Blocks::default());
     report.embed_seconds = embed_seconds;
+    report.cut_from_passages = cut.map_or(0, |(_, cuts)| cuts.cut);
     Ok((negatives, report))
 }
 
@@ -303,7 +327,7 @@ mod tests {
     use rand::Rng;
 
     fn settings(negatives: usize) -> MineSettings {
-        MineSettings { negatives, range_min: 0, range_max: 10, relative_margin: 0.05, sampling: Sampling::Top, seed: 7, query_prompt: None }
+        MineSettings { negatives, range_min: 0, range_max: 10, relative_margin: 0.05, sampling: Sampling::Top, seed: 7, query_prompt: None, inverse_cloze: false }
     }
 
     #[test]

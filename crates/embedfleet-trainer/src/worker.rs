@@ -190,7 +190,7 @@ impl TaskHandler for TrainWorker {
                     None => {
                         // Before any checkpoint is loaded: the base model (or --mining-model) ranks.
                         let miner = mining_dir.as_deref().map(|d| SentenceEncoder::load(d, options)).transpose()?;
-                        let settings = MineSettings::new(&job.config.mining, count).with_query_prompt(job.config.query_prompt.as_deref());
+                        let settings = MineSettings::for_training(&job.config, count);
                         let (n, report) = mine(miner.as_ref().unwrap_or(&model), &train_set, &settings, 32)?;
                         tracing::info!(
                             negatives = report.negatives,

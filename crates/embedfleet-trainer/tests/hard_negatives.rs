@@ -79,6 +79,8 @@ fn mining_picks_the_negatives_sentence_transformers_picks() {
         sampling: Sampling::Top,
         seed: 42,
         query_prompt: None,
+        // sentence-transformers mines on whole passages.
+        inverse_cloze: false,
     };
     let model = SentenceEncoder::load(&minilm(), LoadOptions::default()).unwrap();
     let (mined, report) = mine(&model, &d, &settings, 32).unwrap();
@@ -90,6 +92,31 @@ fn mining_picks_the_negatives_sentence_transformers_picks() {
     let total: usize = fx.negatives.iter().map(Vec::len).sum();
     eprintln!("mining: all {} questions' {total} negatives identical to mine_hard_negatives; {report:?}", fx.queries.len());
     assert!(report.dropped_margin > 0, "the margin had something to drop: {report:?}");
+}
+
+#[test]
+fn mining_on_cut_passages_measures_the_margin_against_the_positive_training_uses() {
+    // A span question whose positive holds it word for word, and a chunk of another document on the
+    // same subject. Against the whole positive (MiniLM: 0.80) that chunk (0.54) looks far enough
+    // below to be a negative; against the positive training sees, the span cut out (0.24), it is
+    // closer to the question than the answer is, and the guard drops it.
+    let span = "the retention policy deletes old segments after thirty days.";
+    let mut d = QaDataset::new();
+    d.corpus.insert("d00000000000a-0000".into(), format!("Backups are written to the bucket every night at two. Then {span} Restores need the admin role."));
+    d.corpus.insert("d00000000000b-0000".into(), "Deleting a segment frees its disk space.".into());
+    for (i, filler) in ["The dashboard shows query latency per node.", "Install the agent with the package manager.", "Tokens expire after one hour."].iter().enumerate() {
+        d.corpus.insert(format!("d00000000000{}-0000", ["c", "d", "e"][i]), (*filler).into());
+    }
+    d.queries.insert("q0".into(), span.into());
+    d.relevant_docs.insert("q0".into(), vec!["d00000000000a-0000".into()]);
+    let model = SentenceEncoder::load(&minilm(), LoadOptions::default()).unwrap();
+    let settings = MineSettings { negatives: 1, range_min: 0, range_max: 4, relative_margin: 0.05, sampling: Sampling::Top, seed: 42, query_prompt: None, inverse_cloze: false };
+    let (whole, whole_report) = mine(&model, &d, &settings, 32).unwrap();
+    let (cut, cut_report) = mine(&model, &d, &MineSettings { inverse_cloze: true, ..settings }, 32).unwrap();
+    eprintln!("whole passages: {:?} {whole_report:?}\ncut passages: {:?} {cut_report:?}", whole.0["q0"], cut.0["q0"]);
+    assert_eq!(whole.0["q0"], ["d00000000000b-0000"], "against the whole positive the paraphrase passes the margin");
+    assert_ne!(cut.0["q0"].first().map(String::as_str), Some("d00000000000b-0000"), "against the cut positive it does not");
+    assert!(cut_report.dropped_margin > whole_report.dropped_margin, "{cut_report:?} vs {whole_report:?}");
 }
 
 #[test]

@@ -93,8 +93,7 @@ pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
         &args.model_id,
         &args.train_dataset,
         &train,
-        &args.training.mining,
-        args.training.query_prompt.as_deref(),
+        &args.training,
         &args.runtime,
         &args.storage,
     )

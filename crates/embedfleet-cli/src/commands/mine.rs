@@ -5,7 +5,7 @@
 use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use embedfleet_core::config::{MiningConfig, defaults};
+use embedfleet_core::config::{MiningConfig, TrainConfig, defaults};
 use embedfleet_core::{ExportFormat, HardNegatives, QaDataset};
 use embedfleet_model::RuntimeArgs;
 use embedfleet_trainer::mining::{MineSettings, MiningReport, mine};
@@ -40,6 +40,11 @@ pub struct MineArgs {
     /// the prompt's text, or `none`. Default: the model's own `query` prompt if it has one.
     #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
     pub query_prompt: Option<String>,
+    /// Embed each passage with its questions cut out, as `finetune --inverse-cloze` (the default)
+    /// trains on it, so the guard's margin is against the positive training will use. `false`
+    /// mines on whole passages (sentence-transformers' mine_hard_negatives does).
+    #[arg(long, env = "EMBEDFLEET_INVERSE_CLOZE", alias = "inverse_cloze", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub inverse_cloze: bool,
     /// Replace a negatives file that is already there.
     #[arg(long, env = "EMBEDFLEET_OVERWRITE")]
     pub overwrite: bool,
@@ -49,22 +54,19 @@ pub struct MineArgs {
     pub storage: StorageArgs,
 }
 
-/// Loads the mining model (`--mining-model`, else `base_model`) and mines `count` negatives per
-/// question of `train`, the questions embedded with `query_prompt` (`--query-prompt`).
-#[allow(clippy::too_many_arguments)]
+/// Loads the mining model (`--mining-model`, else `base_model`) and mines negatives for each
+/// question of `train` as `settings` say.
 pub async fn mine_negatives(
     base_model: &str,
     train: &QaDataset,
     mining: &MiningConfig,
-    query_prompt: Option<&str>,
-    count: usize,
+    settings: MineSettings,
     batch_size: usize,
     runtime: &RuntimeArgs,
     storage: &StorageArgs,
 ) -> Result<(HardNegatives, MiningReport)> {
     let model_id = mining.mining_model.as_deref().unwrap_or(base_model);
     let model = runtime.load(model_id, &storage.options()).await.with_context(|| format!("loading the mining model {model_id}"))?;
-    let settings = MineSettings::new(mining, count).with_query_prompt(query_prompt);
     let train = train.clone();
     let mined = tokio::task::spawn_blocking(move || mine(&model, &train, &settings, batch_size)).await??;
     Ok(mined)
@@ -86,12 +88,11 @@ pub async fn negatives_for_training(
     base_model: &str,
     train_path: &Path,
     train: &QaDataset,
-    mining: &MiningConfig,
-    query_prompt: Option<&str>,
+    training: &TrainConfig,
     runtime: &RuntimeArgs,
     storage: &StorageArgs,
 ) -> Result<Option<HardNegatives>> {
-    let Some(count) = mining.hard_negatives else { return Ok(None) };
+    let Some(count) = training.mining.hard_negatives else { return Ok(None) };
     let path = HardNegatives::path_beside(train_path);
     if path.exists() {
         let negatives = HardNegatives::load(&path)?;
@@ -102,7 +103,8 @@ pub async fn negatives_for_training(
     }
     println!("== mine");
     let started = Instant::now();
-    let (negatives, report) = mine_negatives(base_model, train, mining, query_prompt, count, 32, runtime, storage).await?;
+    let settings = MineSettings::for_training(training, count);
+    let (negatives, report) = mine_negatives(base_model, train, &training.mining, settings, 32, runtime, storage).await?;
     negatives.save(&path)?;
     print_report(&report, count, &path, started.elapsed().as_secs_f64());
     Ok(Some(negatives))
@@ -124,9 +126,8 @@ pub async fn run(args: MineArgs) -> Result<ExitCode> {
         bail!("{} already exists; pass --overwrite to replace it, or choose another --output", output.display());
     }
     let started = Instant::now();
-    let (negatives, report) =
-        mine_negatives(&args.model_id, &train, &args.mining, args.query_prompt.as_deref(), count, args.batch_size, &args.runtime, &args.storage)
-            .await?;
+    let settings = MineSettings { inverse_cloze: args.inverse_cloze, ..MineSettings::new(&args.mining, count).with_query_prompt(args.query_prompt.as_deref()) };
+    let (negatives, report) = mine_negatives(&args.model_id, &train, &args.mining, settings, args.batch_size, &args.runtime, &args.storage).await?;
     negatives.save(&output)?;
     print_report(&report, count, &output, started.elapsed().as_secs_f64());
     if let Some(path) = &args.export_jsonl {

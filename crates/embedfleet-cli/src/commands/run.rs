@@ -5,6 +5,7 @@ use super::evaluate::compare_models;
 use super::report;
 use super::finetune::{finetune, print_outcome};
 use super::mine::{mine_negatives, print_report};
+use embedfleet_trainer::mining::MineSettings;
 use embedfleet_core::{DatasetSplit, HardNegatives};
 use super::generate::{build_dataset, print_llm_stats, print_summary, report_failures};
 use embedfleet_core::{DatasetConfig, TrainConfig};
@@ -70,9 +71,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         Some(count) => {
             println!("\n== mine");
             let mined_at = Instant::now();
-            let (negatives, report) =
-                mine_negatives(&args.model_id, &built.train, &args.training.mining, args.training.query_prompt.as_deref(), count, 32, &args.runtime, &args.storage)
-                    .await?;
+            let settings = MineSettings::for_training(&args.training, count);
+            let (negatives, report) = mine_negatives(&args.model_id, &built.train, &args.training.mining, settings, 32, &args.runtime, &args.storage).await?;
             let name = HardNegatives::file_name(DatasetSplit::Train);
             store.put(&name, negatives.to_json()).await?;
             print_report(&report, count, std::path::Path::new(&store.describe(&name)), mined_at.elapsed().as_secs_f64());
