@@ -3,9 +3,9 @@
 
 mod common;
 
-use embedfleet_report::charts::{metrics_chart, training_chart};
+use embedfleet_report::charts::{dims_chart, metrics_chart, training_chart};
 use embedfleet_report::svg::TextBox;
-use embedfleet_report::{LogRow, ModelResult, TrainingCurve};
+use embedfleet_report::{DimResult, HitRate, LogRow, ModelResult, TrainingCurve};
 use quick_xml::events::Event;
 
 struct Parsed {
@@ -129,6 +129,43 @@ fn the_comparison_chart_keeps_labels_apart() {
         *v = 1.0;
     }
     assert_readable("zeros and ones", &metrics_chart(&extremes, "Retrieval metrics").unwrap());
+}
+
+/// `base` with NDCG@10 `values` at each of `dims`.
+fn with_dims(base: &ModelResult, name: &str, dims: &[usize], values: &[f64]) -> ModelResult {
+    let at = |dim: usize, v: f64| DimResult {
+        dim,
+        hit_rate: HitRate { k: 5, hits: 0, total: 10, rate: 0.0 },
+        metrics: [("cosine-NDCG@10".to_owned(), v)].into_iter().collect(),
+    };
+    ModelResult { name: name.into(), dims: dims.iter().zip(values).map(|(&d, &v)| at(d, v)).collect(), ..base.clone() }
+}
+
+#[test]
+fn the_dimension_chart_labels_every_point_apart() {
+    let m = &models()[0];
+    // The human-question figures: plain and hard negative 0.0001 apart at 64 dimensions.
+    let close = [
+        with_dims(m, "base", &[384, 64], &[0.7322, 0.5773]),
+        with_dims(m, "plain", &[384, 64], &[0.7474, 0.6063]),
+        with_dims(m, "hard-negatives", &[384, 64], &[0.7556, 0.6062]),
+    ];
+    let svg = dims_chart(&close, "NDCG@10 by embedding dimension").unwrap();
+    for label in ["0.732", "0.747", "0.756", "0.577", "0.606"] {
+        assert!(svg.contains(&format!(">{label}<")), "{label}: every model's value is on the chart");
+    }
+    assert_eq!(svg.matches(">0.606<").count(), 2);
+    assert_readable("three models, two close", &svg);
+
+    // Four models at four dimensions, lines crossing and values equal.
+    let dims = [384, 256, 128, 64];
+    let many = [
+        with_dims(m, "base", &dims, &[0.73, 0.70, 0.66, 0.58]),
+        with_dims(m, "plain", &dims, &[0.75, 0.70, 0.64, 0.61]),
+        with_dims(m, "hard-negatives", &dims, &[0.75, 0.71, 0.67, 0.60]),
+        with_dims(m, "matryoshka", &dims, &[0.74, 0.72, 0.69, 0.62]),
+    ];
+    assert_readable("four models, four dimensions", &dims_chart(&many, "NDCG@10 by embedding dimension").unwrap());
 }
 
 fn curve(steps: usize, evals: &[(u64, f64)], best: Option<u64>) -> TrainingCurve {

@@ -91,23 +91,19 @@ pub fn dims_chart(models: &[ModelResult], title: &str) -> Option<String> {
             }
         }
     }
-    // Values of the last model (the candidate) above its points, where they do not hide the lines.
-    if let Some((last_index, last)) = models.iter().enumerate().last() {
-        for (j, &d) in dims.iter().enumerate() {
-            if let Some(v) = ndcg_at(last, d) {
-                let label = format!("{v:.3}");
-                let py = y_of(v);
-                let others: Vec<f64> = models.iter().take(last_index).filter_map(|m| ndcg_at(m, d)).map(y_of).collect();
-                let crowded = |lo: f64, hi: f64| others.iter().any(|&o| o > lo && o < hi);
-                // Above the point when that is free, else below, else to its left (clear of the
-                // lines' points; the white halo keeps it legible over a line).
-                let (x, baseline, anchor) = match (crowded(py - 24.0, py), crowded(py, py + 24.0)) {
-                    (false, _) => (x_of(j), py - 10.0, Anchor::Middle),
-                    (true, false) => (x_of(j), py + 18.0, Anchor::Middle),
-                    (true, true) => (x_of(j) - 9.0, py + 4.0, Anchor::End),
-                };
-                svg.text(x, baseline, &label, TextStyle { size: TICK_SIZE, anchor, fill: model_color(last_index, models.len()), halo: true, bold: true });
-            }
+    // Every model's value beside its point: left of the first column (the lines leave it to the
+    // right), right of the others. Labels of one column are stacked in the order of their points,
+    // at least a line apart, so close values do not print over each other.
+    let line = TICK_SIZE + 2.0;
+    for (j, &d) in dims.iter().enumerate() {
+        let mut column: Vec<(usize, f64, f64)> = models.iter().enumerate().filter_map(|(i, m)| ndcg_at(m, d).map(|v| (i, v, y_of(v)))).collect();
+        column.sort_by(|a, b| a.2.total_cmp(&b.2));
+        let (x, anchor) = if j == 0 { (x_of(j) - 9.0, Anchor::End) } else { (x_of(j) + 9.0, Anchor::Start) };
+        let mut last_baseline = f64::NEG_INFINITY;
+        for (i, v, py) in column {
+            let baseline = (py + 4.0).max(last_baseline + line);
+            svg.text(x, baseline, &format!("{v:.3}"), TextStyle { size: TICK_SIZE, anchor, fill: model_color(i, models.len()), halo: true, bold: i + 1 == models.len() });
+            last_baseline = baseline;
         }
     }
     svg.set_height(axis_y + MARGIN);
@@ -146,7 +142,7 @@ mod tests {
         assert_eq!(scored_dims(&models), [384, 128, 64]);
         let svg = dims_chart(&models, "NDCG@10 by dimension").unwrap();
         assert_eq!(svg.matches("<circle").count(), 5, "base lacks 128");
-        for label in ["384", "128", "64", "0.880", "0.780", "embedding dimensions kept"] {
+        for label in ["384", "128", "64", "0.880", "0.780", "0.850", "0.800", "0.700", "embedding dimensions kept"] {
             assert!(svg.contains(&format!(">{label}<")), "{label}");
         }
     }
