@@ -3,7 +3,7 @@
 //! XLM-RoBERTa reuses it with other position ids.
 
 use super::dropout::dropout;
-use super::layers::{AttentionNames, LayerShape, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask};
+use super::layers::{AttentionMask, AttentionNames, LayerShape, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -180,7 +180,7 @@ impl Bert {
         let mut x = dropout(&e.norm.forward(&x), e.dropout, train).to_kind(precision.kind());
         let mask = layout.has_padding().then(|| padding_mask(&batch.attention_mask, precision.kind()));
         for layer in &self.layers {
-            x = layer.forward(&x, layout, mask.as_ref(), train, precision);
+            x = layer.forward(&x, layout, AttentionMask::Padding(mask.as_ref()), train, precision);
         }
         layout.unpack(&x).to_kind(Kind::Float)
     }

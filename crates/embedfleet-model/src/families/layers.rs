@@ -2,6 +2,7 @@
 //! XLM-RoBERTa (they differ only in its parameter names), mixed-precision linear layers, padding
 //! masks, RoBERTa-style position ids, and the rotary position embeddings of ModernBERT and Qwen3.
 
+use super::cpu_attention::{self, Span};
 use super::dropout::dropout;
 use crate::precision::{Precision, PrecisionKind, cached};
 use tch::nn::{self, Module};
@@ -19,6 +20,25 @@ pub struct AttentionNames {
 fn at<'a>(root: &nn::Path<'a>, segments: &[&str]) -> nn::Path<'a> {
     let (first, rest) = segments.split_first().expect("parameter names have at least one segment");
     rest.iter().fold(root / *first, |p, s| &p / *s)
+}
+
+/// What attention masks besides the keys' own weights.
+#[derive(Clone, Copy)]
+pub enum AttentionMask<'a> {
+    /// Padding only (BERT, XLM-RoBERTa): `None` when the batch has none, else the additive mask
+    /// of [`padding_mask`].
+    Padding(Option<&'a Tensor>),
+    /// An additive mask that also carries a position bias (MPNet).
+    Additive(&'a Tensor),
+}
+
+impl<'a> AttentionMask<'a> {
+    fn additive(self) -> Option<&'a Tensor> {
+        match self {
+            AttentionMask::Padding(mask) => mask,
+            AttentionMask::Additive(mask) => Some(mask),
+        }
+    }
 }
 
 /// The shape every family's layer shares.
@@ -90,20 +110,40 @@ impl PostNormLayer {
     /// (PyTorch's mixed layer norm): autocast also keeps the residual additions in fp32, which
     /// costs conversions and memory traffic at every layer and changed no embedding measurably
     /// (min cosine to fp32 0.99995 either way on MiniLM).
-    pub fn forward(&self, x: &Tensor, layout: &TokenLayout, attn_mask: Option<&Tensor>, train: bool, precision: Precision) -> Tensor {
+    pub fn forward(&self, x: &Tensor, layout: &TokenLayout, attn_mask: AttentionMask, train: bool, precision: Precision) -> Tensor {
         let compute = precision.kind();
-        let (batch, seq) = (layout.batch, layout.seq);
-        let qkv = layout.unpack(&self.qkv(&x.to_kind(compute), compute));
-        let qkv = qkv.view([batch, seq, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let ctx = attention(&q, &k, &v, attn_mask, self.attention_dropout, train)
-            .transpose(1, 2)
-            .contiguous()
-            .view([batch, seq, self.heads * self.head_dim]);
-        let ctx = layout.pack(&ctx);
+        let qkv = self.qkv(&x.to_kind(compute), compute);
+        let ctx = match self.cpu_attention_spans(&qkv, layout, attn_mask, train) {
+            // The kernel reads the token rows as they are, packed or not, and skips the padding.
+            Some(spans) => cpu_attention::attend(&qkv, spans, self.heads as usize, self.head_dim as usize),
+            None => {
+                let (batch, seq) = (layout.batch, layout.seq);
+                let qkv = layout.unpack(&qkv).view([batch, seq, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
+                let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+                let ctx = attention(&q, &k, &v, attn_mask.additive(), self.attention_dropout, train)
+                    .transpose(1, 2)
+                    .contiguous()
+                    .view([batch, seq, self.heads * self.head_dim]);
+                layout.pack(&ctx)
+            }
+        };
         let x = self.attn_norm.forward(&self.residual(&self.attn_out, &ctx, x, train, compute));
         let inter = activation(&self.activation, &linear(&self.intermediate, &x.to_kind(compute), compute));
         self.out_norm.forward(&self.residual(&self.output, &inter, &x, train, compute))
+    }
+
+    /// The sequences' rows when [`cpu_attention`] serves this call: bf16 inference on a CPU that
+    /// has AVX-512 BF16, heads a multiple of 32 wide, and a mask that is padding only.
+    fn cpu_attention_spans<'l>(&self, qkv: &Tensor, layout: &'l TokenLayout, mask: AttentionMask, train: bool) -> Option<&'l [Span]> {
+        let serves = matches!(mask, AttentionMask::Padding(_))
+            && !train
+            && !qkv.requires_grad()
+            && qkv.kind() == Kind::BFloat16
+            && qkv.device() == Device::Cpu
+            && cpu_attention::head_dim_supported(self.head_dim)
+            && cpu_attention::cpu_supported()
+            && cpu_attention::enabled();
+        if serves { layout.spans() } else { None }
     }
 
     /// `residual + dropout(x Wᵀ + b)`. Without dropout, one product accumulates into `residual + b`:
@@ -156,6 +196,9 @@ pub struct TokenLayout {
     /// Flat positions (`row × seq + column`) of the real tokens; None: every position is kept.
     real: Option<Tensor>,
     padded: bool,
+    attention_mask: Tensor,
+    /// Each sequence's rows in the token matrix, made on first use (see [`TokenLayout::spans`]).
+    spans: std::sync::OnceLock<Option<Vec<Span>>>,
 }
 
 /// The share of padding from which a batch is packed (measured on MiniLM, bf16 and fp32, CPU).
@@ -188,7 +231,32 @@ impl TokenLayout {
         let real_tokens = i64::try_from(attention_mask.sum(Kind::Int64)).unwrap_or(positions);
         let padding = 1.0 - real_tokens as f64 / positions as f64;
         let real = (padding >= threshold && padding > 0.0).then(|| attention_mask.reshape([-1]).nonzero().squeeze_dim(1));
-        TokenLayout { batch, seq, real, padded: padding > 0.0 }
+        TokenLayout { batch, seq, real, padded: padding > 0.0, attention_mask: attention_mask.shallow_clone(), spans: Default::default() }
+    }
+
+    /// Where each sequence's real tokens sit among the rows the layers see: one after another
+    /// when packed, at `row × seq` onwards when not. None when a row's real tokens are not one
+    /// run (the mask then is not plain padding).
+    pub fn spans(&self) -> Option<&[Span]> {
+        self.spans
+            .get_or_init(|| {
+                let mask = Vec::<i64>::try_from(self.attention_mask.to_kind(Kind::Int64).reshape([-1])).ok()?;
+                let seq = self.seq as usize;
+                let mut spans = Vec::with_capacity(self.batch as usize);
+                let mut packed_start = 0;
+                for (b, row) in mask.chunks(seq.max(1)).enumerate() {
+                    let first = row.iter().position(|&m| m != 0).unwrap_or(0);
+                    let len = row.iter().filter(|&&m| m != 0).count();
+                    if row[first..first + len].iter().any(|&m| m == 0) {
+                        return None;
+                    }
+                    let start = if self.real.is_some() { packed_start } else { b * seq + first };
+                    packed_start += len;
+                    spans.push(Span { start, len });
+                }
+                Some(spans)
+            })
+            .as_deref()
     }
 
     /// `[batch, seq, …]` → `[tokens, …]`.

@@ -9,6 +9,7 @@
 //! and left padding fits without the pipeline knowing.
 
 mod bert;
+mod cpu_attention;
 mod dropout;
 mod layers;
 mod modernbert;

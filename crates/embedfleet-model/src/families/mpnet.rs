@@ -3,7 +3,7 @@
 //! added to every layer's attention scores. Positions are RoBERTa-style, past padding index 1.
 
 use super::dropout::dropout;
-use super::layers::{AttentionNames, LayerShape, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask, positions_after_padding};
+use super::layers::{AttentionMask, AttentionNames, LayerShape, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask, positions_after_padding};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -156,7 +156,7 @@ impl Encoder for Mpnet {
         let bias = self.relative_bias.forward(&relative_buckets(seq, x.device())).permute([2, 0, 1]).unsqueeze(0);
         let mask = bias.to_kind(compute) + padding_mask(&batch.attention_mask, compute);
         for layer in &self.layers {
-            x = layer.forward(&x, &layout, Some(&mask), train, precision);
+            x = layer.forward(&x, &layout, AttentionMask::Additive(&mask), train, precision);
         }
         layout.unpack(&x).to_kind(Kind::Float)
     }
