@@ -10,6 +10,7 @@ mod encoder;
 mod error;
 pub mod families;
 mod folder;
+mod onednn;
 pub mod pooling;
 mod precision;
 pub mod resolve;

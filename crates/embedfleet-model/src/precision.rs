@@ -78,6 +78,11 @@ mod cast_cache {
         }
     }
 
+    /// Whether an [`InferenceScope`] is open on this thread.
+    pub fn in_inference_scope() -> bool {
+        CASTS.with(|c| c.borrow().is_some())
+    }
+
     /// `make()`, or inside an [`InferenceScope`] the tensor made earlier from the same `source`
     /// (same storage, same version) for the same `purpose` and kind.
     pub fn cached(source: &Tensor, purpose: &'static str, kind: Kind, make: impl FnOnce() -> Tensor) -> Tensor {
@@ -99,7 +104,7 @@ mod cast_cache {
     }
 }
 
-pub use cast_cache::{InferenceScope, cached};
+pub use cast_cache::{InferenceScope, cached, in_inference_scope};
 
 #[cfg(test)]
 mod tests {

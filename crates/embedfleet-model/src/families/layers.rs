@@ -4,6 +4,7 @@
 
 use super::cpu_attention::{self, Span};
 use super::dropout::dropout;
+use crate::onednn;
 use crate::precision::{Precision, PrecisionKind, cached};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -94,14 +95,38 @@ impl PostNormLayer {
 
     /// The query, key and value projections as one matrix product `[tokens, 3 × hidden]`: one
     /// large GEMM keeps the cores busier than three narrow ones.
-    fn qkv(&self, x: &Tensor, kind: Kind) -> Tensor {
+    fn qkv(&self, x: &Tensor, kind: Kind, onednn: bool) -> Tensor {
         let (q, k, v) = (&self.query, &self.key, &self.value);
         let w = cached(&q.ws, "qkv.weight", kind, || Tensor::cat(&[&q.ws, &k.ws, &v.ws], 0).to_kind(kind));
         let b = match (&q.bs, &k.bs, &v.bs) {
             (Some(qb), Some(kb), Some(vb)) => Some(cached(qb, "qkv.bias", kind, || Tensor::cat(&[qb, kb, vb], 0).to_kind(kind))),
             _ => None,
         };
+        if onednn {
+            let packed = packed_weight(&q.ws, "qkv.onednn", kind, x, || w.shallow_clone());
+            if let Some(out) = packed.and_then(|p| onednn::linear(x, &p, b.as_ref(), onednn::Activation::None).ok()) {
+                return out;
+            }
+        }
         x.linear(&w, b.as_ref())
+    }
+
+    /// The feed-forward block's first product and its activation.
+    fn intermediate(&self, x: &Tensor, compute: Kind, onednn: bool) -> Tensor {
+        if onednn {
+            let layer = &self.intermediate;
+            let fused = match self.activation.as_str() {
+                "relu" => onednn::Activation::Relu,
+                "gelu_new" | "gelu_pytorch_tanh" => onednn::Activation::GeluTanh,
+                _ => onednn::Activation::Gelu,
+            };
+            let packed = packed_weight(&layer.ws, "onednn", compute, x, || layer.ws.to_kind(compute));
+            let bias = layer.bs.as_ref().map(|b| cached(b, "cast", compute, || b.to_kind(compute)));
+            if let Some(out) = packed.and_then(|p| onednn::linear(x, &p, bias.as_ref(), fused).ok()) {
+                return out;
+            }
+        }
+        activation(&self.activation, &linear(&self.intermediate, x, compute))
     }
 
     /// `x` `[tokens, hidden]`, the real tokens of the batch `layout` describes, in the compute kind;
@@ -112,7 +137,9 @@ impl PostNormLayer {
     /// (min cosine to fp32 0.99995 either way on MiniLM).
     pub fn forward(&self, x: &Tensor, layout: &TokenLayout, attn_mask: AttentionMask, train: bool, precision: Precision) -> Tensor {
         let compute = precision.kind();
-        let qkv = self.qkv(&x.to_kind(compute), compute);
+        let x_compute = x.to_kind(compute);
+        let onednn = onednn_serves(&x_compute, train);
+        let qkv = self.qkv(&x_compute, compute, onednn);
         let ctx = match self.cpu_attention_spans(&qkv, layout, attn_mask, train) {
             // The kernel reads the token rows as they are, packed or not, and skips the padding.
             Some(spans) => cpu_attention::attend(&qkv, spans, self.heads as usize, self.head_dim as usize),
@@ -127,9 +154,9 @@ impl PostNormLayer {
                 layout.pack(&ctx)
             }
         };
-        let x = self.attn_norm.forward(&self.residual(&self.attn_out, &ctx, x, train, compute));
-        let inter = activation(&self.activation, &linear(&self.intermediate, &x.to_kind(compute), compute));
-        self.out_norm.forward(&self.residual(&self.output, &inter, &x, train, compute))
+        let x = self.attn_norm.forward(&self.residual(&self.attn_out, &ctx, x, train, compute, onednn));
+        let inter = self.intermediate(&x.to_kind(compute), compute, onednn);
+        self.out_norm.forward(&self.residual(&self.output, &inter, &x, train, compute, onednn))
     }
 
     /// The sequences' rows when [`cpu_attention`] serves this call: bf16 inference on a CPU that
@@ -149,19 +176,45 @@ impl PostNormLayer {
     /// `residual + dropout(x Wᵀ + b)`. Without dropout, one product accumulates into `residual + b`:
     /// libtorch adds a bias by first copying it, broadcast, into the output, which costs a third of
     /// a narrow product's time; here that pass also does the residual addition.
-    fn residual(&self, layer: &nn::Linear, x: &Tensor, residual: &Tensor, train: bool, compute: Kind) -> Tensor {
+    fn residual(&self, layer: &nn::Linear, x: &Tensor, residual: &Tensor, train: bool, compute: Kind, onednn: bool) -> Tensor {
         let stream = residual.kind();
         if (train && self.hidden_dropout > 0.0) || stream != compute {
             return dropout(&linear(layer, x, compute).to_kind(stream), self.hidden_dropout, train) + residual;
         }
         let w = cached(&layer.ws, "cast", compute, || layer.ws.to_kind(compute));
-        let mut out = match &layer.bs {
-            Some(b) => residual + cached(b, "cast", compute, || b.to_kind(compute)),
+        let bias = layer.bs.as_ref().map(|b| cached(b, "cast", compute, || b.to_kind(compute)));
+        if onednn {
+            let packed = packed_weight(&layer.ws, "onednn", compute, x, || w.shallow_clone());
+            if let Some(out) = packed.and_then(|p| onednn::linear_add(x, residual, &p, bias.as_ref()).ok()) {
+                return out;
+            }
+        }
+        let mut out = match &bias {
+            Some(b) => residual + b,
             None => residual.copy(),
         };
         let _ = out.addmm_(x, &w.tr());
         out
     }
+}
+
+/// Whether the products of this forward go through oneDNN with packed weights: bf16 inference on
+/// the CPU inside an inference scope (which keeps the packed weights for the whole encode call).
+fn onednn_serves(x: &Tensor, train: bool) -> bool {
+    !train
+        && x.kind() == Kind::BFloat16
+        && x.device() == Device::Cpu
+        && !x.requires_grad()
+        && crate::precision::in_inference_scope()
+        && onednn::available()
+}
+
+/// `weight` (as `make` casts it) packed for oneDNN, made once per inference scope; None if oneDNN
+/// refused it, and the caller then uses libtorch's product.
+fn packed_weight(weight: &Tensor, purpose: &'static str, kind: Kind, x: &Tensor, make: impl FnOnce() -> Tensor) -> Option<Tensor> {
+    let rows = x.size().first().copied().unwrap_or(1);
+    let packed = cached(weight, purpose, kind, || onednn::pack_weight(&make(), rows).unwrap_or_else(|_| Tensor::new()));
+    packed.defined().then_some(packed)
 }
 
 /// Scaled dot-product attention `[batch, heads, seq, head_dim]` with an additive mask. Without
