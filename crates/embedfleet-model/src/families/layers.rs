@@ -23,7 +23,7 @@ fn at<'a>(root: &nn::Path<'a>, segments: &[&str]) -> nn::Path<'a> {
     rest.iter().fold(root / *first, |p, s| &p / *s)
 }
 
-/// What attention masks besides the keys' own weights.
+/// What a layer adds to its attention scores before the softmax.
 #[derive(Clone, Copy)]
 pub enum AttentionMask<'a> {
     /// Padding only (BERT, XLM-RoBERTa): `None` when the batch has none, else the additive mask
