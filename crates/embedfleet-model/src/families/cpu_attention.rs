@@ -38,10 +38,22 @@ pub fn head_dim_supported(head_dim: i64) -> bool {
     head_dim > 0 && head_dim % 32 == 0
 }
 
-/// `EMBEDFLEET_CPU_ATTENTION=0` keeps libtorch's kernel, for benchmarks that compare both.
+/// Whether the layers use the kernel where it applies: on CPUs without AMX, unless
+/// `EMBEDFLEET_CPU_ATTENTION=0`. On CPUs with AMX libtorch's kernel runs its products on the AMX
+/// tiles, and this kernel was measured only without them; `EMBEDFLEET_CPU_ATTENTION=1` uses it there
+/// too, to compare.
 pub fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("EMBEDFLEET_CPU_ATTENTION").map(|v| v != "0").unwrap_or(true))
+    *ENABLED.get_or_init(|| match std::env::var("EMBEDFLEET_CPU_ATTENTION").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => !cpu_has_amx(),
+    })
+}
+
+/// Whether the CPU has AMX tiles for bf16 (Linux's /proc/cpuinfo flag; elsewhere assumed not).
+fn cpu_has_amx() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| info.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_bf16")))
 }
 
 /// `qkv` `[rows, 3 × heads × head_dim]` in bf16 on the CPU (queries, then keys, then values, each
