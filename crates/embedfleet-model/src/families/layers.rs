@@ -198,11 +198,12 @@ impl PostNormLayer {
     }
 }
 
-/// Whether the products of this forward go through oneDNN with packed weights: bf16 inference on
-/// the CPU inside an inference scope (which keeps the packed weights for the whole encode call).
+/// Whether the products of this forward go through oneDNN with packed weights: inference on the
+/// CPU, in bf16 or fp32, inside an inference scope (which keeps the packed weights for the whole
+/// encode call).
 fn onednn_serves(x: &Tensor, train: bool) -> bool {
     !train
-        && x.kind() == Kind::BFloat16
+        && matches!(x.kind(), Kind::BFloat16 | Kind::Float)
         && x.device() == Device::Cpu
         && !x.requires_grad()
         && crate::precision::in_inference_scope()
