@@ -44,6 +44,13 @@ pub enum Activation {
 #[error("oneDNN linear: {0}")]
 pub struct OneDnnError(String);
 
+impl OneDnnError {
+    #[cfg(not(onednn_linear))]
+    fn not_built() -> Self {
+        OneDnnError("not built (no libtorch headers at build time)".into())
+    }
+}
+
 /// `weight` `[out, in]` (bf16, CPU) packed for inputs of about `rows` rows.
 pub fn pack_weight(weight: &Tensor, rows: i64) -> Result<Tensor, OneDnnError> {
     #[cfg(onednn_linear)]
@@ -53,7 +60,7 @@ pub fn pack_weight(weight: &Tensor, rows: i64) -> Result<Tensor, OneDnnError> {
     #[cfg(not(onednn_linear))]
     {
         let _ = (weight, rows);
-        Err(OneDnnError("not built (no libtorch headers at build time)".into()))
+        Err(OneDnnError::not_built())
     }
 }
 
@@ -83,7 +90,7 @@ pub fn linear(x: &Tensor, packed: &Tensor, bias: Option<&Tensor>, activation: Ac
     #[cfg(not(onednn_linear))]
     {
         let _ = (x, packed, bias, activation);
-        Err(OneDnnError("not built (no libtorch headers at build time)".into()))
+        Err(OneDnnError::not_built())
     }
 }
 
@@ -97,7 +104,7 @@ pub fn linear_add(x: &Tensor, residual: &Tensor, packed: &Tensor, bias: Option<&
     #[cfg(not(onednn_linear))]
     {
         let _ = (x, residual, packed, bias);
-        Err(OneDnnError("not built (no libtorch headers at build time)".into()))
+        Err(OneDnnError::not_built())
     }
 }
 

@@ -150,7 +150,7 @@ const ROWS: usize = 4;
 
 impl Scratch {
     fn new(longest: usize, head_dim: usize) -> Self {
-        let keys = longest.next_multiple_of(16 * KEY_BLOCKS);
+        let keys = padded_keys(longest);
         Scratch {
             keys: vec![0; head_dim / 2 * keys],
             values: vec![0; keys / 2 * head_dim],
@@ -163,9 +163,15 @@ impl Scratch {
 /// Blocks of 16 keys scored together per row.
 const KEY_BLOCKS: usize = 4;
 
+/// Keys of a span of `len` tokens as the kernel stores them: whole groups of [`KEY_BLOCKS`] blocks,
+/// zero past `len`.
+fn padded_keys(len: usize) -> usize {
+    len.next_multiple_of(16 * KEY_BLOCKS)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{KEY_BLOCKS, ROWS, Scratch, Span, Work};
+    use super::{KEY_BLOCKS, ROWS, Scratch, Span, Work, padded_keys};
     use std::arch::x86_64::*;
 
     /// One head of one span.
@@ -176,7 +182,7 @@ mod avx512 {
     pub unsafe fn attend_head(work: &Work, span: Span, head: usize, scratch: &mut Scratch) {
         let (d, len) = (work.head_dim, span.len);
         let stride = 3 * work.hidden;
-        let keys_padded = len.next_multiple_of(16 * KEY_BLOCKS);
+        let keys_padded = padded_keys(len);
         let row = |i: usize| unsafe { work.src.add((span.start + i) * stride) };
         let (q_col, k_col, v_col) = (head * d, work.hidden + head * d, 2 * work.hidden + head * d);
         unsafe {
@@ -226,7 +232,7 @@ mod avx512 {
         let stride = if len > 1 { (key(1) as usize - key(0) as usize) / 4 } else { 0 } as i32;
         let offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(stride));
         for block in (0..keys_padded).step_by(16) {
-            let live = if block + 16 <= len { 0xffff } else if block < len { ((1u32 << (len - block)) - 1) as __mmask16 } else { 0 };
+            let live = lanes_before(len, block);
             let rows = first.wrapping_add(block * stride as usize);
             for p in 0..d / 2 {
                 let pairs = unsafe { _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), live, offsets, rows.wrapping_add(p)) };
@@ -285,6 +291,14 @@ mod avx512 {
         }
     }
 
+    /// The lanes of the 16 positions from `start` that lie before `len`.
+    fn lanes_before(len: usize, start: usize) -> __mmask16 {
+        match len.saturating_sub(start) {
+            n if n >= 16 => 0xffff,
+            n => ((1u32 << n) - 1) as __mmask16,
+        }
+    }
+
     /// A pair of bf16 values in all 16 lanes, loaded straight into the vector register (through a
     /// general register it costs a second, slower instruction per broadcast).
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -297,7 +311,7 @@ mod avx512 {
     /// them); returns their fp32 sum.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn softmax_weights(scores: &[f32], len: usize, weights: &mut [u16]) -> f32 {
-        let tail = |j: usize| -> __mmask16 { if j + 16 <= len { 0xffff } else { ((1u32 << (len - j)) - 1) as __mmask16 } };
+        let tail = |j: usize| lanes_before(len, j);
         let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
         for j in (0..len).step_by(16) {
             max = _mm512_max_ps(max, unsafe { _mm512_mask_loadu_ps(max, tail(j), scores.as_ptr().add(j)) });
