@@ -36,6 +36,31 @@ pub struct Bus {
     pub budgets: kv::Store,
 }
 
+/// Why one set-up request failed. A transient failure (JetStream still starting, or recovering its
+/// streams after a restart, answers late or not at all) is asked again; any other is final.
+#[derive(Debug)]
+struct SetupFailure {
+    what: String,
+    message: String,
+    transient: bool,
+}
+
+impl SetupFailure {
+    fn fatal(what: &str, message: impl std::fmt::Display) -> Self {
+        SetupFailure { what: what.to_owned(), message: message.to_string(), transient: false }
+    }
+
+    fn of_create(what: &str, error: &jetstream::context::CreateStreamError) -> Self {
+        use jetstream::context::CreateStreamErrorKind as Kind;
+        let transient = match error.kind() {
+            Kind::TimedOut | Kind::JetStreamUnavailable => true,
+            Kind::JetStream(e) => e.error_code() == ErrorCode::CLUSTER_NOT_AVAILABLE,
+            _ => false,
+        };
+        SetupFailure { what: what.to_owned(), message: error.to_string(), transient }
+    }
+}
+
 /// Creates a stream, or updates it when an older deployment left one with other settings.
 ///
 /// Never a plain update on start-up: nats-server 2.9 (Debian's) registers a new stream before its
@@ -46,8 +71,9 @@ pub struct Bus {
 /// answers "subjects overlap" or "name in use", so those are asked again after a pause. Only a
 /// name in use that persists means other settings, and only then is the stream updated: by then it
 /// has long been fully created.
-async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), String> {
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), SetupFailure> {
     const ATTEMPTS: u32 = 6;
+    let what = config.name.clone();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -55,7 +81,7 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
             Ok(_) => return Ok(()),
             Err(e) => match jetstream_code(&e) {
                 Some(code) if code == ErrorCode::STREAM_NAME_EXIST || code == ErrorCode::STREAM_SUBJECT_OVERLAP => code,
-                _ => return Err(e.to_string()),
+                _ => return Err(SetupFailure::of_create(&what, &e)),
             },
         };
         if attempt < ATTEMPTS {
@@ -63,12 +89,15 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
             continue;
         }
         if code == ErrorCode::STREAM_SUBJECT_OVERLAP {
-            return Err(format!(
-                "its subjects {:?} overlap a stream of another name on this server; remove that stream or use another NATS account",
-                config.subjects
+            return Err(SetupFailure::fatal(
+                &what,
+                format!(
+                    "its subjects {:?} overlap a stream of another name on this server; remove that stream or use another NATS account",
+                    config.subjects
+                ),
             ));
         }
-        return js.update_stream(&config).await.map(|_| ()).map_err(|e| e.to_string());
+        return js.update_stream(&config).await.map(|_| ()).map_err(|e| SetupFailure::fatal(&what, e));
     }
 }
 
@@ -82,7 +111,7 @@ fn jetstream_code(error: &jetstream::context::CreateStreamError) -> Option<Error
 /// Creates or updates a KV bucket through its backing stream. async-nats' own helper first asks for
 /// the account's info, whose shape older servers (Debian's 2.9) answer differently; the stream
 /// settings are the KV convention, so any JetStream server takes them.
-async fn key_value(js: &jetstream::Context, bucket: &str, history: i64) -> Result<kv::Store, String> {
+async fn key_value(js: &jetstream::Context, bucket: &str, history: i64) -> Result<kv::Store, SetupFailure> {
     ensure_stream(
         js,
         stream::Config {
@@ -97,7 +126,57 @@ async fn key_value(js: &jetstream::Context, bucket: &str, history: i64) -> Resul
         },
     )
     .await?;
-    js.get_key_value(bucket).await.map_err(|e| e.to_string())
+    // The stream exists by now, so a failed lookup is a late or lost answer.
+    js.get_key_value(bucket).await.map_err(|e| SetupFailure { what: bucket.to_owned(), message: e.to_string(), transient: true })
+}
+
+/// The streams and buckets every worker needs: the run state, the fleet-wide rate limit and budgets.
+async fn set_up_layout(js: &jetstream::Context) -> Result<(kv::Store, kv::Store, kv::Store), SetupFailure> {
+    ensure_stream(
+        js,
+        stream::Config {
+            name: WORK_STREAM.into(),
+            subjects: vec![WORK_SUBJECTS.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(600),
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: EVENTS_STREAM.into(),
+            subjects: vec![EVENTS_SUBJECTS.into()],
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: DEAD_STREAM.into(),
+            subjects: vec![DEAD_SUBJECTS.into()],
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: ADVISORY_STREAM.into(),
+            subjects: vec![MAX_DELIVERIES_SUBJECTS.into()],
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let runs = key_value(js, RUNS_BUCKET, 5).await?;
+    let rate = key_value(js, RATE_BUCKET, 1).await?;
+    let budgets = key_value(js, BUDGET_BUCKET, 1).await?;
+    Ok((runs, rate, budgets))
 }
 
 impl Bus {
@@ -144,59 +223,22 @@ impl Bus {
                 }
             }
         };
+        // Setting the layout up is idempotent, so a transient failure sets it all up again, within
+        // the same time limit as the connection (a server just restarted answers once its streams
+        // are recovered).
         let js = jetstream::new(client.clone());
-        let setup = |what: &str| {
-            let what = what.to_owned();
-            move |e: &dyn std::fmt::Display| BusError::Setup { what: what.clone(), message: e.to_string() }
+        let mut delay = Duration::from_millis(200);
+        let (runs, rate, budgets) = loop {
+            match set_up_layout(&js).await {
+                Ok(layout) => break layout,
+                Err(f) if f.transient && options.connect_timeout.is_none_or(|t| started.elapsed() < t) => {
+                    tracing::warn!(what = f.what, error = f.message, retry_in = ?delay, "JetStream not answering yet; setting the layout up again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(options.max_reconnect_delay);
+                }
+                Err(f) => return Err(BusError::Setup { what: f.what, message: f.message }),
+            }
         };
-        ensure_stream(
-            &js,
-            stream::Config {
-                name: WORK_STREAM.into(),
-                subjects: vec![WORK_SUBJECTS.into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                duplicate_window: Duration::from_secs(600),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| setup(WORK_STREAM)(&e))?;
-        ensure_stream(
-            &js,
-            stream::Config {
-                name: EVENTS_STREAM.into(),
-                subjects: vec![EVENTS_SUBJECTS.into()],
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| setup(EVENTS_STREAM)(&e))?;
-        ensure_stream(
-            &js,
-            stream::Config {
-                name: DEAD_STREAM.into(),
-                subjects: vec![DEAD_SUBJECTS.into()],
-                max_age: Duration::from_secs(30 * 24 * 3600),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| setup(DEAD_STREAM)(&e))?;
-        ensure_stream(
-            &js,
-            stream::Config {
-                name: ADVISORY_STREAM.into(),
-                subjects: vec![MAX_DELIVERIES_SUBJECTS.into()],
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| setup(ADVISORY_STREAM)(&e))?;
-        let runs = key_value(&js, RUNS_BUCKET, 5).await.map_err(|e| setup(RUNS_BUCKET)(&e))?;
-        let rate = key_value(&js, RATE_BUCKET, 1).await.map_err(|e| setup(RATE_BUCKET)(&e))?;
-        let budgets = key_value(&js, BUDGET_BUCKET, 1).await.map_err(|e| setup(BUDGET_BUCKET)(&e))?;
         Ok(Bus { client, js, runs, rate, budgets })
     }
 

@@ -11,6 +11,7 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     pub port: u16,
+    jetstream: bool,
 }
 
 fn binary() -> PathBuf {
@@ -33,12 +34,22 @@ fn greets(port: u16) -> bool {
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// A server with JetStream off, as an operator might start one by mistake; see
+    /// [`NatsServer::enable_jetstream`].
+    pub fn start_without_jetstream() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> Self {
         let mut dir = tempfile::tempdir().expect("temp dir");
         // The port is free when chosen but not held until nats-server binds it; if something takes
         // it in between, the server exits and another port is tried.
         for _ in 0..5 {
             let port = embedfleet_core::testing::free_port();
-            let mut server = NatsServer { child: None, dir, port };
+            let mut server = NatsServer { child: None, dir, port, jetstream };
             if server.launch().is_ok() {
                 return server;
             }
@@ -50,8 +61,9 @@ impl NatsServer {
     fn launch(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("nats.log")).expect("nats log");
         let mut child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.dir.path().join("store"))
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(if self.jetstream { &["-js", "-sd"][..] } else { &[] })
+            .args(self.jetstream.then(|| self.dir.path().join("store")))
             .stdout(log.try_clone().expect("nats log"))
             .stderr(log)
             .spawn()
@@ -101,6 +113,12 @@ impl NatsServer {
         if let Err(e) = self.launch() {
             panic!("{e}\n{}", self.log());
         }
+    }
+
+    /// Restarts on the same port with JetStream on.
+    pub fn enable_jetstream(&mut self) {
+        self.jetstream = true;
+        self.restart();
     }
 }
 
