@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct NatsServer {
@@ -12,6 +13,7 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     pub port: u16,
     jetstream: bool,
+    name: String,
 }
 
 fn binary() -> PathBuf {
@@ -23,13 +25,20 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
 }
 
-/// Whether a NATS server answers on `port`: it greets every client with an `INFO {…}` line. A bare
-/// TCP connect is not enough; another process may hold the port.
-fn greets(port: u16) -> bool {
+/// Whether the NATS server named `name` answers on `port`: it greets every client with an
+/// `INFO {…}` line that carries its name. A bare TCP connect, or any server's greeting, is not
+/// enough: while one test restarts its server, another test's new server may take the freed port.
+fn greets(port: u16, name: &str) -> bool {
     let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ")
+    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ") && line.contains(&format!("\"server_name\":\"{name}\""))
+}
+
+/// A name no other server started by this machine's tests has.
+fn unique_name() -> String {
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+    format!("embedfleet-test-{}-{}", std::process::id(), STARTED.fetch_add(1, Ordering::Relaxed))
 }
 
 impl NatsServer {
@@ -49,7 +58,7 @@ impl NatsServer {
         // it in between, the server exits and another port is tried.
         for _ in 0..5 {
             let port = embedfleet_core::testing::free_port();
-            let mut server = NatsServer { child: None, dir, port, jetstream };
+            let mut server = NatsServer { child: None, dir, port, jetstream, name: unique_name() };
             if server.launch().is_ok() {
                 return server;
             }
@@ -61,7 +70,7 @@ impl NatsServer {
     fn launch(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("nats.log")).expect("nats log");
         let mut child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-n", &self.name])
             .args(if self.jetstream { &["-js", "-sd"][..] } else { &[] })
             .args(self.jetstream.then(|| self.dir.path().join("store")))
             .stdout(log.try_clone().expect("nats log"))
@@ -73,7 +82,7 @@ impl NatsServer {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("nats-server exited with {status} on port {}", self.port));
             }
-            if greets(self.port) {
+            if greets(self.port, &self.name) {
                 self.child = Some(child);
                 return Ok(());
             }
