@@ -11,6 +11,9 @@
 //! The numerics follow libtorch's kernel: query-key products accumulate in fp32, the softmax runs
 //! in fp32, its unnormalised weights are rounded to bf16 for the product with the values, which
 //! accumulates in fp32, and the row sum divides at the end.
+//!
+//! A bias by the key's distance from the query (MPNet's relative position bias) is added to the
+//! scaled scores, read from a row per head ([`DistanceBias`]) instead of a `[heads, seq, seq]` mask.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Device, Kind, Tensor};
@@ -20,6 +23,33 @@ use tch::{Device, Kind, Tensor};
 pub struct Span {
     pub start: usize,
     pub len: usize,
+}
+
+/// A bias added to each score by the key's signed distance from its query, per head: the same for
+/// every sequence, so one row of `2 × reach − 1` values per head stands for a `[seq, seq]` mask.
+pub struct DistanceBias {
+    /// `[heads, 2 × reach − 1 + 64]` fp32: entry `reach − 1 + (key − query)`, zeros past the last
+    /// distance for the keys the kernel pads each span with.
+    table: Tensor,
+    reach: usize,
+}
+
+impl DistanceBias {
+    /// `by_distance` `[heads, 2 × reach − 1]`: column `reach − 1 + (key − query)` holds the bias of
+    /// that distance, for sequences of up to `reach` tokens.
+    pub fn new(by_distance: &Tensor) -> Self {
+        let (heads, width) = by_distance.size2().expect("distance bias is [heads, distances]");
+        assert!(width % 2 == 1, "distances run from −(reach − 1) to reach − 1");
+        let padding = Tensor::zeros([heads, 16 * KEY_BLOCKS as i64], (Kind::Float, Device::Cpu));
+        let table = Tensor::cat(&[by_distance.to_device(Device::Cpu).to_kind(Kind::Float), padding], 1).contiguous();
+        DistanceBias { table, reach: (width as usize).div_ceil(2) }
+    }
+
+    /// The bias of query `i` and key `j`, as the kernel reads it.
+    #[cfg(test)]
+    fn at(&self, head: usize, i: usize, j: usize) -> f32 {
+        f32::try_from(self.table.get(head as i64).get((self.reach - 1 + j - i) as i64)).unwrap()
+    }
 }
 
 /// Whether this CPU has the instructions the kernel needs.
@@ -58,9 +88,9 @@ fn cpu_has_amx() -> bool {
 
 /// `qkv` `[rows, 3 × heads × head_dim]` in bf16 on the CPU (queries, then keys, then values, each
 /// head by head) → the attention context `[rows, heads × head_dim]` in bf16. Each span attends to
-/// itself only; rows outside every span are zero. Call only when [`cpu_supported`] and
-/// [`head_dim_supported`] hold.
-pub fn attend(qkv: &Tensor, spans: &[Span], heads: usize, head_dim: usize) -> Tensor {
+/// itself only; rows outside every span are zero. `bias`, when given, covers spans of up to its
+/// reach. Call only when [`cpu_supported`] and [`head_dim_supported`] hold.
+pub fn attend(qkv: &Tensor, spans: &[Span], heads: usize, head_dim: usize, bias: Option<&DistanceBias>) -> Tensor {
     assert!(cpu_supported() && head_dim_supported(head_dim as i64), "cpu_attention::attend called where it is not supported");
     let qkv = qkv.contiguous();
     assert_eq!(qkv.kind(), Kind::BFloat16);
@@ -79,12 +109,16 @@ pub fn attend(qkv: &Tensor, spans: &[Span], heads: usize, head_dim: usize) -> Te
     if longest == 0 {
         return out;
     }
+    if let Some(b) = bias {
+        assert!(longest <= b.reach && b.table.size()[0] == heads as i64, "the distance bias covers every span and head");
+    }
     let work = Work {
         src: qkv.data_ptr() as *const u16,
         dst: out.data_ptr() as *mut u16,
         hidden,
         head_dim,
         scale: 1.0 / (head_dim as f32).sqrt(),
+        bias: bias.map(|b| (b.table.data_ptr() as *const f32, b.table.size()[1] as usize, b.reach)),
     };
     let items = spans.len() * heads;
     let next = AtomicUsize::new(0);
@@ -127,10 +161,12 @@ struct Work {
     hidden: usize,
     head_dim: usize,
     scale: f32,
+    /// The distance bias: its table, the table's row width, its reach.
+    bias: Option<(*const f32, usize, usize)>,
 }
 
-// SAFETY: the pointers are read (src) or written at disjoint places (dst) by the workers, and the
-// tensors behind them outlive the scoped threads.
+// SAFETY: the pointers are read (src, bias) or written at disjoint places (dst) by the workers, and
+// the tensors behind them outlive the scoped threads.
 unsafe impl Sync for Work {}
 
 /// A worker's buffers, sized for the longest span.
@@ -193,13 +229,16 @@ mod avx512 {
         while i < len {
             let n = (len - i).min(ROWS);
             let q = |r: usize| unsafe { row(i + r).add(q_col) } as *const u32;
+            // Query i + r's biases start at distance −(i + r): its key j reads entry j.
+            let bias = |r: usize| work.bias.map(|(table, width, reach)| unsafe { table.add(head * width + reach - 1 - (i + r)) });
             let scores = &mut scratch.scores[..n * keys_padded];
             unsafe {
                 if n == ROWS {
-                    score_rows::<ROWS>(std::array::from_fn(q), &scratch.keys, keys_padded, d / 2, work.scale, scores);
+                    let bias = work.bias.is_some().then(|| std::array::from_fn(|r| bias(r).unwrap_or(std::ptr::null())));
+                    score_rows::<ROWS>(std::array::from_fn(q), bias, &scratch.keys, keys_padded, d / 2, work.scale, scores);
                 } else {
                     for (r, scores) in scores.chunks_mut(keys_padded).enumerate() {
-                        score_rows::<1>([q(r)], &scratch.keys, keys_padded, d / 2, work.scale, scores);
+                        score_rows::<1>([q(r)], bias(r).map(|b| [b]), &scratch.keys, keys_padded, d / 2, work.scale, scores);
                     }
                 }
             }
@@ -261,11 +300,11 @@ mod avx512 {
         }
     }
 
-    /// `scores[r × keys_padded + j]` = scale × (q_r · key j) for every padded key, in fp32. `R`
-    /// rows and [`KEY_BLOCKS`] blocks of 16 keys at a time: each loaded key block serves `R` rows,
-    /// and the `R` × [`KEY_BLOCKS`] independent sums hide the latency of `vdpbf16ps`.
+    /// `scores[r × keys_padded + j]` = scale × (q_r · key j) + `bias[r][j]` for every padded key, in
+    /// fp32. `R` rows and [`KEY_BLOCKS`] blocks of 16 keys at a time: each loaded key block serves
+    /// `R` rows, and the `R` × [`KEY_BLOCKS`] independent sums hide the latency of `vdpbf16ps`.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn score_rows<const R: usize>(q: [*const u32; R], keys: &[u32], keys_padded: usize, pairs: usize, scale: f32, scores: &mut [f32]) {
+    unsafe fn score_rows<const R: usize>(q: [*const u32; R], bias: Option<[*const f32; R]>, keys: &[u32], keys_padded: usize, pairs: usize, scale: f32, scores: &mut [f32]) {
         let scale = _mm512_set1_ps(scale);
         for block in (0..keys_padded).step_by(16 * KEY_BLOCKS) {
             let mut acc = [[_mm512_setzero_ps(); KEY_BLOCKS]; R];
@@ -285,7 +324,12 @@ mod avx512 {
             }
             for r in 0..R {
                 for b in 0..KEY_BLOCKS {
-                    unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(r * keys_padded + block + 16 * b), _mm512_mul_ps(acc[r][b], scale)) };
+                    let at = block + 16 * b;
+                    let score = match bias {
+                        Some(bias) => _mm512_fmadd_ps(acc[r][b], scale, unsafe { _mm512_loadu_ps(bias[r].add(at)) }),
+                        None => _mm512_mul_ps(acc[r][b], scale),
+                    };
+                    unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(r * keys_padded + at), score) };
                 }
             }
         }
@@ -385,21 +429,29 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    /// libtorch's attention of each span on its own, in `kind`, from the same bf16 inputs.
-    fn reference_in(qkv: &Tensor, spans: &[Span], heads: i64, head_dim: i64, kind: Kind) -> Tensor {
+    /// libtorch's attention of each span on its own, in `kind`, from the same bf16 inputs, with
+    /// `bias` as a full `[heads, len, len]` additive mask.
+    fn reference_in(qkv: &Tensor, spans: &[Span], heads: i64, head_dim: i64, kind: Kind, bias: Option<&DistanceBias>) -> Tensor {
         let rows = qkv.size()[0];
         let hidden = heads * head_dim;
         let out = Tensor::zeros([rows, hidden], (Kind::Float, Device::Cpu));
         for s in spans {
             let part = qkv.narrow(0, s.start as i64, s.len as i64).to_kind(kind).view([1, s.len as i64, 3, heads, head_dim]).permute([2, 0, 3, 1, 4]);
-            let ctx = Tensor::scaled_dot_product_attention(&part.get(0), &part.get(1), &part.get(2), None::<&Tensor>, 0.0, false, None, false);
+            let len = s.len as i64;
+            let mask = bias.map(|b| {
+                let query = Tensor::arange(len, (Kind::Int64, Device::Cpu)).unsqueeze(1);
+                let key = Tensor::arange(len, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+                let entry = (key - query + (b.reach as i64 - 1)).flatten(0, 1);
+                b.table.index_select(1, &entry).view([1, heads, len, len]).to_kind(kind)
+            });
+            let ctx = Tensor::scaled_dot_product_attention(&part.get(0), &part.get(1), &part.get(2), mask.as_ref(), 0.0, false, None, false);
             out.narrow(0, s.start as i64, s.len as i64).copy_(&ctx.transpose(1, 2).reshape([s.len as i64, hidden]));
         }
         out
     }
 
     fn reference(qkv: &Tensor, spans: &[Span], heads: i64, head_dim: i64) -> Tensor {
-        reference_in(qkv, spans, heads, head_dim, Kind::Float)
+        reference_in(qkv, spans, heads, head_dim, Kind::Float, None)
     }
 
     #[test]
@@ -411,7 +463,7 @@ mod tests {
             return;
         }
         tch::manual_seed(3);
-        for (heads, head_dim) in [(2i64, 32i64), (3, 64)] {
+        for ((heads, head_dim), biased) in [(2i64, 32i64), (3, 64)].into_iter().flat_map(|shape| [(shape, false), (shape, true)]) {
             // Lengths around the 16-key blocks and the 4-row tiles; a gap of unused rows between
             // spans stays zero.
             let lengths = [1usize, 2, 5, 16, 17, 63, 64, 65, 130, 256, 300];
@@ -423,11 +475,15 @@ mod tests {
             }
             let rows = start as i64;
             let qkv = (Tensor::randn([rows, 3 * heads * head_dim], (Kind::Float, Device::Cpu)) * 2.0).to_kind(Kind::BFloat16);
-            let ours = attend(&qkv, &spans, heads as usize, head_dim as usize).to_kind(Kind::Float);
-            let expected = reference(&qkv, &spans, heads, head_dim);
+            // A bias as large as MPNet's (its relative position embeddings are about ±3), held in
+            // bf16 as the layers hold it; a reach past the longest span, as a padded batch has.
+            let reach = 320;
+            let bias = biased.then(|| DistanceBias::new(&(Tensor::randn([heads, 2 * reach - 1], (Kind::Float, Device::Cpu)) * 3.0).to_kind(Kind::BFloat16)));
+            let ours = attend(&qkv, &spans, heads as usize, head_dim as usize, bias.as_ref()).to_kind(Kind::Float);
+            let expected = reference_in(&qkv, &spans, heads, head_dim, Kind::Float, bias.as_ref());
             // The output is bf16 (8 bits of mantissa) and the weights are rounded to bf16 before
             // the product with the values: libtorch's own bf16 kernel errs as much.
-            let libtorch_bf16 = reference_in(&qkv, &spans, heads, head_dim, Kind::BFloat16);
+            let libtorch_bf16 = reference_in(&qkv, &spans, heads, head_dim, Kind::BFloat16, bias.as_ref());
             let error = |x: &Tensor| {
                 let d = (x - &expected).abs();
                 (f64::try_from(d.max()).unwrap(), f64::try_from(d.mean(Kind::Float)).unwrap())
@@ -435,7 +491,7 @@ mod tests {
             let ((max, mean), (their_max, their_mean)) = (error(&ours), error(&libtorch_bf16));
             assert!(
                 max <= 1.2 * their_max && mean <= 1.2 * their_mean,
-                "heads {heads} × {head_dim}: max / mean abs diff to fp32 {max} / {mean}, libtorch's bf16 kernel {their_max} / {their_mean}"
+                "heads {heads} × {head_dim}, bias {biased}: max / mean abs diff to fp32 {max} / {mean}, libtorch's bf16 kernel {their_max} / {their_mean}"
             );
             let gaps: f64 = spans.iter().map(|s| f64::try_from(ours.narrow(0, (s.start + s.len) as i64, 3).abs().sum(Kind::Float)).unwrap()).sum();
             assert_eq!(gaps, 0.0, "rows outside every span stay zero");
@@ -452,10 +508,22 @@ mod tests {
         let (heads, head_dim, len) = (1i64, 32i64, 40i64);
         let qkv = (Tensor::randn([len, 3 * heads * head_dim], (Kind::Float, Device::Cpu)) * 100.0).to_kind(Kind::BFloat16);
         let spans = [Span { start: 0, len: len as usize }];
-        let ours = attend(&qkv, &spans, 1, 32).to_kind(Kind::Float);
+        let ours = attend(&qkv, &spans, 1, 32, None).to_kind(Kind::Float);
         assert!(bool::try_from(ours.isfinite().all()).unwrap());
         let expected = reference(&qkv, &spans, heads, head_dim);
         let rel = f64::try_from((&ours - &expected).abs().max()).unwrap() / f64::try_from(expected.abs().max()).unwrap();
         assert!(rel < 2e-2, "relative max diff {rel}");
+    }
+
+    #[test]
+    fn the_distance_table_reads_as_the_full_mask() {
+        // Entry reach − 1 + (key − query), zero past the last distance.
+        let by_distance = Tensor::arange(2 * 5 - 1, (Kind::Float, Device::Cpu)).view([1, 9]);
+        let bias = DistanceBias::new(&by_distance);
+        assert_eq!(bias.reach, 5);
+        for (i, j) in [(0, 0), (4, 0), (0, 4), (2, 3), (3, 2)] {
+            assert_eq!(bias.at(0, i, j), (4 + j - i) as f32, "query {i}, key {j}");
+        }
+        assert_eq!(bias.at(0, 0, 5 + 63), 0.0, "the kernel's padded keys read zeros");
     }
 }

@@ -2,7 +2,8 @@
 //! XLM-RoBERTa (they differ only in its parameter names), mixed-precision linear layers, padding
 //! masks, RoBERTa-style position ids, and the rotary position embeddings of ModernBERT and Qwen3.
 
-use super::cpu_attention::{self, Span};
+use super::cpu_attention::{self, DistanceBias, Span};
+use std::cell::OnceCell;
 use super::dropout::dropout;
 use crate::onednn;
 use crate::precision::{Precision, PrecisionKind, cached};
@@ -29,16 +30,42 @@ pub enum AttentionMask<'a> {
     /// Padding only (BERT, XLM-RoBERTa): `None` when the batch has none, else the additive mask
     /// of [`padding_mask`].
     Padding(Option<&'a Tensor>),
-    /// An additive mask that also carries a position bias (MPNet).
-    Additive(&'a Tensor),
+    /// Padding plus a bias by the key's distance from the query (MPNet's relative position bias):
+    /// [`cpu_attention`] reads the bias by distance and skips the padding; libtorch's attention
+    /// takes both as one `[batch, heads, seq, seq]` additive mask. Each is made when a layer first
+    /// asks for it, so a forward makes only the one its path reads.
+    PositionBias { by_distance: &'a Lazy<'a, DistanceBias>, additive: &'a Lazy<'a, Tensor> },
 }
 
 impl<'a> AttentionMask<'a> {
     fn additive(self) -> Option<&'a Tensor> {
         match self {
             AttentionMask::Padding(mask) => mask,
-            AttentionMask::Additive(mask) => Some(mask),
+            AttentionMask::PositionBias { additive, .. } => Some(additive.get()),
         }
+    }
+
+    fn distance_bias(self) -> Option<&'a DistanceBias> {
+        match self {
+            AttentionMask::Padding(_) => None,
+            AttentionMask::PositionBias { by_distance, .. } => Some(by_distance.get()),
+        }
+    }
+}
+
+/// A value made on first use, within the forward that holds it.
+pub struct Lazy<'a, T> {
+    value: OnceCell<T>,
+    make: Box<dyn Fn() -> T + 'a>,
+}
+
+impl<'a, T> Lazy<'a, T> {
+    pub fn new(make: impl Fn() -> T + 'a) -> Self {
+        Lazy { value: OnceCell::new(), make: Box::new(make) }
+    }
+
+    fn get(&self) -> &T {
+        self.value.get_or_init(|| (self.make)())
     }
 }
 
@@ -140,9 +167,9 @@ impl PostNormLayer {
         let x_compute = x.to_kind(compute);
         let onednn = onednn_serves(&x_compute, train);
         let qkv = self.qkv(&x_compute, compute, onednn);
-        let ctx = match self.cpu_attention_spans(&qkv, layout, attn_mask, train) {
+        let ctx = match self.cpu_attention_spans(&qkv, layout, train) {
             // The kernel reads the token rows as they are, packed or not, and skips the padding.
-            Some(spans) => cpu_attention::attend(&qkv, spans, self.heads as usize, self.head_dim as usize),
+            Some(spans) => cpu_attention::attend(&qkv, spans, self.heads as usize, self.head_dim as usize, attn_mask.distance_bias()),
             None => {
                 let (batch, seq) = (layout.batch, layout.seq);
                 let qkv = layout.unpack(&qkv).view([batch, seq, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
@@ -160,10 +187,9 @@ impl PostNormLayer {
     }
 
     /// The sequences' rows when [`cpu_attention`] serves this call: bf16 inference on a CPU that
-    /// has AVX-512 BF16, heads a multiple of 32 wide, and a mask that is padding only.
-    fn cpu_attention_spans<'l>(&self, qkv: &Tensor, layout: &'l TokenLayout, mask: AttentionMask, train: bool) -> Option<&'l [Span]> {
-        let serves = matches!(mask, AttentionMask::Padding(_))
-            && !train
+    /// has AVX-512 BF16, and heads a multiple of 32 wide.
+    fn cpu_attention_spans<'l>(&self, qkv: &Tensor, layout: &'l TokenLayout, train: bool) -> Option<&'l [Span]> {
+        let serves = !train
             && !qkv.requires_grad()
             && qkv.kind() == Kind::BFloat16
             && qkv.device() == Device::Cpu

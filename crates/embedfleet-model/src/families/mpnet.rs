@@ -3,7 +3,8 @@
 //! added to every layer's attention scores. Positions are RoBERTa-style, past padding index 1.
 
 use super::dropout::dropout;
-use super::layers::{AttentionMask, AttentionNames, LayerShape, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask, positions_after_padding};
+use super::cpu_attention::DistanceBias;
+use super::layers::{AttentionMask, AttentionNames, LayerShape, Lazy, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask, positions_after_padding};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -130,7 +131,16 @@ struct Mpnet {
 fn relative_buckets(seq: i64, device: Device) -> Tensor {
     let context = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(1);
     let memory = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(0);
-    let n = -(memory - context);
+    buckets(&(context - memory))
+}
+
+/// The buckets of the distances from −(seq − 1) to seq − 1 (key − query), in that order.
+fn buckets_by_distance(seq: i64, device: Device) -> Tensor {
+    buckets(&Tensor::arange_start_step(seq - 1, -seq, -1, (Kind::Int64, device)))
+}
+
+/// transformers' `relative_position_bucket` of `n` = query − key.
+fn buckets(n: &Tensor) -> Tensor {
     let half = BUCKETS / 2;
     let ret = n.lt(0).to_kind(Kind::Int64) * half;
     let n = n.abs();
@@ -152,11 +162,18 @@ impl Encoder for Mpnet {
         let x = self.word.forward(&layout.pack_ids(&batch.input_ids)) + self.position.forward(&layout.pack_ids(&positions));
         let compute = precision.kind();
         let mut x = dropout(&self.norm.forward(&x), self.dropout, train).to_kind(compute);
-        // [1, heads, seq, seq] + [batch, 1, 1, seq]: the bias and the padding mask in one additive term.
-        let bias = self.relative_bias.forward(&relative_buckets(seq, x.device())).permute([2, 0, 1]).unsqueeze(0);
-        let mask = bias.to_kind(compute) + padding_mask(&batch.attention_mask, compute);
+        // The bias depends on the distance only: the kernel reads it per distance, libtorch's
+        // attention as [1, heads, seq, seq] + [batch, 1, 1, seq], bias and padding in one term.
+        // Both are rounded to the compute kind, as the libtorch path always rounded its mask.
+        let device = x.device();
+        let by_distance = Lazy::new(|| DistanceBias::new(&self.relative_bias.forward(&buckets_by_distance(seq, device)).to_kind(compute).tr()));
+        let additive = Lazy::new(|| {
+            let bias = self.relative_bias.forward(&relative_buckets(seq, batch.attention_mask.device())).permute([2, 0, 1]).unsqueeze(0);
+            bias.to_kind(compute) + padding_mask(&batch.attention_mask, compute)
+        });
+        let mask = AttentionMask::PositionBias { by_distance: &by_distance, additive: &additive };
         for layer in &self.layers {
-            x = layer.forward(&x, &layout, AttentionMask::Additive(&mask), train, precision);
+            x = layer.forward(&x, &layout, mask, train, precision);
         }
         layout.unpack(&x).to_kind(Kind::Float)
     }
@@ -187,5 +204,19 @@ mod tests {
         // Keys before it, the lower half.
         let r200 = row(200);
         assert_eq!((r200[199], r200[192], r200[0]), (1, 8, 15));
+    }
+
+    #[test]
+    fn buckets_by_distance_are_the_rows_of_the_full_grid() {
+        let seq = 300;
+        let grid = relative_buckets(seq, Device::Cpu);
+        let by_distance = Vec::<i64>::try_from(buckets_by_distance(seq, Device::Cpu)).unwrap();
+        assert_eq!(by_distance.len(), 2 * seq as usize - 1);
+        for i in [0, 1, 7, 150, 299] {
+            let row = Vec::<i64>::try_from(grid.get(i)).unwrap();
+            for (j, bucket) in row.iter().enumerate() {
+                assert_eq!(by_distance[seq as usize - 1 + j - i as usize], *bucket, "query {i}, key {j}");
+            }
+        }
     }
 }
