@@ -232,7 +232,7 @@ impl Bus {
             match set_up_layout(&js).await {
                 Ok(layout) => break layout,
                 Err(f) if f.transient && options.connect_timeout.is_none_or(|t| started.elapsed() < t) => {
-                    tracing::warn!(what = f.what, error = f.message, retry_in = ?delay, "JetStream not answering yet; setting the layout up again");
+                    tracing::warn!(what = f.what, error = f.message, retry_in = ?delay, "JetStream not answering yet (starting, recovering, or not enabled with -js); setting the layout up again");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(options.max_reconnect_delay);
                 }
