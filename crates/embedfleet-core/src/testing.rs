@@ -57,7 +57,13 @@ impl SeaweedFs {
         let weed = std::env::var_os("EMBEDFLEET_WEED").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".deps/weed"));
         assert!(weed.exists(), "{} is missing: run scripts/setup.sh first", weed.display());
         let dir = tempfile::tempdir().expect("temp dir");
-        let (access_key, secret_key) = ("embedfleet-test".to_owned(), "embedfleet-test-secret".to_owned());
+        // Keys of this server only: if another test's server ever held one of its ports (they are
+        // free when chosen, and freed while stopped), the write probe and every request would be
+        // refused instead of landing in the other test's store.
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let access_key = format!("embedfleet-test-{}-{n}", std::process::id());
+        let secret_key = format!("{access_key}-secret");
         let config = dir.path().join("s3.json");
         std::fs::write(
             &config,
