@@ -130,4 +130,31 @@ fn run_writes_a_report_a_browser_opens_and_a_card_with_its_numbers() {
     assert_eq!(cards, improved.min(25) + worse.min(25), "one card per question whose rank moved (up to 25 each way)");
     assert!(improved > 0, "fine-tuning moved some question up: {summary}\n{}", &per_query[..per_query.len().min(3000)]);
     assert!(browser.eval("document.documentElement.scrollWidth").as_u64().unwrap() <= 1280, "no horizontal overflow at 1280 px");
+
+    // `evaluate` on the run's validation set, as the run scored it, gives the run's numbers, and
+    // says what offline spans measure though no dataset facts come with the file.
+    let evaluate = |cloze: &str, results: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_embedfleet"))
+            .args(["evaluate", "--base-model", model.to_str().unwrap(), "--finetuned-model", out.join("model").to_str().unwrap()])
+            .args(["--val-dataset", out.join("data/val_dataset.json").to_str().unwrap(), "--results-dir", dir.path().join(results).to_str().unwrap()])
+            .args(["--inverse-cloze", cloze])
+            .env("EMBEDFLEET_LOG", "error")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+        let report: Value = serde_json::from_slice(&std::fs::read(dir.path().join(results).join("report.json")).unwrap()).unwrap();
+        (stdout, report)
+    };
+    let ndcg = |report: &Value, i: usize| report["models"][i]["metrics"]["cosine-NDCG@10"].as_f64().unwrap();
+    let (whole, whole_report) = evaluate("false", "eval-whole");
+    for i in 0..2 {
+        assert!((ndcg(&whole_report, i) - ndcg(&report, i)).abs() < 1e-6, "model {i}: evaluate {} against the run's {}", ndcg(&whole_report, i), ndcg(&report, i));
+    }
+    assert!(whole.contains("pseudo-queries"), "{whole}");
+    assert!(!whole.contains("cut out of their passages,"), "nothing cut with --inverse-cloze false: {whole}");
+    let (cut, cut_report) = evaluate("true", "eval-cut");
+    assert!(cut.contains("questions cut out of their passages"), "{cut}");
+    assert!(cut.contains("pseudo-queries"), "{cut}");
+    assert!(ndcg(&cut_report, 0) < ndcg(&whole_report, 0), "a span cut out of its passage is harder to place: {} vs {}", ndcg(&cut_report, 0), ndcg(&whole_report, 0));
 }

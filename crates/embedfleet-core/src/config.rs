@@ -265,6 +265,39 @@ impl MiningConfig {
     }
 }
 
+/// The inverse-cloze switch, one flag for every command that shows a model its passages: training
+/// and its validation (`run`, `finetune`, `submit`), `mine` and `evaluate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InverseCloze {
+    /// Inverse cloze: cut each question that is word for word in its passage (the offline
+    /// generator's spans) out of that passage, in training, validation, mining and evaluation, so
+    /// the model learns (and is scored on) what a passage is about instead of matching its words;
+    /// `false` keeps the passages whole, as sentence-transformers does. Questions an LLM wrote are
+    /// not in their passage and stay as they are.
+    #[arg(long, env = "EMBEDFLEET_INVERSE_CLOZE", alias = "inverse_cloze", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub inverse_cloze: bool,
+}
+
+impl Default for InverseCloze {
+    fn default() -> Self {
+        InverseCloze { inverse_cloze: true }
+    }
+}
+
+impl InverseCloze {
+    /// The dataset with each question cut out of its passages when the switch is on (see
+    /// [`crate::inverse_cloze`]), otherwise the dataset itself; and what the cut did.
+    pub fn view<'a>(self, dataset: &'a QaDataset) -> (Cow<'a, QaDataset>, ClozeCuts) {
+        if !self.inverse_cloze {
+            return (Cow::Borrowed(dataset), ClozeCuts::default());
+        }
+        let (cut, cuts) = cut_questions_from_positives(dataset);
+        tracing::info!(cut = cuts.cut, not_found = cuts.not_found, left_in = cuts.left_in, "{cuts}");
+        (Cow::Owned(cut), cuts)
+    }
+}
+
 /// Fine-tuning settings: MultipleNegativesRankingLoss, AdamW, evaluation and checkpoints.
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 #[serde(default)]
@@ -318,12 +351,9 @@ pub struct TrainConfig {
     /// own `query` prompt if it has one (Qwen3-Embedding's instruction), else none.
     #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
     pub query_prompt: Option<String>,
-    /// Inverse cloze: cut each question that is word for word in its passage (the offline
-    /// generator's spans) out of that passage, for training and validation, so the model learns
-    /// what a passage is about instead of matching its words; `false` keeps the passages whole.
-    /// Questions an LLM wrote are not in their passage and stay as they are.
-    #[arg(long, env = "EMBEDFLEET_INVERSE_CLOZE", alias = "inverse_cloze", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub inverse_cloze: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub cloze: InverseCloze,
     /// Hard negatives: how many per question, and how they are mined.
     #[command(flatten)]
     pub mining: MiningConfig,
@@ -346,7 +376,7 @@ impl Default for TrainConfig {
             train_seed: defaults::SEED,
             matryoshka_dims: Vec::new(),
             query_prompt: None,
-            inverse_cloze: true,
+            cloze: InverseCloze::default(),
             mining: MiningConfig::default(),
         }
     }
@@ -421,12 +451,7 @@ impl TrainConfig {
 
     /// [`TrainConfig::training_view`], and what the cut did.
     pub fn training_view_counted<'a>(&self, dataset: &'a QaDataset) -> (Cow<'a, QaDataset>, ClozeCuts) {
-        if !self.inverse_cloze {
-            return (Cow::Borrowed(dataset), ClozeCuts::default());
-        }
-        let (cut, cuts) = cut_questions_from_positives(dataset);
-        tracing::info!(cut = cuts.cut, not_found = cuts.not_found, left_in = cuts.left_in, "{cuts}");
-        (Cow::Owned(cut), cuts)
+        self.cloze.view(dataset)
     }
 
     /// The learning rate to train with: `--learning-rate` when given, else the default for what the

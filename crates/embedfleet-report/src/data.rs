@@ -202,11 +202,21 @@ pub struct RunReport {
     pub curve: Option<TrainingCurve>,
     /// Where things are, as (what, path), for the page's footer and the terminal summary.
     pub files: Vec<(String, String)>,
+    /// The validation questions were found word for word in their passages (the offline
+    /// generator's spans): `evaluate` finds it out, where no dataset facts say so.
+    #[serde(default)]
+    pub spans_found: bool,
 }
 
 impl RunReport {
     pub fn base(&self) -> Option<&ModelResult> {
         self.models.first()
+    }
+
+    /// Whether the questions are the offline generator's spans, as the dataset facts or the
+    /// validation set itself show: the page and the summary must then say what the numbers measure.
+    pub fn offline_spans(&self) -> bool {
+        self.spans_found || self.dataset.as_ref().is_some_and(DatasetFacts::offline_spans)
     }
 
     /// The model the verdict is about: the last one, when there are two or more.

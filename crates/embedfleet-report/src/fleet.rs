@@ -149,6 +149,8 @@ pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Resu
             ("results".into(), store.describe(&run.results_prefix)),
             ("report".into(), store.describe(&report_key)),
         ],
+        // The dataset facts say what the questions are.
+        spans_found: false,
     };
     for (name, text) in report_files(&report) {
         store.put(&format!("{}/{name}", run.results_prefix), text.into_bytes()).await?;

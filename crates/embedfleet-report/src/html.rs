@@ -116,7 +116,7 @@ fn delta_cell(v: f64, base: f64) -> String {
 }
 
 fn offline_caveat(out: &mut String, report: &RunReport) {
-    if report.dataset.as_ref().is_some_and(|d| d.offline_spans()) {
+    if report.offline_spans() {
         let _ = write!(out, r#"<p class="note caveat">{}</p>"#, escape(crate::data::OFFLINE_SPANS_CAVEAT));
     }
 }

@@ -80,7 +80,7 @@ pub fn summary_block(report: &RunReport) -> String {
     if !verdict.text.is_empty() {
         let _ = write!(s, "\n{}\n", verdict.text);
     }
-    if report.dataset.as_ref().is_some_and(|d| d.offline_spans()) {
+    if report.offline_spans() {
         let _ = writeln!(s, "Note: {}", crate::data::OFFLINE_SPANS_CAVEAT);
     }
     if !report.files.is_empty() {

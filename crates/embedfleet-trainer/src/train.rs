@@ -241,7 +241,7 @@ pub fn train_with_hooks(
     if job.hard_negatives() > 0 {
         fingerprint.push_str(&format!(" negatives={}/{}", job.hard_negatives(), negatives.iter().map(Vec::len).sum::<usize>()));
     }
-    if config.inverse_cloze {
+    if config.cloze.inverse_cloze {
         fingerprint.push_str(" inverse_cloze");
     }
     if !config.matryoshka_dims.is_empty() {

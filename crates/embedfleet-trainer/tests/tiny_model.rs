@@ -242,7 +242,7 @@ fn inverse_cloze_trains_on_passages_without_their_spans() {
     let run = |d: &QaDataset, inverse_cloze: bool| {
         let dir = tempfile::tempdir().unwrap();
         let mut model = tiny(0.0);
-        let config = TrainConfig { inverse_cloze, evaluation_steps: 0, ..config() };
+        let config = TrainConfig { cloze: embedfleet_core::InverseCloze { inverse_cloze }, evaluation_steps: 0, ..config() };
         train(&mut model, d, None, &job(config), dir.path(), false, false, &NoProgress).unwrap()
     };
     let spans = span_dataset(16);

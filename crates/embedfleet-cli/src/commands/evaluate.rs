@@ -5,7 +5,8 @@ use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use embedfleet_core::QaDataset;
+use embedfleet_core::inverse_cloze::cut_questions_from_positives;
+use embedfleet_core::{InverseCloze, QaDataset};
 use embedfleet_evaluator::csv::{append_csv, dim_csv_name};
 use embedfleet_evaluator::metrics::MetricsConfig;
 use embedfleet_evaluator::rank::ScoreFunction;
@@ -53,6 +54,9 @@ pub struct EvaluateArgs {
     /// model and dimension (`<model>_dim_<D>`).
     #[arg(long, env = "EMBEDFLEET_MATRYOSHKA_DIMS", alias = "matryoshka_dims", value_delimiter = ',', num_args = 1..)]
     pub matryoshka_dims: Vec<usize>,
+    // Scored as training's validation scored it: spans cut out of their passages by default.
+    #[command(flatten)]
+    pub cloze: InverseCloze,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
@@ -82,7 +86,16 @@ fn check_writable(dir: &Path) -> Result<()> {
 }
 
 pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
-    let dataset = QaDataset::load(&args.val_dataset)?;
+    let loaded = QaDataset::load(&args.val_dataset)?;
+    // Spans are found in their passages whether or not they are then cut out.
+    let (cut, cuts) = cut_questions_from_positives(&loaded);
+    let spans_found = cuts.questions_are_spans();
+    let dataset = if args.cloze.inverse_cloze && cuts.cut > 0 {
+        println!("{cuts}");
+        cut
+    } else {
+        loaded
+    };
     let data = PreparedDataset::new(&dataset)?;
     let models = named_models(&args);
     if models.is_empty() {
@@ -104,6 +117,7 @@ pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
         models: super::report::model_results(&comparison, &models),
         validation: dataset,
         files: vec![("results".into(), args.results_dir.display().to_string())],
+        spans_found,
         ..Default::default()
     };
     super::report::finish(&args.results_dir, report)?;

@@ -5,7 +5,7 @@
 use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use embedfleet_core::config::{MiningConfig, TrainConfig, defaults};
+use embedfleet_core::config::{InverseCloze, MiningConfig, TrainConfig, defaults};
 use embedfleet_core::{ExportFormat, HardNegatives, QaDataset};
 use embedfleet_model::RuntimeArgs;
 use embedfleet_trainer::mining::{MineSettings, MiningReport, mine};
@@ -40,11 +40,10 @@ pub struct MineArgs {
     /// the prompt's text, or `none`. Default: the model's own `query` prompt if it has one.
     #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
     pub query_prompt: Option<String>,
-    /// Embed each passage with its questions cut out, as `finetune --inverse-cloze` (the default)
-    /// trains on it, so the guard's margin is against the positive training will use. `false`
-    /// mines on whole passages (sentence-transformers' mine_hard_negatives does).
-    #[arg(long, env = "EMBEDFLEET_INVERSE_CLOZE", alias = "inverse_cloze", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub inverse_cloze: bool,
+    // Passages are embedded as training will see them, so the guard's margin is against the
+    // positive the loss uses.
+    #[command(flatten)]
+    pub cloze: InverseCloze,
     /// Replace a negatives file that is already there.
     #[arg(long, env = "EMBEDFLEET_OVERWRITE")]
     pub overwrite: bool,
@@ -126,7 +125,7 @@ pub async fn run(args: MineArgs) -> Result<ExitCode> {
         bail!("{} already exists; pass --overwrite to replace it, or choose another --output", output.display());
     }
     let started = Instant::now();
-    let settings = MineSettings { inverse_cloze: args.inverse_cloze, ..MineSettings::new(&args.mining, count).with_query_prompt(args.query_prompt.as_deref()) };
+    let settings = MineSettings { inverse_cloze: args.cloze.inverse_cloze, ..MineSettings::new(&args.mining, count).with_query_prompt(args.query_prompt.as_deref()) };
     let (negatives, report) = mine_negatives(&args.model_id, &train, &args.mining, settings, args.batch_size, &args.runtime, &args.storage).await?;
     negatives.save(&output)?;
     print_report(&report, count, &output, started.elapsed().as_secs_f64());

@@ -128,6 +128,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         training: Some(outcome.facts.clone()),
         curve: Some(outcome.curve.clone()),
         files: vec![("model".into(), model_dir.display().to_string()), ("results".into(), results_dir.display().to_string())],
+        // The dataset facts say what the questions are.
+        spans_found: false,
     };
     report::finish(&results_dir, report)?;
     println!("embedfleet run finished in {:.1} s", started.elapsed().as_secs_f64());

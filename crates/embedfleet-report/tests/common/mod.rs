@@ -152,5 +152,6 @@ pub fn sample_report() -> RunReport {
             best_step: Some(32),
         }),
         files: vec![("model".into(), "out/model".into()), ("results".into(), "out/results".into())],
+        spans_found: false,
     }
 }
