@@ -128,7 +128,9 @@ def main():
     for precision in ["fp32", "bf16"]:
         out = work / f"results-{precision}"
         cmd = [str(tgt / "embedfleet"), "evaluate", "--model", f"m={model}", "--val-dataset", str(fixture), "--results-dir", str(out),
-               "--threads", str(args.threads), "--device", "cpu", "--precision", precision]
+               "--threads", str(args.threads), "--device", "cpu", "--precision", precision,
+               # The reference's evaluator scores whole passages.
+               "--inverse-cloze", "false"]
         s, rss, _ = peak_rss_mib(cmd, env)
         report = json.loads((out / "report.json").read_text())
         results[precision] = (s, rss, report["models"][0]["metrics"])

@@ -52,7 +52,8 @@ for variant in $variants; do
   models+=(--model "$variant=$out")
 done
 
-"$bin" evaluate "${models[@]}" --val-dataset "$hq/eval/human_dataset.json" \
+# People's questions are scored against whole passages: nothing of them is to be cut out.
+"$bin" evaluate "${models[@]}" --val-dataset "$hq/eval/human_dataset.json" --inverse-cloze false \
   --results-dir "$work/human-$generator" --matryoshka-dims 384,64 --threads "$threads"
 # 137 questions cannot tell small differences apart: say how wide the noise is.
 python3 "$root/tools/human_questions/paired_bootstrap.py" "$work/human-$generator/per_query.jsonl"
