@@ -130,49 +130,29 @@ async fn key_value(js: &jetstream::Context, bucket: &str, history: i64) -> Resul
     js.get_key_value(bucket).await.map_err(|e| SetupFailure { what: bucket.to_owned(), message: e.to_string(), transient: true })
 }
 
+/// A stream that keeps what is published to it for `days` (progress events, dead letters,
+/// delivery advisories).
+fn kept_for_days(name: &str, subjects: &str, days: u64) -> stream::Config {
+    stream::Config { name: name.into(), subjects: vec![subjects.into()], max_age: Duration::from_secs(days * 24 * 3600), ..Default::default() }
+}
+
 /// The streams and buckets every worker needs: the run state, the fleet-wide rate limit and budgets.
 async fn set_up_layout(js: &jetstream::Context) -> Result<(kv::Store, kv::Store, kv::Store), SetupFailure> {
-    ensure_stream(
-        js,
-        stream::Config {
-            name: WORK_STREAM.into(),
-            subjects: vec![WORK_SUBJECTS.into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            duplicate_window: Duration::from_secs(600),
-            ..Default::default()
-        },
-    )
-    .await?;
-    ensure_stream(
-        js,
-        stream::Config {
-            name: EVENTS_STREAM.into(),
-            subjects: vec![EVENTS_SUBJECTS.into()],
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..Default::default()
-        },
-    )
-    .await?;
-    ensure_stream(
-        js,
-        stream::Config {
-            name: DEAD_STREAM.into(),
-            subjects: vec![DEAD_SUBJECTS.into()],
-            max_age: Duration::from_secs(30 * 24 * 3600),
-            ..Default::default()
-        },
-    )
-    .await?;
-    ensure_stream(
-        js,
-        stream::Config {
-            name: ADVISORY_STREAM.into(),
-            subjects: vec![MAX_DELIVERIES_SUBJECTS.into()],
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let work = stream::Config {
+        name: WORK_STREAM.into(),
+        subjects: vec![WORK_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    };
+    for config in [
+        work,
+        kept_for_days(EVENTS_STREAM, EVENTS_SUBJECTS, 7),
+        kept_for_days(DEAD_STREAM, DEAD_SUBJECTS, 30),
+        kept_for_days(ADVISORY_STREAM, MAX_DELIVERIES_SUBJECTS, 7),
+    ] {
+        ensure_stream(js, config).await?;
+    }
     let runs = key_value(js, RUNS_BUCKET, 5).await?;
     let rate = key_value(js, RATE_BUCKET, 1).await?;
     let budgets = key_value(js, BUDGET_BUCKET, 1).await?;
