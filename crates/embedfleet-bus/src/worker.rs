@@ -98,14 +98,29 @@ pub async fn run_worker<H: TaskHandler>(
 ) -> Result<(), crate::BusError> {
     let stage = config.stage;
     metrics::init(stage.name());
-    let consumer = bus.consumer(stage, config.ack_wait).await?;
+    tokio::pin!(shutdown);
+    // The server may go away between the layout's set-up and this request (a restart, a JetStream
+    // still recovering): the worker stays live and unready and asks again.
+    let mut delay = Duration::from_millis(200);
+    let consumer = loop {
+        match bus.consumer(stage, config.ack_wait).await {
+            Ok(consumer) => break consumer,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot create the stage's consumer; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
     health.set_ready(true);
     metrics::UP.with_label_values(&[stage.name()]).set(1);
     tokio::spawn(watch_pending(consumer.clone(), stage, health.clone(), bus.client.clone()));
 
     let permits = Arc::new(Semaphore::new(config.parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
     'outer: loop {
         // Pull only as many as this worker can work on: a bigger batch would park messages here
         // while other replicas sit idle.
