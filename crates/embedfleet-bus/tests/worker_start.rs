@@ -5,15 +5,14 @@ use embedfleet_bus::health::Health;
 use embedfleet_bus::testing::NatsServer;
 use embedfleet_bus::worker::{TaskError, TaskHandler, WorkerConfig, run_worker};
 use embedfleet_bus::{Bus, BusOptions, Message, Stage};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Idle;
 
 impl TaskHandler for Idle {
-    fn handle(&self, _message: Message, _deliveries: i64) -> impl Future<Output = Result<(), TaskError>> + Send {
-        async { Ok(()) }
+    async fn handle(&self, _message: Message, _deliveries: i64) -> Result<(), TaskError> {
+        Ok(())
     }
 }
 
