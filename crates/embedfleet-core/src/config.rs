@@ -265,6 +265,26 @@ impl MiningConfig {
     }
 }
 
+/// The prompt put before every question, one flag for every command that embeds questions:
+/// training and its validation (`run`, `finetune`, `submit`), `mine` and `evaluate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueryPrompt {
+    /// Put before every question: the name of one of the model's prompts
+    /// (config_sentence_transformers.json), the prompt's text, or `none`. Default: the model's own
+    /// `query` prompt if it has one (Qwen3-Embedding's instruction), else none, as
+    /// sentence-transformers' evaluator does with query_prompt_name="query". Passages get none.
+    #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
+    pub query_prompt: Option<String>,
+}
+
+impl QueryPrompt {
+    /// The setting as the model's `query_prompt` takes it (None: the model's own).
+    pub fn setting(&self) -> Option<&str> {
+        self.query_prompt.as_deref()
+    }
+}
+
 /// The inverse-cloze switch, one flag for every command that shows a model its passages: training
 /// and its validation (`run`, `finetune`, `submit`), `mine` and `evaluate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Args, Serialize, Deserialize)]
@@ -346,11 +366,9 @@ pub struct TrainConfig {
     /// reports every metric at each D.
     #[arg(long, env = "EMBEDFLEET_MATRYOSHKA_DIMS", alias = "matryoshka_dims", value_delimiter = ',', num_args = 1..)]
     pub matryoshka_dims: Vec<usize>,
-    /// Put before every question in training, validation and mining: the name of one of the model's
-    /// prompts (config_sentence_transformers.json), the prompt's text, or `none`. Default: the model's
-    /// own `query` prompt if it has one (Qwen3-Embedding's instruction), else none.
-    #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
-    pub query_prompt: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub prompt: QueryPrompt,
     #[command(flatten)]
     #[serde(flatten)]
     pub cloze: InverseCloze,
@@ -375,7 +393,7 @@ impl Default for TrainConfig {
             symmetric_loss: false,
             train_seed: defaults::SEED,
             matryoshka_dims: Vec::new(),
-            query_prompt: None,
+            prompt: QueryPrompt::default(),
             cloze: InverseCloze::default(),
             mining: MiningConfig::default(),
         }

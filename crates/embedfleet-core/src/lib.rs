@@ -23,7 +23,7 @@ pub mod transient;
 pub mod testing;
 
 pub use chunk::{Chunk, ChunkConfig};
-pub use config::{ConfigError, DatasetConfig, GeneratorKind, InverseCloze, MiningConfig, Precision, Sampling, TrainConfig};
+pub use config::{ConfigError, DatasetConfig, GeneratorKind, InverseCloze, MiningConfig, QueryPrompt, Precision, Sampling, TrainConfig};
 pub use dataset::{DatasetError, DatasetSplit, QaDataset};
 pub use generate::{GenerateError, GenerationOutcome, QuestionGenerator};
 pub use ids::{ChunkId, DocId, QueryId};

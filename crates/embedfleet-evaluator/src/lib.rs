@@ -92,7 +92,7 @@ impl EvalOptions {
     pub fn for_training(config: &embedfleet_core::TrainConfig) -> Self {
         Self {
             matryoshka_dims: config.matryoshka_dims_descending(),
-            query_prompt: config.query_prompt.clone(),
+            query_prompt: config.prompt.query_prompt.clone(),
             ..Self::for_metric(&config.metric)
         }
     }

@@ -59,7 +59,7 @@ impl MineSettings {
 
     /// For training with `config`: its mining flags, its query prompt, and its passages.
     pub fn for_training(config: &TrainConfig, negatives: usize) -> Self {
-        Self { query_prompt: config.query_prompt.clone(), inverse_cloze: config.cloze.inverse_cloze, ..Self::new(&config.mining, negatives) }
+        Self { query_prompt: config.prompt.query_prompt.clone(), inverse_cloze: config.cloze.inverse_cloze, ..Self::new(&config.mining, negatives) }
     }
 
     pub fn with_query_prompt(mut self, setting: Option<&str>) -> Self {

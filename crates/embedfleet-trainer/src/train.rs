@@ -248,7 +248,7 @@ pub fn train_with_hooks(
         fingerprint.push_str(&format!(" matryoshka={:?}", config.matryoshka_dims_descending()));
     }
     // The questions' prompt: the model's own `query` prompt unless --query-prompt says otherwise.
-    let query_prompt = model.query_prompt(config.query_prompt.as_deref());
+    let query_prompt = model.query_prompt(config.prompt.setting());
     if let Some(prompt) = &query_prompt {
         fingerprint.push_str(&format!(" query_prompt={prompt:?}"));
     }

@@ -181,6 +181,6 @@ fn qwen3_trains_with_its_query_prompt_as_sentence_transformers() {
         assert!((loss - expected).abs() <= 1e-4, "mini-batch {mini:?}: {loss} vs sentence-transformers {expected}");
     }
     // --query-prompt none trains on the bare questions, as the trainer without prompts.
-    let bare = first_training_loss("qwen3", TrainConfig { query_prompt: Some("none".into()), ..Default::default() });
+    let bare = first_training_loss("qwen3", TrainConfig { prompt: embedfleet_core::QueryPrompt { query_prompt: Some("none".into()) }, ..Default::default() });
     assert!((bare - fx.mnrl.loss).abs() <= 1e-4, "without the prompt: {bare} vs sentence-transformers {}", fx.mnrl.loss);
 }

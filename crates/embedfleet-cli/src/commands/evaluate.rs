@@ -6,7 +6,7 @@ use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use embedfleet_core::inverse_cloze::cut_questions_from_positives;
-use embedfleet_core::{InverseCloze, QaDataset};
+use embedfleet_core::{InverseCloze, QaDataset, QueryPrompt};
 use embedfleet_evaluator::csv::{append_csv, dim_csv_name};
 use embedfleet_evaluator::metrics::MetricsConfig;
 use embedfleet_evaluator::rank::ScoreFunction;
@@ -39,11 +39,9 @@ pub struct EvaluateArgs {
     /// Score functions, in CSV column order.
     #[arg(long, env = "EMBEDFLEET_SCORE_FUNCTIONS", value_delimiter = ',', default_value = "cosine")]
     pub score_functions: Vec<ScoreFunction>,
-    /// Put before every query: the name of one of the model's prompts, the prompt's text, or
-    /// `none`. Default: the model's own `query` prompt if it has one (Qwen3-Embedding's
-    /// instruction), as sentence-transformers' evaluator with query_prompt_name="query"; else none.
-    #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
-    pub query_prompt: Option<String>,
+    // Each model's own `query` prompt unless the setting says otherwise.
+    #[command(flatten)]
+    pub prompt: QueryPrompt,
     #[arg(long, env = "EMBEDFLEET_BATCH_SIZE", alias = "batch_size", default_value_t = 32)]
     pub batch_size: usize,
     /// Score the embeddings cut to their first D dimensions (sentence-transformers' truncate_dim),
@@ -111,7 +109,7 @@ pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let comparison =
-        compare_models(&models, &data, &options, args.query_prompt.as_deref(), &args.runtime, &args.storage, &args.results_dir).await?;
+        compare_models(&models, &data, &options, args.prompt.setting(), &args.runtime, &args.storage, &args.results_dir).await?;
     let report = RunReport {
         title: format!("{} on {}", models.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" vs "), args.val_dataset.display()),
         models: super::report::model_results(&comparison, &models),

@@ -5,7 +5,7 @@
 use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use embedfleet_core::config::{InverseCloze, MiningConfig, TrainConfig, defaults};
+use embedfleet_core::config::{InverseCloze, MiningConfig, QueryPrompt, TrainConfig, defaults};
 use embedfleet_core::{ExportFormat, HardNegatives, QaDataset};
 use embedfleet_model::RuntimeArgs;
 use embedfleet_trainer::mining::{MineSettings, MiningReport, mine};
@@ -36,10 +36,9 @@ pub struct MineArgs {
     /// Texts per encoding batch.
     #[arg(long, env = "EMBEDFLEET_BATCH_SIZE", alias = "batch_size", default_value_t = 32)]
     pub batch_size: usize,
-    /// Put before every question when embedding it: the name of one of the mining model's prompts,
-    /// the prompt's text, or `none`. Default: the model's own `query` prompt if it has one.
-    #[arg(long, env = "EMBEDFLEET_QUERY_PROMPT", alias = "query_prompt")]
-    pub query_prompt: Option<String>,
+    // The mining model's prompts.
+    #[command(flatten)]
+    pub prompt: QueryPrompt,
     // Passages are embedded as training will see them, so the guard's margin is against the
     // positive the loss uses.
     #[command(flatten)]
@@ -125,7 +124,7 @@ pub async fn run(args: MineArgs) -> Result<ExitCode> {
         bail!("{} already exists; pass --overwrite to replace it, or choose another --output", output.display());
     }
     let started = Instant::now();
-    let settings = MineSettings { inverse_cloze: args.cloze.inverse_cloze, ..MineSettings::new(&args.mining, count).with_query_prompt(args.query_prompt.as_deref()) };
+    let settings = MineSettings { inverse_cloze: args.cloze.inverse_cloze, ..MineSettings::new(&args.mining, count).with_query_prompt(args.prompt.setting()) };
     let (negatives, report) = mine_negatives(&args.model_id, &train, &args.mining, settings, args.batch_size, &args.runtime, &args.storage).await?;
     negatives.save(&output)?;
     print_report(&report, count, &output, started.elapsed().as_secs_f64());

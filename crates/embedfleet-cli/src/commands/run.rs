@@ -103,7 +103,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let data = PreparedDataset::new(&validation)?;
     let models = vec![("base".to_owned(), args.model_id.clone()), ("finetuned".to_owned(), model_dir.display().to_string())];
     let results_dir = args.output_dir.join("results");
-    let comparison = compare_models(&models, &data, &EvalOptions::for_training(&args.training), args.training.query_prompt.as_deref(), &args.runtime, &args.storage, &results_dir).await?;
+    let comparison = compare_models(&models, &data, &EvalOptions::for_training(&args.training), args.training.prompt.setting(), &args.runtime, &args.storage, &results_dir).await?;
 
     let results = report::model_results(&comparison, &models);
     let dataset = report::dataset_facts(&built, &args.dataset, &args.llm);
