@@ -23,5 +23,6 @@ deploy/check.sh
 phase "build"
 cargo build --workspace --bins --locked
 phase "tests"
-cargo test --workspace --locked "$@"
+# Every test binary runs even after one fails, so a red run shows all that failed, not the first.
+cargo test --workspace --locked --no-fail-fast "$@"
 phase "done"
