@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A port that is free now, and whose +10000 gRPC twin is free too (SeaweedFS uses both).
@@ -25,18 +25,6 @@ pub fn free_port() -> u16 {
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Waits until something accepts connections on `port`.
-pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// A SeaweedFS `weed mini` (master, volume, filer, S3) with one identity and one bucket. It can be
@@ -72,16 +60,38 @@ impl SeaweedFs {
             ),
         )
         .expect("write s3 config");
-        let ports: Vec<u16> = (0..6).map(|_| free_port_pair()).collect();
-        let s3_port = ports[3];
-        let mut server = SeaweedFs { child: None, dir, weed, ports, s3_port, bucket: "embedfleet".to_owned(), access_key, secret_key };
-        server.launch();
-        server
+        let mut server = SeaweedFs { child: None, dir, weed, ports: Vec::new(), s3_port: 0, bucket: "embedfleet".to_owned(), access_key, secret_key };
+        // The ports are free when chosen but not held until weed binds them; if another test's
+        // server takes one in between, weed exits, and other ports are tried.
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            server.ports = (0..6).map(|_| free_port_pair()).collect();
+            server.s3_port = server.ports[3];
+            let _ = std::fs::remove_dir_all(server.dir.path().join("data"));
+            match server.launch() {
+                Ok(()) => {
+                    server.wait_until_writable();
+                    return server;
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("SeaweedFS did not start on any of 5 sets of free ports: {failures:?}\n{}", server.log_tail());
     }
 
-    fn launch(&mut self) {
+    /// The end of weed's own log, for a failure message.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
+        let start = log.char_indices().rev().nth(4000).map_or(0, |(i, _)| i);
+        log[start..].to_owned()
+    }
+
+    /// Starts weed on `self.ports` and waits for its S3 port; an error if weed exits first or
+    /// the port stays closed for a minute.
+    fn launch(&mut self) -> Result<(), String> {
         let ports = &self.ports;
-        let child = Command::new(&self.weed)
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("weed.log")).expect("weed log");
+        let mut child = Command::new(&self.weed)
             .arg("mini")
             .arg(format!("-dir={}", self.dir.path().join("data").display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false"])
@@ -95,13 +105,26 @@ impl SeaweedFs {
             .arg(format!("-webdav.port={}", ports[5]))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false"])
             .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("weed log"))
+            .stderr(log)
             .spawn()
             .expect("start weed mini");
-        self.child = Some(child);
-        assert!(wait_for_port(self.s3_port, Duration::from_secs(60)), "SeaweedFS S3 did not start on {}", self.s3_port);
-        self.wait_until_writable();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("weed exited with {status} (S3 port {})", self.s3_port));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("weed's S3 port {} stayed closed for 60 s", self.s3_port));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the server (an outage); `start_again` brings it back with its data.
@@ -119,7 +142,10 @@ impl SeaweedFs {
         while self.ports.iter().any(|&p| TcpListener::bind(("127.0.0.1", p)).is_err()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.launch();
+        if let Err(e) = self.launch() {
+            panic!("SeaweedFS did not start again: {e}\n{}", self.log_tail());
+        }
+        self.wait_until_writable();
     }
 
     /// The S3 port opens before the volume server can take data; wait for a real write to pass.
