@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct NatsServer {
     child: Option<Child>,
@@ -77,22 +77,10 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .expect("start nats-server (scripts/setup.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("nats-server exited with {status} on port {}", self.port));
-            }
-            if greets(self.port, &self.name) {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("nats-server did not answer on port {} within 20 s", self.port));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let what = format!("nats-server on port {}", self.port);
+        embedfleet_core::testing::wait_until_ready(&mut child, &what, Duration::from_secs(20), || greets(self.port, &self.name))?;
+        self.child = Some(child);
+        Ok(())
     }
 
     pub fn url(&self) -> String {

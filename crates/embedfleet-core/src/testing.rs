@@ -27,6 +27,26 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Waits until `ready` holds for the server `child` just started. An error if the process exits
+/// first, or if `timeout` passes (the process is then killed); `what` names it in the error.
+pub fn wait_until_ready(child: &mut Child, what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{what} exited with {status}"));
+        }
+        if ready() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what} was not ready within {} s", timeout.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A SeaweedFS `weed mini` (master, volume, filer, S3) with one identity and one bucket. It can be
 /// stopped and started again on the same ports and data, to test an S3 outage.
 pub struct SeaweedFs {
@@ -109,22 +129,12 @@ impl SeaweedFs {
             .stderr(log)
             .spawn()
             .expect("start weed mini");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("weed exited with {status} (S3 port {})", self.s3_port));
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok() {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("weed's S3 port {} stayed closed for 60 s", self.s3_port));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let s3_port = self.s3_port;
+        wait_until_ready(&mut child, &format!("weed (S3 port {s3_port})"), Duration::from_secs(60), || {
+            std::net::TcpStream::connect(("127.0.0.1", s3_port)).is_ok()
+        })?;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Kills the server (an outage); `start_again` brings it back with its data.
