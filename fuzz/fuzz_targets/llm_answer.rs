@@ -3,9 +3,9 @@
 //! or the answer text itself, and how many questions were asked for.
 #![no_main]
 
+use embedfleet_generator::FilterConfig;
 use embedfleet_generator::client::parse_completion;
 use embedfleet_generator::filter::{Line, QuestionFilter, clean_line, normalize, parse_answer};
-use embedfleet_generator::FilterConfig;
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashSet;
 

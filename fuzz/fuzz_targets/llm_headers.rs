@@ -3,8 +3,8 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use embedfleet_generator::client::{MAX_RETRY_AFTER, error_message, parse_retry_after, parse_usage};
 use embedfleet_generator::PromptTemplate;
+use embedfleet_generator::client::{MAX_RETRY_AFTER, error_message, parse_retry_after, parse_usage};
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, SystemTime};
 

@@ -133,7 +133,12 @@ async fn key_value(js: &jetstream::Context, bucket: &str, history: i64) -> Resul
 /// A stream that keeps what is published to it for `days` (progress events, dead letters,
 /// delivery advisories).
 fn kept_for_days(name: &str, subjects: &str, days: u64) -> stream::Config {
-    stream::Config { name: name.into(), subjects: vec![subjects.into()], max_age: Duration::from_secs(days * 24 * 3600), ..Default::default() }
+    stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        max_age: Duration::from_secs(days * 24 * 3600),
+        ..Default::default()
+    }
 }
 
 /// The streams and buckets every worker needs: the run state, the fleet-wide rate limit and budgets.
@@ -180,10 +185,10 @@ impl Bus {
                 connect = connect.user_and_password(user.clone(), password.clone());
             }
             if let Some(creds) = &options.creds {
-                connect = connect.credentials_file(creds).await.map_err(|e| BusError::Connect {
-                    urls: urls.clone(),
-                    message: format!("credentials file {}: {e}", creds.display()),
-                })?;
+                connect = connect
+                    .credentials_file(creds)
+                    .await
+                    .map_err(|e| BusError::Connect { urls: urls.clone(), message: format!("credentials file {}: {e}", creds.display()) })?;
             }
             let addrs: Vec<async_nats::ServerAddr> = options
                 .urls

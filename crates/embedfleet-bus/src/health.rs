@@ -24,18 +24,13 @@ impl Health {
 
 /// Serves until the process ends. Returns the bound address (port 0 picks a free one).
 pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let health = health.clone();
-                async move {
-                    if health.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
-                }
-            }),
-        );
+    let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get(move || {
+            let health = health.clone();
+            async move { if health.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") } }
+        }),
+    );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {

@@ -64,9 +64,10 @@ impl RunSpec {
         self.dataset.validate()?;
         self.train.validate()?;
         let own = format!("{}/", crate::layout::input_prefix(run));
-        let inside = self.input_key.strip_prefix(&own).is_some_and(|rest| {
-            !rest.is_empty() && rest.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
-        });
+        let inside = self
+            .input_key
+            .strip_prefix(&own)
+            .is_some_and(|rest| !rest.is_empty() && rest.split('/').all(|part| !part.is_empty() && part != "." && part != ".."));
         if !inside {
             return Err(SpecError::ForeignInput { run: run.to_string(), key: self.input_key.chars().take(200).collect() });
         }

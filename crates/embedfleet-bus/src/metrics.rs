@@ -3,8 +3,7 @@
 //! milliseconds (a cached chunk) to an hour (training).
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, register_histogram_vec, register_int_counter_vec,
-    register_int_gauge_vec,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
 };
 use std::sync::LazyLock;
 

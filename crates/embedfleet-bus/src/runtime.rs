@@ -85,9 +85,8 @@ impl WorkerArgs {
 /// and saying what is wrong, so an orchestrator sees a live but unready pod rather than a crash loop.
 pub async fn start(args: &WorkerArgs, name: &str) -> Result<Started, StartError> {
     let health = Arc::new(Health::default());
-    let metrics_addr = health::serve(args.metrics_addr, health.clone())
-        .await
-        .map_err(|source| StartError::Metrics { addr: args.metrics_addr, source })?;
+    let metrics_addr =
+        health::serve(args.metrics_addr, health.clone()).await.map_err(|source| StartError::Metrics { addr: args.metrics_addr, source })?;
     let store = ArtifactStore::open(&args.store, &args.store_options())?.with_observer(Arc::new(metrics::StoreMetrics));
     let mut delay = Duration::from_millis(500);
     loop {

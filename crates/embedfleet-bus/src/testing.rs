@@ -19,9 +19,7 @@ pub struct NatsServer {
 fn binary() -> PathBuf {
     std::env::var_os("EMBEDFLEET_NATS_SERVER")
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).find(|p| p.exists()))
-        })
+        .or_else(|| std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).find(|p| p.exists())))
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
 }
 
@@ -32,7 +30,9 @@ fn greets(port: u16, name: &str) -> bool {
     let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ") && line.contains(&format!("\"server_name\":\"{name}\""))
+    BufReader::new(stream).read_line(&mut line).is_ok()
+        && line.starts_with("INFO ")
+        && line.contains(&format!("\"server_name\":\"{name}\""))
 }
 
 /// A name no other server started by this machine's tests has.
@@ -64,7 +64,10 @@ impl NatsServer {
             }
             dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("temp dir"));
         }
-        panic!("nats-server did not start on any of 5 free ports:\n{}", std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default());
+        panic!(
+            "nats-server did not start on any of 5 free ports:\n{}",
+            std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default()
+        );
     }
 
     fn launch(&mut self) -> Result<(), String> {

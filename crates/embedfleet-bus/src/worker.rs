@@ -5,11 +5,11 @@
 use crate::bus::Bus;
 use crate::health::Health;
 use crate::messages::{Message, decode};
-use embedfleet_core::RunId;
 use crate::metrics;
 use crate::subjects::Stage;
-use embedfleet_core::Transient;
 use async_nats::jetstream::AckKind;
+use embedfleet_core::RunId;
+use embedfleet_core::Transient;
 use futures::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
@@ -256,7 +256,12 @@ pub(crate) async fn dead_letter(bus: &Bus, stage: Stage, payload: &[u8], reason:
 }
 
 /// Publishes the consumer's backlog and the connection state as metrics and readiness.
-async fn watch_pending(mut consumer: async_nats::jetstream::consumer::PullConsumer, stage: Stage, health: Arc<Health>, client: async_nats::Client) {
+async fn watch_pending(
+    mut consumer: async_nats::jetstream::consumer::PullConsumer,
+    stage: Stage,
+    health: Arc<Health>,
+    client: async_nats::Client,
+) {
     loop {
         let connected = client.connection_state() == async_nats::connection::State::Connected;
         health.set_ready(connected);

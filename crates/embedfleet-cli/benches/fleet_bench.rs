@@ -37,7 +37,19 @@ async fn generation_rate(generators: usize, docs: usize) -> (f64, u32, f64) {
     }
     let started = Instant::now();
     let run = format!("bench-gen-{generators}");
-    let o = fleet.cli(&["submit", "--input", corpus.to_str().unwrap(), "--run-id", &run, "--generator", "llm", "--chunks-per-task", "1", "--model-id", "unused"]);
+    let o = fleet.cli(&[
+        "submit",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--run-id",
+        &run,
+        "--generator",
+        "llm",
+        "--chunks-per-task",
+        "1",
+        "--model-id",
+        "unused",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r = fleet.wait_for(&bus, &run, Duration::from_secs(600), |r| r.state != RunState::Generating).await;
     let seconds = started.elapsed().as_secs_f64();
@@ -52,7 +64,21 @@ async fn overhead() -> (f64, f64) {
 
     let started = Instant::now();
     let out = fleet.dir.path().join("local");
-    let mut local = vec!["run", "--input", corpus.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--model-id", model.to_str().unwrap(), "--generator", "offline", "--threads", "1", "--device", "cpu"];
+    let mut local = vec![
+        "run",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--model-id",
+        model.to_str().unwrap(),
+        "--generator",
+        "offline",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ];
     local.extend(training);
     let o = fleet.cli(&local);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -69,7 +95,8 @@ async fn overhead() -> (f64, f64) {
     }
     let bus = fleet.bus().await;
     let started = Instant::now();
-    let mut submit = vec!["submit", "--input", corpus.to_str().unwrap(), "--run-id", "bench-overhead", "--model-id", model.to_str().unwrap()];
+    let mut submit =
+        vec!["submit", "--input", corpus.to_str().unwrap(), "--run-id", "bench-overhead", "--model-id", model.to_str().unwrap()];
     submit.extend(training);
     let o = fleet.cli(&submit);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

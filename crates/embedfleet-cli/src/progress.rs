@@ -4,8 +4,8 @@
 use embedfleet_core::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub fn for_terminal() -> Arc<dyn Progress> {
     if std::io::stderr().is_terminal() { Arc::new(Bars::default()) } else { Arc::new(LogLines::default()) }

@@ -10,11 +10,7 @@ use std::process::Command;
 fn help_env_vars(binary: &Path) -> BTreeSet<String> {
     let out = Command::new(binary).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split("[env: ")
-        .skip(1)
-        .filter_map(|s| s.split(['=', ']']).next())
-        .map(str::to_owned)
-        .collect()
+    text.split("[env: ").skip(1).filter_map(|s| s.split(['=', ']']).next()).map(str::to_owned).collect()
 }
 
 #[test]

@@ -102,17 +102,39 @@ async fn three_runs_survive_seeded_kills_a_nats_restart_and_an_s3_outage() {
         .collect();
     for (run, corpus) in &runs {
         let o = fleet.cli(&[
-            "submit", "--input", corpus.to_str().unwrap(), "--run-id", run, "--generator", "offline",
-            "--model-id", model.to_str().unwrap(), "--chunks-per-task", "2", "--batch-size", &BATCH.to_string(),
-            "--epochs", &EPOCHS.to_string(), "--evaluation-steps", &EVALUATION_STEPS.to_string(),
-            "--checkpoint-every", "2", "--learning-rate", "0.0005",
+            "submit",
+            "--input",
+            corpus.to_str().unwrap(),
+            "--run-id",
+            run,
+            "--generator",
+            "offline",
+            "--model-id",
+            model.to_str().unwrap(),
+            "--chunks-per-task",
+            "2",
+            "--batch-size",
+            &BATCH.to_string(),
+            "--epochs",
+            &EPOCHS.to_string(),
+            "--evaluation-steps",
+            &EVALUATION_STEPS.to_string(),
+            "--checkpoint-every",
+            "2",
+            "--learning-rate",
+            "0.0005",
         ]);
         assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stderr), fleet.logs());
     }
 
     // Seeded fault schedule within the first 15 s (the runs take longer): one kill of each kind, one nats restart, one
     // 10 s S3 outage, in random order at random moments.
-    let mut faults: Vec<(Duration, Fault)> = kinds.iter().map(|k| Fault::Kill(*k)).chain([Fault::RestartNats, Fault::S3Outage]).map(|f| (Duration::from_millis(rng.random_range(500..15_000)), f)).collect();
+    let mut faults: Vec<(Duration, Fault)> = kinds
+        .iter()
+        .map(|k| Fault::Kill(*k))
+        .chain([Fault::RestartNats, Fault::S3Outage])
+        .map(|f| (Duration::from_millis(rng.random_range(500..15_000)), f))
+        .collect();
     faults.sort_by_key(|(at, _)| *at);
     eprintln!("chaos seed {seed}: {faults:?}");
     let bus = fleet.bus().await;

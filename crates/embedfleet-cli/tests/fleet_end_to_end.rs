@@ -40,9 +40,25 @@ async fn a_run_survives_a_killed_generator_a_nats_restart_and_two_coordinators()
 
     let run = "run-e2e";
     let o = fleet.cli(&[
-        "submit", "--input", corpus.to_str().unwrap(), "--run-id", run, "--generator", "llm",
-        "--model-id", model.to_str().unwrap(), "--chunks-per-task", "2", "--batch-size", "8",
-        "--evaluation-steps", "5", "--epochs", "1", "--learning-rate", "0.0005",
+        "submit",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--run-id",
+        run,
+        "--generator",
+        "llm",
+        "--model-id",
+        model.to_str().unwrap(),
+        "--chunks-per-task",
+        "2",
+        "--batch-size",
+        "8",
+        "--evaluation-steps",
+        "5",
+        "--epochs",
+        "1",
+        "--learning-rate",
+        "0.0005",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), run);
@@ -113,7 +129,9 @@ async fn a_run_survives_a_killed_generator_a_nats_restart_and_two_coordinators()
     for w in [&_coordinator_a, &generator_b, &trainer, &evaluator] {
         scraped.push_str(&w.metrics().await);
     }
-    let dashboard = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/dashboards/embedfleet.json")).unwrap();
+    let dashboard =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/dashboards/embedfleet.json"))
+            .unwrap();
     let mut missing = Vec::new();
     for name in metric_names(&dashboard) {
         if !scraped.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))) {

@@ -24,8 +24,21 @@ async fn a_trainer_killed_mid_training_resumes_from_its_last_checkpoint() {
 
     let run = "run-resume";
     let o = fleet.cli(&[
-        "submit", "--input", corpus.to_str().unwrap(), "--run-id", run, "--model-id", model.to_str().unwrap(),
-        "--batch-size", "4", "--evaluation-steps", "4", "--epochs", "2", "--chunks-per-task", "16",
+        "submit",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--run-id",
+        run,
+        "--model-id",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--evaluation-steps",
+        "4",
+        "--epochs",
+        "2",
+        "--chunks-per-task",
+        "16",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bus = fleet.bus().await;
@@ -72,12 +85,19 @@ async fn malformed_unknown_and_poison_messages_are_dead_lettered_and_the_worker_
     let o = fleet.cli(&["submit", "--input", small.to_str().unwrap(), "--run-id", "run-poison", "--model-id", "unused"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     fleet.wait_for(&bus, "run-poison", Duration::from_secs(20), |_| true).await;
-    bus.publish(Stage::Generate, &Message::GenerateTask { run_id: "run-poison".parse().unwrap(), task: 999, first: 10_000, count: 8 }).await.unwrap();
+    bus.publish(Stage::Generate, &Message::GenerateTask { run_id: "run-poison".parse().unwrap(), task: 999, first: 10_000, count: 8 })
+        .await
+        .unwrap();
 
     let mut stream = bus.js.get_stream(DEAD_STREAM).await.unwrap();
     let started = std::time::Instant::now();
     while stream.info().await.unwrap().state.messages < 3 {
-        assert!(started.elapsed() < Duration::from_secs(30), "dead letters: {}\n{}", stream.info().await.unwrap().state.messages, fleet.logs());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "dead letters: {}\n{}",
+            stream.info().await.unwrap().state.messages,
+            fleet.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut reasons = Vec::new();

@@ -29,8 +29,27 @@ async fn the_trainer_mines_once_and_a_replacement_reuses_the_negatives() {
 
     let run = "run-hard-negatives";
     let o = fleet.cli(&[
-        "submit", "--input", corpus.to_str().unwrap(), "--run-id", run, "--generator", "offline", "--model-id", model.to_str().unwrap(),
-        "--batch-size", "8", "--epochs", "2", "--evaluation-steps", "4", "--checkpoint-every", "2", "--hard-negatives", "2", "--range-max", "20",
+        "submit",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--run-id",
+        run,
+        "--generator",
+        "offline",
+        "--model-id",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--evaluation-steps",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--hard-negatives",
+        "2",
+        "--range-max",
+        "20",
     ]);
     assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stderr), fleet.logs());
 

@@ -31,7 +31,17 @@ async fn a_trainer_that_dies_at_every_delivery_fails_its_run_with_one_dead_lette
     let mut trainer = fleet.spawn("embedfleet-trainer", &crashing);
 
     let run = "run-crash";
-    let o = fleet.cli(&["submit", "--input", corpus.to_str().unwrap(), "--run-id", run, "--model-id", model.to_str().unwrap(), "--batch-size", "4"]);
+    let o = fleet.cli(&[
+        "submit",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--run-id",
+        run,
+        "--model-id",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "4",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let bus = fleet.bus().await;
     // Kubernetes restarts a crashed pod; so does this loop.
@@ -77,7 +87,19 @@ async fn cancel_during_generation_stops_publishing_and_generators_skip_the_rest(
     let mut tasks = bus.client.subscribe(Stage::Generate.subject()).await.unwrap();
 
     let run = "run-cancel-generate";
-    let o = fleet.cli(&["submit", "--input", corpus.to_str().unwrap(), "--run-id", run, "--generator", "llm", "--chunks-per-task", "1", "--model-id", "unused"]);
+    let o = fleet.cli(&[
+        "submit",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--run-id",
+        run,
+        "--generator",
+        "llm",
+        "--chunks-per-task",
+        "1",
+        "--model-id",
+        "unused",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     fleet.wait_for(&bus, run, Duration::from_secs(60), |r| r.generate_done.len() >= 2).await;
     let asked = Instant::now();
@@ -128,8 +150,21 @@ async fn cancel_during_training_stops_the_trainer_within_a_step_and_keeps_its_ch
     let trainer = fleet.spawn("embedfleet-trainer", &[]);
     let run = "run-cancel-train";
     let o = fleet.cli(&[
-        "submit", "--input", corpus.to_str().unwrap(), "--run-id", run, "--model-id", model.to_str().unwrap(),
-        "--batch-size", "4", "--epochs", "200", "--evaluation-steps", "1000", "--checkpoint-every", "3",
+        "submit",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--run-id",
+        run,
+        "--model-id",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--epochs",
+        "200",
+        "--evaluation-steps",
+        "1000",
+        "--checkpoint-every",
+        "3",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let bus = fleet.bus().await;
@@ -160,7 +195,11 @@ async fn cancel_during_training_stops_the_trainer_within_a_step_and_keeps_its_ch
     assert!(store.list(&layout::resume(run)).await.unwrap().iter().any(|k| k.ends_with("state.json")), "the last checkpoint is kept");
     assert!(trainer.ready().await, "the trainer serves other runs");
     let metrics = trainer.metrics().await;
-    assert_eq!(sample(&metrics, "embedfleet_worker_consumer_redelivered_total{stage=\"train\"}"), 0.0, "the task was acked, not left to redeliver");
+    assert_eq!(
+        sample(&metrics, "embedfleet_worker_consumer_redelivered_total{stage=\"train\"}"),
+        0.0,
+        "the task was acked, not left to redeliver"
+    );
     assert!(dead_letters(&bus).await.is_empty());
 }
 
@@ -187,8 +226,19 @@ async fn three_generators_share_one_budget_and_keep_what_was_paid_for() {
     let run = "run-budget";
     let budget = 6.0;
     let o = fleet.cli(&[
-        "submit", "--input", corpus.to_str().unwrap(), "--run-id", run, "--generator", "llm", "--chunks-per-task", "2",
-        "--model-id", "unused", "--max-cost-usd", &budget.to_string(),
+        "submit",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--run-id",
+        run,
+        "--generator",
+        "llm",
+        "--chunks-per-task",
+        "2",
+        "--model-id",
+        "unused",
+        "--max-cost-usd",
+        &budget.to_string(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r = fleet.wait_for(&bus, run, Duration::from_secs(120), |r| r.state.is_terminal()).await;
@@ -221,7 +271,17 @@ async fn three_generators_share_one_budget_and_keep_what_was_paid_for() {
     // The same generators go on serving another run.
     let second = tempfile::tempdir().unwrap();
     let small = fleet::corpus(second.path(), 3);
-    let o = fleet.cli(&["submit", "--input", small.to_str().unwrap(), "--run-id", "run-after-budget", "--generator", "llm", "--model-id", "unused"]);
+    let o = fleet.cli(&[
+        "submit",
+        "--input",
+        small.to_str().unwrap(),
+        "--run-id",
+        "run-after-budget",
+        "--generator",
+        "llm",
+        "--model-id",
+        "unused",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r2 = fleet.wait_for(&bus, "run-after-budget", Duration::from_secs(60), |r| r.state != RunState::Generating).await;
     assert_eq!(r2.generate_done.len() as u32, r2.generate_tasks, "{r2:?}");
@@ -267,7 +327,10 @@ async fn hostile_ids_bad_settings_and_oversized_messages_are_refused_and_workers
     let hostile = [
         (Stage::Train, raw(serde_json::json!({"schema": 2, "type": "train_task", "run_id": "x/../.."}))),
         (Stage::Evaluate, raw(serde_json::json!({"schema": 2, "type": "evaluate_task", "run_id": "r", "label": "../../etc"}))),
-        (Stage::Generate, raw(serde_json::json!({"schema": 2, "type": "generate_task", "run_id": ".hidden", "task": 0, "first": 0, "count": 1}))),
+        (
+            Stage::Generate,
+            raw(serde_json::json!({"schema": 2, "type": "generate_task", "run_id": ".hidden", "task": 0, "first": 0, "count": 1})),
+        ),
         (Stage::Generate, vec![b' '; 70 * 1024]),
     ];
     for (stage, payload) in &hostile {

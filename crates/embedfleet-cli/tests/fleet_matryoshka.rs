@@ -22,8 +22,23 @@ async fn the_dimensions_reach_the_trainer_and_every_evaluation() {
 
     let run = "run-matryoshka";
     let o = fleet.cli(&[
-        "submit", "--input", corpus.to_str().unwrap(), "--run-id", run, "--generator", "offline", "--model-id", model.to_str().unwrap(),
-        "--batch-size", "8", "--epochs", "1", "--evaluation-steps", "4", "--matryoshka-dims", "8,32,16",
+        "submit",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--run-id",
+        run,
+        "--generator",
+        "offline",
+        "--model-id",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--evaluation-steps",
+        "4",
+        "--matryoshka-dims",
+        "8,32,16",
     ]);
     assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stderr), fleet.logs());
 
@@ -56,8 +71,21 @@ async fn the_dimensions_reach_the_trainer_and_every_evaluation() {
     // A dimension the tiny model (32) does not have: the trainer fails the run saying why.
     let too_big = "run-matryoshka-too-big";
     let o = fleet.cli(&[
-        "submit", "--input", corpus.to_str().unwrap(), "--run-id", too_big, "--generator", "offline", "--model-id", model.to_str().unwrap(),
-        "--batch-size", "8", "--epochs", "1", "--matryoshka-dims", "64,16",
+        "submit",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--run-id",
+        too_big,
+        "--generator",
+        "offline",
+        "--model-id",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--matryoshka-dims",
+        "64,16",
     ]);
     assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stderr), fleet.logs());
     let record = fleet.wait_for(&bus, too_big, Duration::from_secs(240), |r| r.state.is_terminal()).await;

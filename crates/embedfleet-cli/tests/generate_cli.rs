@@ -37,8 +37,17 @@ fn sample_corpus_gives_the_eight_files_and_a_summary() {
     // The reference's snake_case spellings work too, and the same input gives the same files.
     let again = out.path().join("again");
     let o = embedfleet(&[
-        "generate", "--input", sample_corpus().to_str().unwrap(), "--output_dir", again.to_str().unwrap(),
-        "--chunk_size", "1000", "--num_questions_per_chunk", "2", "--train_ratio", "0.8",
+        "generate",
+        "--input",
+        sample_corpus().to_str().unwrap(),
+        "--output_dir",
+        again.to_str().unwrap(),
+        "--chunk_size",
+        "1000",
+        "--num_questions_per_chunk",
+        "2",
+        "--train_ratio",
+        "0.8",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for name in files_in(&dir) {
@@ -107,8 +116,17 @@ fn corpus_in_many_scripts_becomes_a_dataset() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("data");
     let o = embedfleet(&[
-        "generate", "--generator", "offline", "--input", corpus.to_str().unwrap(), "--output-dir", dir.to_str().unwrap(),
-        "--chunk-size", "300", "--chunk-overlap", "60",
+        "generate",
+        "--generator",
+        "offline",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--output-dir",
+        dir.to_str().unwrap(),
+        "--chunk-size",
+        "300",
+        "--chunk-overlap",
+        "60",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(files_in(&dir).len(), 8);
@@ -122,7 +140,8 @@ fn corpus_in_many_scripts_becomes_a_dataset() {
         }
     }
     // Every language made it through, and the HTML pages lost their markup.
-    for needle in ["Хранилище", "αποθήκη", "المخزن", "המאגר", "भंडार", "存储", "ストア", "저장소", "ที่เก็บข้อมูล", "🙂🚀"] {
+    for needle in ["Хранилище", "αποθήκη", "المخزن", "המאגר", "भंडार", "存储", "ストア", "저장소", "ที่เก็บข้อมูล", "🙂🚀"]
+    {
         assert!(texts.contains(needle), "{needle} is missing from the dataset");
     }
     assert!(!texts.contains("<p>") && !texts.contains("メニュー"), "HTML records became clean text");

@@ -29,12 +29,7 @@ fn generate(dir: &Path, base_url: &str, extra: &[&str]) -> Output {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_chunk_is_listed_and_a_rerun_asks_only_for_it() {
-    let server = TestServer::start(ServerBehavior {
-        fail_prompts_containing: Some("POISON".into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let server = TestServer::start(ServerBehavior { fail_prompts_containing: Some("POISON".into()), ..Default::default() }).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let o = tokio::task::spawn_blocking({
         let (d, url) = (dir.path().to_owned(), server.base_url());
@@ -118,11 +113,7 @@ async fn cached_answers_belong_to_the_endpoint_that_gave_them() {
     let o = run(first.base_url()).await.unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(first.request_count(), 5);
-    assert!(
-        stdout(&o).contains(&format!("no chunk of 5 came from the resume cache {}", cache_dir.display())),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(&o).contains(&format!("no chunk of 5 came from the resume cache {}", cache_dir.display())), "{}", stdout(&o));
 
     // Same model name, same cache, another server: every chunk is asked again.
     let o = run(second.base_url()).await.unwrap();

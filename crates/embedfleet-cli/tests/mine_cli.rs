@@ -42,8 +42,15 @@ fn mine_writes_guarded_negatives_for_the_sample_corpus() {
     let train = data.join("train_dataset.json");
     let jsonl = tmp.path().join("triplets.jsonl");
     let o = embedfleet(&[
-        "mine", "--train-dataset", train.to_str().unwrap(), "--model-id", &minilm(), "--hard-negatives", "3",
-        "--export-jsonl", jsonl.to_str().unwrap(),
+        "mine",
+        "--train-dataset",
+        train.to_str().unwrap(),
+        "--model-id",
+        &minilm(),
+        "--hard-negatives",
+        "3",
+        "--export-jsonl",
+        jsonl.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -53,7 +60,8 @@ fn mine_writes_guarded_negatives_for_the_sample_corpus() {
 
     // The file beside the dataset: every training question, negatives from other documents only.
     let dataset: Value = serde_json::from_slice(&std::fs::read(&train).unwrap()).unwrap();
-    let negatives: serde_json::Map<String, Value> = serde_json::from_slice(&std::fs::read(data.join("train_negatives.json")).unwrap()).unwrap();
+    let negatives: serde_json::Map<String, Value> =
+        serde_json::from_slice(&std::fs::read(data.join("train_negatives.json")).unwrap()).unwrap();
     let queries = dataset["queries"].as_object().unwrap();
     assert_eq!(negatives.keys().collect::<Vec<_>>(), queries.keys().collect::<Vec<_>>(), "every question, in file order");
     let mut total = 0;
@@ -114,14 +122,29 @@ fn run_mines_before_training_and_finetune_reuses_the_file() {
     let docs: Vec<Value> = serde_json::from_slice(&std::fs::read(root().join("examples/sample-corpus.json")).unwrap()).unwrap();
     let corpus = tmp.path().join("corpus.json");
     std::fs::write(&corpus, serde_json::to_vec(&docs[..12]).unwrap()).unwrap();
-    let model = SentenceEncoder::random(BertConfig::tiny(30522), &root().join(".deps/all-MiniLM-L6-v2"), 3, LoadOptions::default()).unwrap();
+    let model =
+        SentenceEncoder::random(BertConfig::tiny(30522), &root().join(".deps/all-MiniLM-L6-v2"), 3, LoadOptions::default()).unwrap();
     let model_dir = tmp.path().join("tiny-model");
     model.save(&model_dir, &ModelCard::default()).unwrap();
     let out = tmp.path().join("out");
-    let train_flags = ["--epochs", "1", "--batch-size", "8", "--evaluation-steps", "0", "--learning-rate", "0.0005", "--hard-negatives", "2"];
+    let train_flags =
+        ["--epochs", "1", "--batch-size", "8", "--evaluation-steps", "0", "--learning-rate", "0.0005", "--hard-negatives", "2"];
     let o = embedfleet(
-        &[&["run", "--input", corpus.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--model-id", model_dir.to_str().unwrap(), "--generator", "offline"][..], &train_flags]
-            .concat(),
+        &[
+            &[
+                "run",
+                "--input",
+                corpus.to_str().unwrap(),
+                "--output-dir",
+                out.to_str().unwrap(),
+                "--model-id",
+                model_dir.to_str().unwrap(),
+                "--generator",
+                "offline",
+            ][..],
+            &train_flags,
+        ]
+        .concat(),
     );
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -133,12 +156,23 @@ fn run_mines_before_training_and_finetune_reuses_the_file() {
 
     let data = out.join("data");
     let o = embedfleet(
-        &[&[
-            "finetune", "--model-id", model_dir.to_str().unwrap(), "--train-dataset", data.join("train_dataset.json").to_str().unwrap(),
-            "--val-dataset", data.join("val_dataset.json").to_str().unwrap(), "--output-path", tmp.path().join("ft").to_str().unwrap(),
-            "--mini-batch-size", "3",
-        ][..], &train_flags]
-            .concat(),
+        &[
+            &[
+                "finetune",
+                "--model-id",
+                model_dir.to_str().unwrap(),
+                "--train-dataset",
+                data.join("train_dataset.json").to_str().unwrap(),
+                "--val-dataset",
+                data.join("val_dataset.json").to_str().unwrap(),
+                "--output-path",
+                tmp.path().join("ft").to_str().unwrap(),
+                "--mini-batch-size",
+                "3",
+            ][..],
+            &train_flags,
+        ]
+        .concat(),
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("hard negatives from {}", negatives.display())), "{}", text(&o));

@@ -79,7 +79,11 @@ fn run_writes_a_report_a_browser_opens_and_a_card_with_its_numbers() {
     // The card: YAML front matter the hub reads, with the real numbers of the final evaluation.
     let card = std::fs::read_to_string(out.join("model/README.md")).unwrap();
     let meta = front_matter(&card);
-    assert_eq!(meta["base_model"].as_str(), Some("sentence-transformers/all-MiniLM-L6-v2"), "the hub id its own card gives, never a local path");
+    assert_eq!(
+        meta["base_model"].as_str(),
+        Some("sentence-transformers/all-MiniLM-L6-v2"),
+        "the hub id its own card gives, never a local path"
+    );
     let tmp = dir.path().to_str().unwrap();
     for line in card.lines().filter(|l| l.contains(tmp)) {
         assert!(line.contains("SentenceTransformer(") || line.contains("model_name="), "a local path outside the usage examples: {line}");
@@ -112,7 +116,10 @@ fn run_writes_a_report_a_browser_opens_and_a_card_with_its_numbers() {
             i + 1
         ));
         assert_eq!(shown.as_str().unwrap().parse::<f64>().unwrap(), m["metrics"]["cosine-NDCG@10"].as_f64().unwrap());
-        let hit = browser.eval(&format!("document.querySelector('#headline-table tbody tr:nth-child({}) td[data-metric=\"Hit rate@5\"]').dataset.value", i + 1));
+        let hit = browser.eval(&format!(
+            "document.querySelector('#headline-table tbody tr:nth-child({}) td[data-metric=\"Hit rate@5\"]').dataset.value",
+            i + 1
+        ));
         assert_eq!(hit.as_str().unwrap().parse::<f64>().unwrap(), m["hit_rate"]["rate"].as_f64().unwrap());
     }
     assert_eq!(browser.eval("document.getElementById('verdict').textContent"), report["verdict"]);
@@ -136,7 +143,12 @@ fn run_writes_a_report_a_browser_opens_and_a_card_with_its_numbers() {
     let evaluate = |cloze: &str, results: &str| {
         let o = Command::new(env!("CARGO_BIN_EXE_embedfleet"))
             .args(["evaluate", "--base-model", model.to_str().unwrap(), "--finetuned-model", out.join("model").to_str().unwrap()])
-            .args(["--val-dataset", out.join("data/val_dataset.json").to_str().unwrap(), "--results-dir", dir.path().join(results).to_str().unwrap()])
+            .args([
+                "--val-dataset",
+                out.join("data/val_dataset.json").to_str().unwrap(),
+                "--results-dir",
+                dir.path().join(results).to_str().unwrap(),
+            ])
             .args(["--inverse-cloze", cloze])
             .env("EMBEDFLEET_LOG", "error")
             .output()
@@ -149,12 +161,22 @@ fn run_writes_a_report_a_browser_opens_and_a_card_with_its_numbers() {
     let ndcg = |report: &Value, i: usize| report["models"][i]["metrics"]["cosine-NDCG@10"].as_f64().unwrap();
     let (whole, whole_report) = evaluate("false", "eval-whole");
     for i in 0..2 {
-        assert!((ndcg(&whole_report, i) - ndcg(&report, i)).abs() < 1e-6, "model {i}: evaluate {} against the run's {}", ndcg(&whole_report, i), ndcg(&report, i));
+        assert!(
+            (ndcg(&whole_report, i) - ndcg(&report, i)).abs() < 1e-6,
+            "model {i}: evaluate {} against the run's {}",
+            ndcg(&whole_report, i),
+            ndcg(&report, i)
+        );
     }
     assert!(whole.contains("pseudo-queries"), "{whole}");
     assert!(!whole.contains("cut out of their passages,"), "nothing cut with --inverse-cloze false: {whole}");
     let (cut, cut_report) = evaluate("true", "eval-cut");
     assert!(cut.contains("questions cut out of their passages"), "{cut}");
     assert!(cut.contains("pseudo-queries"), "{cut}");
-    assert!(ndcg(&cut_report, 0) < ndcg(&whole_report, 0), "a span cut out of its passage is harder to place: {} vs {}", ndcg(&cut_report, 0), ndcg(&whole_report, 0));
+    assert!(
+        ndcg(&cut_report, 0) < ndcg(&whole_report, 0),
+        "a span cut out of its passage is harder to place: {} vs {}",
+        ndcg(&cut_report, 0),
+        ndcg(&whole_report, 0)
+    );
 }

@@ -48,15 +48,40 @@ pub struct RunRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A run was submitted and its corpus chunked into `chunks` chunks.
-    Submitted { run_id: RunId, spec: RunSpec, chunks: u32 },
+    Submitted {
+        run_id: RunId,
+        spec: RunSpec,
+        chunks: u32,
+    },
     /// A run was submitted with input that can never work (no text, a bad setting).
-    Rejected { run_id: RunId, spec: RunSpec, reason: String },
-    GenerateDone { task: u32, questions: u32, failed_chunks: u32, spent_usd: f64, budget_reached: bool },
-    CheckpointSaved { label: CheckpointLabel, step: u64 },
-    TrainDone { steps: u64, checkpoints: Vec<CheckpointLabel> },
-    EvaluateDone { label: CheckpointLabel, value: f64 },
+    Rejected {
+        run_id: RunId,
+        spec: RunSpec,
+        reason: String,
+    },
+    GenerateDone {
+        task: u32,
+        questions: u32,
+        failed_chunks: u32,
+        spent_usd: f64,
+        budget_reached: bool,
+    },
+    CheckpointSaved {
+        label: CheckpointLabel,
+        step: u64,
+    },
+    TrainDone {
+        steps: u64,
+        checkpoints: Vec<CheckpointLabel>,
+    },
+    EvaluateDone {
+        label: CheckpointLabel,
+        value: f64,
+    },
     Cancel,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// The outbox's `Assemble` wrote the dataset.
     Assembled,
     /// The outbox's `Finalize` copied the best model and wrote the report.
@@ -67,14 +92,22 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
-    PublishGenerate { task: u32, first: u32, count: u32 },
+    PublishGenerate {
+        task: u32,
+        first: u32,
+        count: u32,
+    },
     /// Read every task's questions, split, write the dataset files; then `Assembled` (or `Failed`
     /// for data that cannot be split).
     Assemble,
     PublishTrain,
-    PublishEvaluate { label: CheckpointLabel },
+    PublishEvaluate {
+        label: CheckpointLabel,
+    },
     /// Copy the best checkpoint to `runs/<run>/model/`, write the report; then `Finalized`.
-    Finalize { best: CheckpointLabel },
+    Finalize {
+        best: CheckpointLabel,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

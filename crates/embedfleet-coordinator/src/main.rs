@@ -1,8 +1,8 @@
 use clap::Parser;
-use embedfleet_bus::runtime::{WorkerArgs, init_logging, shutdown_signal, start};
-use embedfleet_bus::crash_loops::watch_crash_loops;
-use embedfleet_bus::worker::run_worker;
 use embedfleet_bus::Stage;
+use embedfleet_bus::crash_loops::watch_crash_loops;
+use embedfleet_bus::runtime::{WorkerArgs, init_logging, shutdown_signal, start};
+use embedfleet_bus::worker::run_worker;
 use embedfleet_coordinator::worker::{Coordinator, export_run_states};
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,9 +20,8 @@ use prometheus::{IntCounter, IntGaugeVec, register_int_counter, register_int_gau
 use std::path::Path;
 use std::sync::LazyLock;
 
-pub static RUNS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("embedfleet_coordinator_runs", "Runs by state", &["state"]).expect("registers once")
-});
+pub static RUNS: LazyLock<IntGaugeVec> =
+    LazyLock::new(|| register_int_gauge_vec!("embedfleet_coordinator_runs", "Runs by state", &["state"]).expect("registers once"));
 pub static CHUNKS_DONE: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("embedfleet_coordinator_chunks_done_total", "Chunks whose questions are in").expect("registers once")
 });
@@ -63,7 +62,8 @@ pub async fn load_record(bus: &Bus, run_id: &str) -> Result<(Option<RunRecord>, 
     let kv = |e: &dyn std::fmt::Display| BusError::Kv { key: run_id.to_owned(), message: e.to_string() };
     match bus.runs.entry(run_id).await.map_err(|e| kv(&e))? {
         Some(entry) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
-            let record = serde_json::from_slice(&entry.value).map_err(|source| RecordError::Unreadable { run: run_id.to_owned(), source })?;
+            let record =
+                serde_json::from_slice(&entry.value).map_err(|source| RecordError::Unreadable { run: run_id.to_owned(), source })?;
             Ok((Some(record), Some(entry.revision)))
         }
         Some(entry) => Ok((None, Some(entry.revision))),

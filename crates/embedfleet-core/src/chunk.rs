@@ -131,12 +131,7 @@ fn best_boundary(chars: &[char], earliest: usize, limit: usize) -> Option<usize>
             0
         }
     };
-    (earliest..=limit)
-        .rev()
-        .map(|end| (rank(end), end))
-        .filter(|&(r, _)| r > 0)
-        .max_by_key(|&(r, end)| (r, end))
-        .map(|(_, end)| end)
+    (earliest..=limit).rev().map(|end| (rank(end), end)).filter(|&(r, _)| r > 0).max_by_key(|&(r, end)| (r, end)).map(|(_, end)| end)
 }
 
 fn char_range_to_bytes(text: &str, start: usize, end: usize) -> (usize, usize) {

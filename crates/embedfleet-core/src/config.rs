@@ -156,11 +156,7 @@ impl DatasetConfig {
 
 /// A ratio strictly between 0 and 1.
 fn open_unit(flag: &'static str, v: f64) -> Result<(), ConfigError> {
-    if v.is_finite() && v > 0.0 && v < 1.0 {
-        Ok(())
-    } else {
-        Err(refuse(flag, v, "must be strictly between 0 and 1"))
-    }
+    if v.is_finite() && v > 0.0 && v < 1.0 { Ok(()) } else { Err(refuse(flag, v, "must be strictly between 0 and 1")) }
 }
 
 /// How candidates are picked among those the false-negative guard keeps.
@@ -444,13 +440,7 @@ pub const SCORE_FUNCTIONS: [&str; 2] = ["cosine", "dot"];
 
 /// Whether `name` (`cosine-NDCG@10`) is a metric the evaluator computes; the error lists them.
 pub fn check_metric(name: &str) -> Result<(), ConfigError> {
-    let known = || {
-        METRIC_CUTOFFS
-            .iter()
-            .flat_map(|(m, ks)| ks.iter().map(move |k| format!("{m}@{k}")))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let known = || METRIC_CUTOFFS.iter().flat_map(|(m, ks)| ks.iter().map(move |k| format!("{m}@{k}"))).collect::<Vec<_>>().join(", ");
     let parsed = name.split_once('-').and_then(|(f, m)| {
         let (metric, k) = m.split_once('@')?;
         let k: usize = k.parse().ok()?;

@@ -50,9 +50,7 @@ pub enum DatasetError {
     MissingQuery { source_name: String, query: String },
     #[error("{source_name}: the dataset has no queries with relevant documents")]
     Empty { source_name: String },
-    #[error(
-        "{location} already holds a different dataset; pass --overwrite to replace it, or choose another --output-dir"
-    )]
+    #[error("{location} already holds a different dataset; pass --overwrite to replace it, or choose another --output-dir")]
     WouldOverwrite { location: String },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -65,16 +63,13 @@ impl QaDataset {
 
     /// Reads a `<split>_dataset.json` written by embedfleet or by the Python reference.
     pub fn from_json(source_name: &str, bytes: &[u8]) -> Result<Self, DatasetError> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| DatasetError::Malformed { source_name: source_name.to_owned(), message: e.to_string() })
+        serde_json::from_slice(bytes).map_err(|e| DatasetError::Malformed { source_name: source_name.to_owned(), message: e.to_string() })
     }
 
     pub fn load(path: &Path) -> Result<Self, DatasetError> {
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| DatasetError::Malformed {
-            source_name: name.clone(),
-            message: format!("cannot read it: {e}"),
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| DatasetError::Malformed { source_name: name.clone(), message: format!("cannot read it: {e}") })?;
         let dataset = Self::from_json(&name, &bytes)?;
         dataset.validate(&name)?;
         Ok(dataset)
@@ -87,11 +82,7 @@ impl QaDataset {
                 return Err(DatasetError::MissingQuery { source_name: source_name.into(), query: query.clone() });
             }
             if let Some(doc) = docs.iter().find(|d| !self.corpus.contains_key(*d)) {
-                return Err(DatasetError::MissingCorpusId {
-                    source_name: source_name.into(),
-                    query: query.clone(),
-                    doc: doc.clone(),
-                });
+                return Err(DatasetError::MissingCorpusId { source_name: source_name.into(), query: query.clone(), doc: doc.clone() });
             }
         }
         if !self.relevant_docs.values().any(|d| !d.is_empty()) {
@@ -105,9 +96,11 @@ impl QaDataset {
         self.queries
             .iter()
             .flat_map(|(qid, q)| {
-                self.relevant_docs.get(qid).into_iter().flatten().filter_map(move |cid| {
-                    self.corpus.get(cid).map(|passage| (cid.as_str(), q.as_str(), passage.as_str()))
-                })
+                self.relevant_docs
+                    .get(qid)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(move |cid| self.corpus.get(cid).map(|passage| (cid.as_str(), q.as_str(), passage.as_str())))
             })
             .collect()
     }
@@ -141,8 +134,7 @@ pub async fn write_dataset(
     val: &QaDataset,
     overwrite: bool,
 ) -> Result<Vec<String>, DatasetError> {
-    let files: Vec<(String, Vec<u8>)> =
-        train.files(DatasetSplit::Train).into_iter().chain(val.files(DatasetSplit::Val)).collect();
+    let files: Vec<(String, Vec<u8>)> = train.files(DatasetSplit::Train).into_iter().chain(val.files(DatasetSplit::Val)).collect();
     let key = |name: &str| if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
     if !overwrite {
         for (name, bytes) in &files {
@@ -218,13 +210,18 @@ mod tests {
         assert_eq!(
             names,
             [
-                "train_corpus.json", "train_dataset.json", "train_queries.json", "train_relevant_docs.json",
-                "val_corpus.json", "val_dataset.json", "val_queries.json", "val_relevant_docs.json"
+                "train_corpus.json",
+                "train_dataset.json",
+                "train_queries.json",
+                "train_relevant_docs.json",
+                "val_corpus.json",
+                "val_dataset.json",
+                "val_queries.json",
+                "val_relevant_docs.json"
             ]
         );
         assert_eq!(read_dataset(&store, "", DatasetSplit::Train).await.unwrap(), train);
-        let corpus: IndexMap<String, String> =
-            serde_json::from_slice(&std::fs::read(dir.path().join("val_corpus.json")).unwrap()).unwrap();
+        let corpus: IndexMap<String, String> = serde_json::from_slice(&std::fs::read(dir.path().join("val_corpus.json")).unwrap()).unwrap();
         assert_eq!(corpus, val.corpus);
 
         // Same content again is fine; different content is refused unless asked.

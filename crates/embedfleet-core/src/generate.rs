@@ -121,9 +121,7 @@ pub async fn generate_questions<G: QuestionGenerator>(
             Some(Ok(questions)) => {
                 outcome.questions.insert(chunk.id.clone(), questions);
             }
-            Some(Err(GenerateError::ChunkFailed(error))) => {
-                outcome.failures.push(ChunkFailure { chunk_id: chunk.id.clone(), error })
-            }
+            Some(Err(GenerateError::ChunkFailed(error))) => outcome.failures.push(ChunkFailure { chunk_id: chunk.id.clone(), error }),
             Some(Err(GenerateError::Fatal(_) | GenerateError::Unavailable(_) | GenerateError::BudgetReached(_))) | None => {}
         }
     }
@@ -204,13 +202,7 @@ mod tests {
     }
 
     fn chunks() -> Vec<Chunk> {
-        let doc = Document {
-            id: DocId::from_identity("a"),
-            text: "word ".repeat(400),
-            url: None,
-            title: None,
-            source: "a".into(),
-        };
+        let doc = Document { id: DocId::from_identity("a"), text: "word ".repeat(400), url: None, title: None, source: "a".into() };
         chunk_documents(&[doc], &ChunkConfig { size: 100, overlap: 20 }).unwrap()
     }
 

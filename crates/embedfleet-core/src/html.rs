@@ -4,16 +4,41 @@
 use scraper::{ElementRef, Html, Node};
 
 /// Elements whose whole subtree is not content.
-const SKIPPED: &[&str] = &[
-    "script", "style", "noscript", "template", "nav", "header", "footer", "aside", "svg", "iframe",
-    "form", "button", "select", "head",
-];
+const SKIPPED: &[&str] =
+    &["script", "style", "noscript", "template", "nav", "header", "footer", "aside", "svg", "iframe", "form", "button", "select", "head"];
 
 /// Elements that start a new line of text.
 const BLOCKS: &[&str] = &[
-    "p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6", "li", "ul", "ol",
-    "dl", "dt", "dd", "pre", "blockquote", "table", "tr", "br", "hr", "figure", "figcaption",
-    "caption", "address", "details", "summary", "body",
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "li",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "pre",
+    "blockquote",
+    "table",
+    "tr",
+    "br",
+    "hr",
+    "figure",
+    "figcaption",
+    "caption",
+    "address",
+    "details",
+    "summary",
+    "body",
 ];
 
 pub struct HtmlText {
@@ -92,7 +117,15 @@ fn is_navigation(element: ElementRef<'_>) -> bool {
     value.classes().any(|class| {
         matches!(
             class,
-            "sidebar" | "sphinxsidebar" | "related" | "navheader" | "navfooter" | "breadcrumb" | "breadcrumbs" | "toc-sidebar" | "skip-link"
+            "sidebar"
+                | "sphinxsidebar"
+                | "related"
+                | "navheader"
+                | "navfooter"
+                | "breadcrumb"
+                | "breadcrumbs"
+                | "toc-sidebar"
+                | "skip-link"
         )
     })
 }
@@ -138,9 +171,6 @@ mod tests {
             <footer>Copyright</footer></body></html>"#;
         let out = html_to_text(html);
         assert_eq!(out.title.as_deref(), Some("The Title"));
-        assert_eq!(
-            out.text,
-            "Heading\nFirst paragraph with bold text.\n\none\ntwo\n\nfn main() {\nx();\n}"
-        );
+        assert_eq!(out.text, "Heading\nFirst paragraph with bold text.\n\none\ntwo\n\nfn main() {\nx();\n}");
     }
 }

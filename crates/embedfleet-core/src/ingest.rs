@@ -36,9 +36,7 @@ pub enum IngestError {
     Json { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{path}: record {index} is not a JSON object or string; expected objects with a text field")]
     NotAnObject { path: PathBuf, index: usize },
-    #[error(
-        "{path}: record {index} has no text field {wanted}; its fields are [{present}]. Name the field with --text-field"
-    )]
+    #[error("{path}: record {index} has no text field {wanted}; its fields are [{present}]. Name the field with --text-field")]
     TextFieldMissing { path: PathBuf, index: usize, wanted: String, present: String },
     #[error("{path}: no text found (no documents, or every document is empty); nothing to fine-tune on")]
     EmptyCorpus { path: PathBuf },
@@ -85,13 +83,7 @@ pub fn parse_json_documents(path: &Path, raw: &str, options: &IngestOptions) -> 
     for (index, record) in records.into_iter().enumerate() {
         let source = format!("{file_name}#{index}");
         let doc = match record {
-            Value::String(text) => Some(Document {
-                id: DocId::from_identity(&source),
-                text,
-                url: None,
-                title: None,
-                source,
-            }),
+            Value::String(text) => Some(Document { id: DocId::from_identity(&source), text, url: None, title: None, source }),
             Value::Object(map) => {
                 let text = match &options.text_field {
                     Some(field) => map.get(field).map(value_text),
@@ -111,12 +103,8 @@ pub fn parse_json_documents(path: &Path, raw: &str, options: &IngestOptions) -> 
                 };
                 let url = map.get("url").map(value_text).filter(|s| !s.is_empty());
                 let title = map.get("title").map(value_text).filter(|s| !s.is_empty());
-                let identity = map
-                    .get("id")
-                    .map(value_text)
-                    .filter(|s| !s.is_empty())
-                    .or_else(|| url.clone())
-                    .unwrap_or_else(|| source.clone());
+                let identity =
+                    map.get("id").map(value_text).filter(|s| !s.is_empty()).or_else(|| url.clone()).unwrap_or_else(|| source.clone());
                 // Scraped JSON often carries raw HTML in the text field.
                 let text = if looks_like_html(&text) { html_to_text(&text).text } else { text };
                 Some(Document { id: DocId::from_identity(&identity), text, url, title, source })
@@ -238,12 +226,7 @@ fn dedupe_ids(mut docs: Vec<Document>) -> Vec<Document> {
 fn json_error(path: &Path, raw: &str, trimmed: &str, e: &serde_json::Error) -> IngestError {
     // serde_json counts lines from the trimmed text; add back the lines trimmed away.
     let skipped_lines = raw[..raw.len() - trimmed.len()].matches('\n').count();
-    IngestError::Json {
-        path: path.to_owned(),
-        line: e.line() + skipped_lines,
-        column: e.column(),
-        message: e.to_string(),
-    }
+    IngestError::Json { path: path.to_owned(), line: e.line() + skipped_lines, column: e.column(), message: e.to_string() }
 }
 
 #[cfg(test)]

@@ -138,48 +138,22 @@ mod tests {
     #[test]
     fn a_span_is_cut_across_line_breaks_and_a_question_is_left_alone() {
         let d = dataset(
-            &[
-                ("port number for\nthe source", "c1"),
-                ("How do I set the port?", "c1"),
-                ("other words", "c2"),
-            ],
-            &[
-                (
-                    "c1",
-                    "1. The port number\nfor the source origin.\n\n2. The host",
-                ),
-                ("c2", "other words"),
-            ],
+            &[("port number for\nthe source", "c1"), ("How do I set the port?", "c1"), ("other words", "c2")],
+            &[("c1", "1. The port number\nfor the source origin.\n\n2. The host"), ("c2", "other words")],
         );
         let (cut, cuts) = cut_questions_from_positives(&d);
         assert_eq!(cut.corpus["c1"], "1. The   origin.\n\n2. The host");
-        assert_eq!(
-            cut.corpus["c2"], "other words",
-            "a question that is the whole passage stays in"
-        );
-        assert_eq!(
-            cuts,
-            ClozeCuts {
-                cut: 1,
-                not_found: 1,
-                left_in: 1
-            }
-        );
+        assert_eq!(cut.corpus["c2"], "other words", "a question that is the whole passage stays in");
+        assert_eq!(cuts, ClozeCuts { cut: 1, not_found: 1, left_in: 1 });
         assert_eq!(cut.queries, d.queries);
         assert_eq!(cut.relevant_docs, d.relevant_docs);
     }
 
     #[test]
     fn both_spans_of_one_passage_are_cut() {
-        let d = dataset(
-            &[("alpha beta", "c"), ("delta epsilon", "c")],
-            &[("c", "alpha beta gamma delta epsilon zeta")],
-        );
+        let d = dataset(&[("alpha beta", "c"), ("delta epsilon", "c")], &[("c", "alpha beta gamma delta epsilon zeta")]);
         let (cut, cuts) = cut_questions_from_positives(&d);
-        assert_eq!(
-            cut.corpus["c"].split_whitespace().collect::<Vec<_>>(),
-            ["gamma", "zeta"]
-        );
+        assert_eq!(cut.corpus["c"].split_whitespace().collect::<Vec<_>>(), ["gamma", "zeta"]);
         assert_eq!(cuts.cut, 2);
     }
 

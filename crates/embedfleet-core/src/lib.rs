@@ -18,19 +18,19 @@ pub mod offline;
 pub mod progress;
 pub mod split;
 pub mod store;
-pub mod transient;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod transient;
 
 pub use chunk::{Chunk, ChunkConfig};
-pub use config::{ConfigError, DatasetConfig, GeneratorKind, InverseCloze, MiningConfig, QueryPrompt, Precision, Sampling, TrainConfig};
+pub use config::{ConfigError, DatasetConfig, GeneratorKind, InverseCloze, MiningConfig, Precision, QueryPrompt, Sampling, TrainConfig};
 pub use dataset::{DatasetError, DatasetSplit, QaDataset};
 pub use generate::{GenerateError, GenerationOutcome, QuestionGenerator};
 pub use ids::{ChunkId, DocId, QueryId};
 pub use ingest::{Document, IngestError, IngestOptions};
 pub use inverse_cloze::ClozeCuts;
-pub use negatives::{ExportFormat, HardNegatives, NegativesError};
 pub use name::{CheckpointLabel, InvalidName, RunId};
+pub use negatives::{ExportFormat, HardNegatives, NegativesError};
 pub use offline::OfflineGenerator;
 pub use progress::Progress;
 pub use split::{SplitBy, SplitConfig};

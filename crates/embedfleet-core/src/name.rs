@@ -163,7 +163,23 @@ mod tests {
     #[test]
     fn names_that_could_escape_or_break_nats_are_refused() {
         let long = "x".repeat(MAX_NAME_LEN + 1);
-        for bad in ["", "x/../..", "a/../b", "..", ".hidden", "trailing.", "a..b", "sp ace", "a*b", "a>b", "tab\t", "é", "a\\b", long.as_str(), "run\n"] {
+        for bad in [
+            "",
+            "x/../..",
+            "a/../b",
+            "..",
+            ".hidden",
+            "trailing.",
+            "a..b",
+            "sp ace",
+            "a*b",
+            "a>b",
+            "tab\t",
+            "é",
+            "a\\b",
+            long.as_str(),
+            "run\n",
+        ] {
             let err = RunId::new(bad).unwrap_err();
             assert_eq!(err.what, "run id");
             assert!(!err.to_string().contains('\n'), "the message stays on one line: {err}");

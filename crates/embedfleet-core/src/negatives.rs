@@ -59,16 +59,12 @@ impl HardNegatives {
     /// `data/train_negatives.json`; any other `NAME.json` → `NAME_negatives.json`.
     pub fn path_beside(dataset: &Path) -> PathBuf {
         let name = dataset.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let stem = name
-            .strip_suffix("_dataset.json")
-            .or_else(|| name.strip_suffix(".json"))
-            .unwrap_or(&name);
+        let stem = name.strip_suffix("_dataset.json").or_else(|| name.strip_suffix(".json")).unwrap_or(&name);
         dataset.with_file_name(format!("{stem}_negatives.json"))
     }
 
     pub fn from_json(source_name: &str, bytes: &[u8]) -> Result<Self, NegativesError> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| NegativesError::Malformed { source_name: source_name.to_owned(), message: e.to_string() })
+        serde_json::from_slice(bytes).map_err(|e| NegativesError::Malformed { source_name: source_name.to_owned(), message: e.to_string() })
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -138,8 +134,7 @@ impl HardNegatives {
             lines += 1;
         };
         for (query_id, question) in &dataset.queries {
-            let negatives: Vec<&str> =
-                self.of(query_id, n).iter().filter_map(|c| dataset.corpus.get(c)).map(String::as_str).collect();
+            let negatives: Vec<&str> = self.of(query_id, n).iter().filter_map(|c| dataset.corpus.get(c)).map(String::as_str).collect();
             for positive in dataset.relevant_docs.get(query_id).into_iter().flatten().filter_map(|c| dataset.corpus.get(c)) {
                 match format {
                     ExportFormat::Triplet => {

@@ -144,9 +144,6 @@ mod tests {
     fn too_few_documents_or_bad_ratio() {
         let one = corpus(1);
         assert!(matches!(split_chunks(&one, &SplitConfig::default()), Err(SplitError::TooFew { .. })));
-        assert!(matches!(
-            split_chunks(&one, &SplitConfig { train_ratio: 1.0, ..Default::default() }),
-            Err(SplitError::BadRatio(_))
-        ));
+        assert!(matches!(split_chunks(&one, &SplitConfig { train_ratio: 1.0, ..Default::default() }), Err(SplitError::BadRatio(_))));
     }
 }

@@ -65,10 +65,7 @@ impl ArtifactStore {
             return Self::s3(bucket, prefix.trim_matches('/'), options);
         }
         if location.contains("://") && !location.starts_with("file://") {
-            return Err(StoreError::BadLocation {
-                location: location.into(),
-                reason: "use a local path or s3://bucket/prefix".into(),
-            });
+            return Err(StoreError::BadLocation { location: location.into(), reason: "use a local path or s3://bucket/prefix".into() });
         }
         Self::local(Path::new(location.trim_start_matches("file://")))
     }
@@ -108,10 +105,8 @@ impl ArtifactStore {
         if let Some(secret) = &options.secret_access_key {
             builder = builder.with_secret_access_key(secret);
         }
-        let store = builder.build().map_err(|e| StoreError::BadLocation {
-            location: format!("s3://{bucket}/{prefix}"),
-            reason: e.to_string(),
-        })?;
+        let store =
+            builder.build().map_err(|e| StoreError::BadLocation { location: format!("s3://{bucket}/{prefix}"), reason: e.to_string() })?;
         let base = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
         Ok(Self { inner: Arc::new(store), observer: None, prefix: prefix.to_owned(), base })
     }
@@ -189,14 +184,10 @@ impl ArtifactStore {
     /// Keys (relative to the store root) under `prefix`, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let root = self.path(prefix);
-        let objects: Vec<_> =
-            self.inner.list(Some(&root)).try_collect().await.map_err(|e| self.backend("list", prefix, e))?;
+        let objects: Vec<_> = self.inner.list(Some(&root)).try_collect().await.map_err(|e| self.backend("list", prefix, e))?;
         let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
-        let mut keys: Vec<String> = objects
-            .into_iter()
-            .map(|m| m.location.to_string())
-            .map(|k| k.strip_prefix(&strip).map(str::to_owned).unwrap_or(k))
-            .collect();
+        let mut keys: Vec<String> =
+            objects.into_iter().map(|m| m.location.to_string()).map(|k| k.strip_prefix(&strip).map(str::to_owned).unwrap_or(k)).collect();
         keys.sort();
         Ok(keys)
     }

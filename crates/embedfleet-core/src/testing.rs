@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 pub fn free_port_pair() -> u16 {
     for _ in 0..200 {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
-        if (10_000..55_000).contains(&port)
-            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
-        {
+        if (10_000..55_000).contains(&port) && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
             return port;
         }
     }
@@ -80,7 +78,8 @@ impl SeaweedFs {
             ),
         )
         .expect("write s3 config");
-        let mut server = SeaweedFs { child: None, dir, weed, ports: Vec::new(), s3_port: 0, bucket: "embedfleet".to_owned(), access_key, secret_key };
+        let mut server =
+            SeaweedFs { child: None, dir, weed, ports: Vec::new(), s3_port: 0, bucket: "embedfleet".to_owned(), access_key, secret_key };
         // The ports are free when chosen but not held until weed binds them; if another test's
         // server takes one in between, weed exits, and other ports are tried.
         let mut failures = Vec::new();

@@ -100,7 +100,9 @@ mod tests {
     #[test]
     fn header_in_reference_order() {
         let h = csv_header(&[ScoreFunction::Cosine], &MetricsConfig::default());
-        assert!(h.starts_with("epoch,steps,cosine-Accuracy@1,cosine-Accuracy@3,cosine-Accuracy@5,cosine-Accuracy@10,cosine-Precision@1,cosine-Recall@1,"));
+        assert!(h.starts_with(
+            "epoch,steps,cosine-Accuracy@1,cosine-Accuracy@3,cosine-Accuracy@5,cosine-Accuracy@10,cosine-Precision@1,cosine-Recall@1,"
+        ));
         assert!(h.ends_with("cosine-MRR@10,cosine-NDCG@10,cosine-MAP@100"));
     }
 }

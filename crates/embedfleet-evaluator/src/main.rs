@@ -1,7 +1,7 @@
 use clap::Parser;
+use embedfleet_bus::Stage;
 use embedfleet_bus::runtime::{WorkerArgs, init_logging, shutdown_signal, start};
 use embedfleet_bus::worker::run_worker;
-use embedfleet_bus::Stage;
 use embedfleet_evaluator::worker::EvaluateWorker;
 use embedfleet_model::RuntimeArgs;
 use std::path::PathBuf;

@@ -106,9 +106,7 @@ pub fn top_k(queries: &Tensor, corpus: &Tensor, corpus_ids: &[&str], function: S
             }
         }
     }
-    best.into_iter()
-        .map(|list| list.into_iter().map(|(score, corpus_index)| Hit { corpus_index, score: score as f64 }).collect())
-        .collect()
+    best.into_iter().map(|list| list.into_iter().map(|(score, corpus_index)| Hit { corpus_index, score: score as f64 }).collect()).collect()
 }
 
 #[cfg(test)]

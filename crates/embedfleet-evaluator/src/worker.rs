@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 pub static NDCG: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!("embedfleet_evaluator_ndcg_at_10", "Validation cosine NDCG@10 per checkpoint", &["run", "checkpoint"]).expect("registers once")
+    register_gauge_vec!("embedfleet_evaluator_ndcg_at_10", "Validation cosine NDCG@10 per checkpoint", &["run", "checkpoint"])
+        .expect("registers once")
 });
 
 /// The metric the fleet ranks checkpoints by.
@@ -41,7 +42,12 @@ impl TaskHandler for EvaluateWorker {
         };
         match self.bus.run_state(&run_id).await? {
             Some(state) if state.is_terminal() => {
-                tracing::info!(run_id = run_id.as_str(), label = label.as_str(), state = state.name(), "skipping a checkpoint of an ended run");
+                tracing::info!(
+                    run_id = run_id.as_str(),
+                    label = label.as_str(),
+                    state = state.name(),
+                    "skipping a checkpoint of an ended run"
+                );
                 return Ok(());
             }
             _ => {}

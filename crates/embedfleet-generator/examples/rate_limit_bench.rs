@@ -31,12 +31,7 @@ fn chunks(n: usize) -> Vec<Chunk> {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n = args
-        .iter()
-        .position(|a| a == "--chunks")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200usize);
+    let n = args.iter().position(|a| a == "--chunks").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(200usize);
     let allowed = f64::from(RPM) / 60.0;
     println!("latency {} ms, limit {RPM} requests/min ({allowed:.1}/s, burst 1), {n} chunks per setting", LATENCY.as_millis());
     println!("{:>11} {:>8} {:>9} {:>13} {:>11} {:>9}", "concurrency", "wall s", "requests", "server req/s", "utilization", "chunks/s");

@@ -1,7 +1,7 @@
 //! The LLM question generator's flags, shared by `embedfleet generate`/`run` and the generator worker.
 
-use clap::Args;
 use crate::{LlmConfig, Pricing, PromptTemplate, RateLimits};
+use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -63,9 +63,8 @@ impl LlmArgs {
             Some(path) => PromptTemplate::from_file(path)?,
             None => PromptTemplate::default(),
         };
-        let cache_dir = self.llm_cache_dir.clone().or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/embedfleet/llm-answers"))
-        });
+        let cache_dir =
+            self.llm_cache_dir.clone().or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/embedfleet/llm-answers")));
         Ok(LlmConfig {
             base_url: self.llm_base_url.clone().unwrap_or(defaults.base_url),
             model: self.llm_model.clone(),
@@ -76,18 +75,11 @@ impl LlmArgs {
             max_tokens: self.llm_max_tokens,
             // try_: from_secs_f64 panics on a negative, NaN or infinite --llm-timeout.
             request_timeout: Duration::try_from_secs_f64(self.llm_timeout).map_err(|_| {
-                crate::LlmError::InvalidConfig(format!(
-                    "--llm-timeout must be a positive number of seconds, got {}",
-                    self.llm_timeout
-                ))
+                crate::LlmError::InvalidConfig(format!("--llm-timeout must be a positive number of seconds, got {}", self.llm_timeout))
             })?,
             prompt,
             concurrency: self.llm_concurrency,
-            limits: RateLimits {
-                requests_per_minute: Some(self.llm_rpm),
-                tokens_per_minute: Some(self.llm_tpm),
-                ..defaults.limits
-            },
+            limits: RateLimits { requests_per_minute: Some(self.llm_rpm), tokens_per_minute: Some(self.llm_tpm), ..defaults.limits },
             max_attempts: self.llm_max_attempts,
             pricing: Pricing { input_per_1k: self.price_input_per_1k, output_per_1k: self.price_output_per_1k },
             max_cost_usd: self.max_cost_usd,

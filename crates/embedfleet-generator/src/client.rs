@@ -63,19 +63,14 @@ pub fn resolve_api_key(env_var: Option<&str>, base_url: &str) -> Result<ApiKey, 
 }
 
 /// [`resolve_api_key`] with the environment lookup passed in (tests, or keys from a secret store).
-pub fn resolve_api_key_with(
-    env_var: Option<&str>,
-    base_url: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<ApiKey, LlmError> {
+pub fn resolve_api_key_with(env_var: Option<&str>, base_url: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<ApiKey, LlmError> {
     let var = env_var.unwrap_or(DEFAULT_API_KEY_ENV);
     let source = format!("the environment variable {var}");
     match lookup(var).map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()) {
         Some(secret) => Ok(ApiKey::new(secret, source)),
-        None if env_var.is_some() || is_openai(base_url) => Err(LlmError::MissingApiKey {
-            var: var.to_owned(),
-            base_url: base_url.to_owned(),
-        }),
+        None if env_var.is_some() || is_openai(base_url) => {
+            Err(LlmError::MissingApiKey { var: var.to_owned(), base_url: base_url.to_owned() })
+        }
         None => Ok(ApiKey::none(source)),
     }
 }
@@ -137,12 +132,7 @@ impl CallError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::RateLimited { .. }
-                | Self::Server { .. }
-                | Self::Timeout(_)
-                | Self::Connect(_)
-                | Self::Malformed(_)
-                | Self::Transport(_)
+            Self::RateLimited { .. } | Self::Server { .. } | Self::Timeout(_) | Self::Connect(_) | Self::Malformed(_) | Self::Transport(_)
         )
     }
 }
@@ -290,13 +280,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The body of a 200 answer: the first choice's text, why it ended, and the usage if readable.
 pub fn parse_completion(bytes: &[u8]) -> Result<Completion, CallError> {
-    let response: ChatResponse = serde_json::from_slice(bytes)
-        .map_err(|e| CallError::Malformed(format!("{e}; body starts {:?}", snippet(bytes))))?;
-    let choice = response
-        .choices
-        .into_iter()
-        .next()
-        .ok_or_else(|| CallError::Malformed("no choices in the answer".into()))?;
+    let response: ChatResponse =
+        serde_json::from_slice(bytes).map_err(|e| CallError::Malformed(format!("{e}; body starts {:?}", snippet(bytes))))?;
+    let choice = response.choices.into_iter().next().ok_or_else(|| CallError::Malformed("no choices in the answer".into()))?;
     let content = choice.message.content.ok_or_else(|| CallError::Malformed("the answer has no content".into()))?;
     Ok(Completion { content, finish_reason: choice.finish_reason, usage: response.usage.as_ref().and_then(parse_usage) })
 }
@@ -439,12 +425,15 @@ mod tests {
 
     #[test]
     fn unreadable_usage_keeps_the_answer() {
-        let body = |usage: &str| {
-            format!(r#"{{"choices":[{{"message":{{"content":"Q?"}},"finish_reason":"stop"}}],"usage":{usage}}}"#)
-        };
-        for odd in [r#"{"prompt_tokens":-1,"completion_tokens":3}"#, r#"{"prompt_tokens":1.5,"completion_tokens":3}"#,
-                    r#"{"prompt_tokens":"10"}"#, r#""lots""#, "[]", r#"{"prompt_tokens":1e400}"#]
-        {
+        let body = |usage: &str| format!(r#"{{"choices":[{{"message":{{"content":"Q?"}},"finish_reason":"stop"}}],"usage":{usage}}}"#);
+        for odd in [
+            r#"{"prompt_tokens":-1,"completion_tokens":3}"#,
+            r#"{"prompt_tokens":1.5,"completion_tokens":3}"#,
+            r#"{"prompt_tokens":"10"}"#,
+            r#""lots""#,
+            "[]",
+            r#"{"prompt_tokens":1e400}"#,
+        ] {
             let c = parse_completion(body(odd).as_bytes());
             // 1e400 is not even a JSON number serde_json accepts; every other body keeps its answer.
             if odd.contains("1e400") {

@@ -177,23 +177,90 @@ fn strip_number(s: &str) -> Option<&str> {
 }
 
 const PREAMBLE_STARTS: &[&str] = &[
-    "here are", "here is", "here's", "sure", "certainly", "of course", "okay", "ok,", "ok.", "below are",
-    "the following", "i hope", "i have", "i've", "let me know", "feel free", "note:", "these questions",
-    "these are", "as a teacher", "as a professor",
+    "here are",
+    "here is",
+    "here's",
+    "sure",
+    "certainly",
+    "of course",
+    "okay",
+    "ok,",
+    "ok.",
+    "below are",
+    "the following",
+    "i hope",
+    "i have",
+    "i've",
+    "let me know",
+    "feel free",
+    "note:",
+    "these questions",
+    "these are",
+    "as a teacher",
+    "as a professor",
     // Assistant chatter that small chat models answer with instead of questions.
-    "i'm ready", "i am ready", "i'm happy to", "i'd be happy", "i would be happy", "what's the question",
-    "what is the question", "what's your question", "what is your question", "how can i help",
-    "how can i assist", "what's your favorite", "what is your favorite",
+    "i'm ready",
+    "i am ready",
+    "i'm happy to",
+    "i'd be happy",
+    "i would be happy",
+    "what's the question",
+    "what is the question",
+    "what's your question",
+    "what is your question",
+    "how can i help",
+    "how can i assist",
+    "what's your favorite",
+    "what is your favorite",
 ];
 
 const ANSWER_STARTS: &[&str] = &["answer:", "answer ", "a:", "a)", "a.", "ans:", "correct answer"];
 
 /// Words that open a quiz question even without a question mark ("Explain how …").
 const QUESTION_OPENERS: &[&str] = &[
-    "what", "why", "how", "when", "where", "which", "who", "whom", "whose", "is", "are", "was", "were", "do",
-    "does", "did", "can", "could", "should", "would", "will", "has", "have", "explain", "describe", "discuss",
-    "compare", "contrast", "list", "name", "identify", "define", "outline", "summarize", "summarise", "state",
-    "give", "provide", "evaluate", "analyze", "analyse", "illustrate", "justify",
+    "what",
+    "why",
+    "how",
+    "when",
+    "where",
+    "which",
+    "who",
+    "whom",
+    "whose",
+    "is",
+    "are",
+    "was",
+    "were",
+    "do",
+    "does",
+    "did",
+    "can",
+    "could",
+    "should",
+    "would",
+    "will",
+    "has",
+    "have",
+    "explain",
+    "describe",
+    "discuss",
+    "compare",
+    "contrast",
+    "list",
+    "name",
+    "identify",
+    "define",
+    "outline",
+    "summarize",
+    "summarise",
+    "state",
+    "give",
+    "provide",
+    "evaluate",
+    "analyze",
+    "analyse",
+    "illustrate",
+    "justify",
 ];
 
 fn classify(raw: &str, text: String) -> Line {
@@ -210,11 +277,7 @@ fn classify(raw: &str, text: String) -> Line {
         return Line::Question(text);
     }
     let first = lower.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("");
-    if QUESTION_OPENERS.contains(&first) {
-        Line::Question(text)
-    } else {
-        Line::NotAQuestion(text)
-    }
+    if QUESTION_OPENERS.contains(&first) { Line::Question(text) } else { Line::NotAQuestion(text) }
 }
 
 /// Lowercase alphanumeric words: the form duplicates and copies are judged in.
@@ -251,8 +314,7 @@ impl FilterConfig {
     pub fn copies_chunk(&self, question: &str, chunk: &str) -> bool {
         let n = words(question).len();
         let run = longest_copied_run(question, chunk);
-        run >= self.max_copied_run
-            || (run >= self.min_run_for_fraction && n > 0 && run as f64 >= self.max_copied_fraction * n as f64)
+        run >= self.max_copied_run || (run >= self.min_run_for_fraction && n > 0 && run as f64 >= self.max_copied_fraction * n as f64)
     }
 }
 

@@ -80,6 +80,11 @@ impl Budget for FleetBudget {
                 return;
             }
         }
-        tracing::warn!(run = self.key, held_usd, spent_usd, "could not settle the run's budget ledger; the hold stays (the run may stop early)");
+        tracing::warn!(
+            run = self.key,
+            held_usd,
+            spent_usd,
+            "could not settle the run's budget ledger; the hold stays (the run may stop early)"
+        );
     }
 }

@@ -280,9 +280,9 @@ impl<L: RateLimiter> LlmGenerator<L> {
                 "model `{model}` not found at {base_url} ({error}); check the model name (the server's /models \
                  endpoint lists what it serves) and that the base URL ends with /v1"
             )),
-            CallError::QuotaExhausted { .. } => fatal(format!(
-                "the account behind the API key has no quota left at {base_url} ({error}); add credit or use another key"
-            )),
+            CallError::QuotaExhausted { .. } => {
+                fatal(format!("the account behind the API key has no quota left at {base_url} ({error}); add credit or use another key"))
+            }
             CallError::Connect(cause) if !self.reached_server.load(Ordering::Relaxed) => Some(GenerateError::Unavailable(format!(
                 "cannot connect to the LLM API at {base_url} ({cause}); check that the server is running and that \
                  the base URL is right"

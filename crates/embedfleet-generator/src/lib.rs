@@ -10,8 +10,8 @@ pub mod cache;
 pub mod client;
 pub mod cost;
 pub mod failures;
-pub mod fleet_budget;
 pub mod filter;
+pub mod fleet_budget;
 pub mod fleet_limiter;
 pub mod generator;
 pub mod limiter;
@@ -109,12 +109,7 @@ impl Default for LlmConfig {
             concurrency: 8,
             // Below OpenAI's tier-1 limits for gpt-3.5-turbo; raise them for higher tiers or for a
             // local server, lower them for a free tier.
-            limits: RateLimits {
-                requests_per_minute: Some(500),
-                request_burst: 1,
-                tokens_per_minute: Some(200_000),
-                token_burst: None,
-            },
+            limits: RateLimits { requests_per_minute: Some(500), request_burst: 1, tokens_per_minute: Some(200_000), token_burst: None },
             max_attempts: 6,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),

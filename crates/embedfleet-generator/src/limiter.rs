@@ -74,8 +74,7 @@ impl LocalRateLimiter {
                 return Err(InvalidRateLimit(format!("{what} per minute must be at least 1 (leave it unset for no limit)")));
             }
             let period = Duration::from_secs(60) / per_minute;
-            let burst = NonZeroU32::new(burst)
-                .ok_or_else(|| InvalidRateLimit(format!("the {what} burst must be at least 1")))?;
+            let burst = NonZeroU32::new(burst).ok_or_else(|| InvalidRateLimit(format!("the {what} burst must be at least 1")))?;
             Quota::with_period(period)
                 .map(|q| q.allow_burst(burst))
                 .ok_or_else(|| InvalidRateLimit(format!("{per_minute} {what} per minute is too many to pace")))
@@ -164,12 +163,8 @@ mod tests {
 
     #[tokio::test]
     async fn requests_are_spaced_after_the_burst() {
-        let limiter = LocalRateLimiter::new(&RateLimits {
-            requests_per_minute: Some(600),
-            request_burst: 2,
-            ..Default::default()
-        })
-        .unwrap();
+        let limiter =
+            LocalRateLimiter::new(&RateLimits { requests_per_minute: Some(600), request_burst: 2, ..Default::default() }).unwrap();
         let start = std::time::Instant::now();
         for _ in 0..5 {
             limiter.acquire(1).await;
@@ -182,12 +177,8 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_requests_wait_for_the_whole_bucket_instead_of_failing() {
-        let limiter = LocalRateLimiter::new(&RateLimits {
-            tokens_per_minute: Some(60_000),
-            token_burst: Some(100),
-            ..Default::default()
-        })
-        .unwrap();
+        let limiter =
+            LocalRateLimiter::new(&RateLimits { tokens_per_minute: Some(60_000), token_burst: Some(100), ..Default::default() }).unwrap();
         limiter.acquire(10_000).await;
         let start = std::time::Instant::now();
         limiter.acquire(50).await;
@@ -207,12 +198,8 @@ mod tests {
 
     #[tokio::test]
     async fn absurd_pauses_and_usage_do_not_panic() {
-        let limiter = LocalRateLimiter::new(&RateLimits {
-            tokens_per_minute: Some(60_000),
-            token_burst: Some(100),
-            ..Default::default()
-        })
-        .unwrap();
+        let limiter =
+            LocalRateLimiter::new(&RateLimits { tokens_per_minute: Some(60_000), token_burst: Some(100), ..Default::default() }).unwrap();
         // Instant + Duration::MAX overflows; the pause is capped instead.
         limiter.hold_off(Duration::MAX).await;
         let until = limiter.not_before.lock().unwrap().unwrap();

@@ -92,8 +92,7 @@ impl PromptTemplate {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, LlmError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| LlmError::ReadTemplate { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LlmError::ReadTemplate { path: path.to_owned(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 

@@ -125,10 +125,7 @@ impl TestServer {
             records: Mutex::new(Vec::new()),
             ids: AtomicU64::new(0),
         });
-        let app = Router::new()
-            .route("/v1/chat/completions", post(chat))
-            .route("/v1/models", get(models))
-            .with_state(shared.clone());
+        let app = Router::new().route("/v1/chat/completions", post(chat)).route("/v1/models", get(models)).with_state(shared.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -265,12 +262,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Outcome::Fault(Fault::ServerError) => 500,
         _ => 200,
     };
-    shared.records.lock().expect("not poisoned").push(RequestRecord {
-        at: arrived,
-        model: model.clone(),
-        prompt: prompt.clone(),
-        status,
-    });
+    shared.records.lock().expect("not poisoned").push(RequestRecord { at: arrived, model: model.clone(), prompt: prompt.clone(), status });
 
     if !behavior.latency.is_zero() {
         tokio::time::sleep(behavior.latency).await;
@@ -305,9 +297,12 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             }
             response
         }
-        Outcome::Fault(Fault::ServerError) => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, "The server had an error while processing your request.", "server_error", "server_error")
-        }
+        Outcome::Fault(Fault::ServerError) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error while processing your request.",
+            "server_error",
+            "server_error",
+        ),
         Outcome::Fault(Fault::Malformed) => (
             StatusCode::OK,
             [("content-type", "application/json")],
@@ -366,9 +361,7 @@ fn asked_count(prompt: &str, context: &str) -> Option<usize> {
     // Without dashed rules the context is the whole prompt; then search all of it.
     let instructions = if context.len() < prompt.len() { prompt.replacen(context, " ", 1) } else { prompt.to_owned() };
     let words: Vec<&str> = instructions.split_whitespace().collect();
-    words.windows(2).find_map(|w| {
-        w[1].to_lowercase().starts_with("question").then(|| w[0].parse().ok()).flatten()
-    })
+    words.windows(2).find_map(|w| w[1].to_lowercase().starts_with("question").then(|| w[0].parse().ok()).flatten())
 }
 
 /// Questions unique to the context (a hash tag), about words of it, dressed per `style`.
@@ -377,8 +370,7 @@ fn questions_for(prompt: &str, behavior: &ServerBehavior) -> String {
     let context = context_of(prompt);
     let n = asked_count(prompt, context).unwrap_or(behavior.default_questions);
     let tag = &hex::encode(Sha256::digest(context.as_bytes()))[..8];
-    let topics: Vec<&str> =
-        context.split_whitespace().filter(|w| w.len() >= 4 && w.chars().all(char::is_alphabetic)).collect();
+    let topics: Vec<&str> = context.split_whitespace().filter(|w| w.len() >= 4 && w.chars().all(char::is_alphabetic)).collect();
     let topic = |k: usize| if topics.is_empty() { "the text" } else { topics[(k * 7) % topics.len()] };
     let mut questions: Vec<String> = Vec::new();
     if style.shared_question {

@@ -2,14 +2,14 @@
 //! to a deterministic key and the coordinator is told. With several replicas, the LLM rate limit is
 //! the fleet's (one GCRA in NATS KV), not each process's.
 
+use crate::cost::{Budget, LocalBudget};
+use crate::fleet_budget::FleetBudget;
 use crate::fleet_limiter::{FleetLimiter, RATE_WAIT};
 use crate::{GeneratorStats, LlmGenerator};
 use embedfleet_bus::layout::{self, TaskQuestions};
 use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::worker::{TaskError, TaskHandler};
 use embedfleet_bus::{Bus, Stage};
-use crate::cost::{Budget, LocalBudget};
-use crate::fleet_budget::FleetBudget;
 use embedfleet_core::generate::{GenerationStop, generate_questions};
 use embedfleet_core::progress::NoProgress;
 use embedfleet_core::{ArtifactStore, Chunk, GenerateError, GeneratorKind, OfflineGenerator, QuestionGenerator, RunId};
@@ -26,15 +26,13 @@ static LLM_429: LazyLock<IntCounter> = LazyLock::new(|| {
 static LLM_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("embedfleet_generator_llm_tokens_total", "Tokens billed, by kind", &["kind"]).expect("registers once")
 });
-static LLM_COST: LazyLock<Counter> = LazyLock::new(|| {
-    register_counter!("embedfleet_generator_llm_cost_usd_total", "LLM spend in USD").expect("registers once")
-});
+static LLM_COST: LazyLock<Counter> =
+    LazyLock::new(|| register_counter!("embedfleet_generator_llm_cost_usd_total", "LLM spend in USD").expect("registers once"));
 static CHUNKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("embedfleet_generator_chunks_total", "Chunks handled, by outcome", &["outcome"]).expect("registers once")
 });
-static QUESTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("embedfleet_generator_questions_total", "Questions written").expect("registers once")
-});
+static QUESTIONS: LazyLock<IntCounter> =
+    LazyLock::new(|| register_int_counter!("embedfleet_generator_questions_total", "Questions written").expect("registers once"));
 static SKIPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("embedfleet_generator_tasks_skipped_total", "Tasks of cancelled, failed or budget-spent runs skipped")
         .expect("registers once")
@@ -107,7 +105,9 @@ impl GenerateWorker {
         let now = llm.stats();
         let mut last = self.exported.lock().expect("not poisoned");
         let d = |a: u64, b: u64| a.saturating_sub(b);
-        let ok = d(now.requests, last.requests).saturating_sub(d(now.rate_limited, last.rate_limited) + d(now.server_errors, last.server_errors) + d(now.timeouts, last.timeouts));
+        let ok = d(now.requests, last.requests).saturating_sub(
+            d(now.rate_limited, last.rate_limited) + d(now.server_errors, last.server_errors) + d(now.timeouts, last.timeouts),
+        );
         LLM_REQUESTS.with_label_values(&["ok"]).inc_by(ok);
         LLM_REQUESTS.with_label_values(&["rate_limited"]).inc_by(d(now.rate_limited, last.rate_limited));
         LLM_REQUESTS.with_label_values(&["server_error"]).inc_by(d(now.server_errors, last.server_errors));
@@ -147,10 +147,7 @@ impl TaskHandler for GenerateWorker {
         };
         let mut spent_usd = 0.0;
         let outcome = if use_llm {
-            let llm = self
-                .llm
-                .as_ref()
-                .ok_or_else(|| TaskError::fatal(format!("this run asks for LLM questions, but {}", self.no_llm)))?;
+            let llm = self.llm.as_ref().ok_or_else(|| TaskError::fatal(format!("this run asks for LLM questions, but {}", self.no_llm)))?;
             // This task's spend, counted by the budget it spends from: the run's shared ledger, or an
             // unlimited one of its own.
             let outcome = match spec.max_cost_usd {

@@ -41,14 +41,10 @@ async fn a_long_prompt_under_a_small_token_limit_is_sent() {
 #[tokio::test]
 async fn the_retry_after_a_429_waits_for_the_pause() {
     let nats = NatsServer::start();
-    let server = TestServer::start(ServerBehavior { retry_after: Some(Duration::from_secs(1)), ..Default::default() })
-        .await
-        .unwrap();
+    let server = TestServer::start(ServerBehavior { retry_after: Some(Duration::from_secs(1)), ..Default::default() }).await.unwrap();
     server.script([Fault::RateLimited]);
-    let config = LlmConfig {
-        limits: RateLimits { requests_per_minute: Some(6_000), request_burst: 4, ..Default::default() },
-        ..config(&server)
-    };
+    let config =
+        LlmConfig { limits: RateLimits { requests_per_minute: Some(6_000), request_burst: 4, ..Default::default() }, ..config(&server) };
     let limiter = FleetLimiter::new(&bus(&nats).await, &config);
     let generator = LlmGenerator::with_limiter(config, limiter).unwrap();
     let out = generate_questions(&generator, &[chunk_with(1, "")], 2, &NoProgress).await;

@@ -61,12 +61,8 @@ async fn injected_429s_and_500s_are_retried_until_every_chunk_is_done() {
 async fn hangs_past_the_timeout_and_malformed_bodies_are_retried() {
     let server = server(ServerBehavior { hang_for: Duration::from_secs(10), ..Default::default() }).await;
     server.script([Fault::Hang, Fault::Malformed]);
-    let generator = LlmGenerator::new(LlmConfig {
-        request_timeout: Duration::from_millis(300),
-        concurrency: 1,
-        ..config(&server)
-    })
-    .unwrap();
+    let generator =
+        LlmGenerator::new(LlmConfig { request_timeout: Duration::from_millis(300), concurrency: 1, ..config(&server) }).unwrap();
     let questions = generator.questions(&chunk(0), 2).await.unwrap();
     assert_eq!(questions.len(), 2);
     let stats = generator.stats();
@@ -206,12 +202,8 @@ async fn connection_refused_on_the_first_request_names_the_base_url() {
     // A port that was free a moment ago: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base_url = format!("http://127.0.0.1:{port}/v1");
-    let generator = LlmGenerator::new(LlmConfig {
-        base_url: base_url.clone(),
-        api_key: Some(ApiKey::new("k", "test")),
-        ..Default::default()
-    })
-    .unwrap();
+    let generator =
+        LlmGenerator::new(LlmConfig { base_url: base_url.clone(), api_key: Some(ApiKey::new("k", "test")), ..Default::default() }).unwrap();
     // Unavailable, not fatal: a server that is still booting is worth a later try on the fleet.
     match generator.questions(&chunk(0), 2).await {
         Err(GenerateError::Unavailable(reason)) => {
@@ -245,11 +237,7 @@ async fn preambles_duplicates_and_copies_are_dropped_and_counted() {
 
 #[tokio::test]
 async fn a_short_chunk_is_asked_once_more_then_recorded_as_short() {
-    let server = server(ServerBehavior {
-        style: AnswerStyle { missing: 1, ..Default::default() },
-        ..Default::default()
-    })
-    .await;
+    let server = server(ServerBehavior { style: AnswerStyle { missing: 1, ..Default::default() }, ..Default::default() }).await;
     let generator = LlmGenerator::new(config(&server)).unwrap();
     let out = generate_questions(&generator, &chunks(4), 3, &NoProgress).await;
     assert!(out.questions.values().all(|q| q.len() == 2), "{:?}", out.questions);

@@ -16,9 +16,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn requests_per_minute_is_never_exceeded() {
-    let server = TestServer::start(ServerBehavior { latency: Duration::from_millis(20), ..Default::default() })
-        .await
-        .unwrap();
+    let server = TestServer::start(ServerBehavior { latency: Duration::from_millis(20), ..Default::default() }).await.unwrap();
     let (rpm, burst) = (120, 2);
     let generator = LlmGenerator::new(LlmConfig {
         limits: RateLimits { requests_per_minute: Some(rpm), request_burst: burst, ..Default::default() },
@@ -56,10 +54,7 @@ async fn tokens_per_minute_is_never_exceeded() {
     })
     .unwrap();
     let chunks = chunks(10);
-    let planned: Vec<u32> = chunks
-        .iter()
-        .map(|c| estimate_tokens(&PromptTemplate::default().render(&c.text, 2)) + max_tokens)
-        .collect();
+    let planned: Vec<u32> = chunks.iter().map(|c| estimate_tokens(&PromptTemplate::default().render(&c.text, 2)) + max_tokens).collect();
     let out = generate_questions(&generator, &chunks, 2, &NoProgress).await;
     assert_eq!(out.questions.len(), chunks.len());
 

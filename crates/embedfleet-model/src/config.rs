@@ -132,10 +132,7 @@ impl PoolingConfig {
         };
         let [mode] = modes[..] else {
             let names: Vec<&str> = modes.iter().map(|m| m.name()).collect();
-            return Err(format!(
-                "it concatenates several pooling modes ({}); embedfleet pools with exactly one",
-                names.join(" + ")
-            ));
+            return Err(format!("it concatenates several pooling modes ({}); embedfleet pools with exactly one", names.join(" + ")));
         };
         let include_prompt = value["include_prompt"].as_bool().unwrap_or(true);
         Ok(Self { dimension, mode, include_prompt })

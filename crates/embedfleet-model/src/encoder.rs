@@ -113,12 +113,7 @@ impl SentenceEncoder {
 
     /// A randomly initialised model with `config` (a [`crate::BertConfig`] or any family's
     /// config.json), using the tokenizer files of `tokenizer_dir`: tiny models for fast tests.
-    pub fn random(
-        config: impl Into<ModelConfig>,
-        tokenizer_dir: &Path,
-        seed: i64,
-        options: LoadOptions,
-    ) -> Result<Self, ModelError> {
+    pub fn random(config: impl Into<ModelConfig>, tokenizer_dir: &Path, seed: i64, options: LoadOptions) -> Result<Self, ModelError> {
         let config = config.into();
         let family = family_of(&config)?;
         tch::manual_seed(seed);
@@ -311,10 +306,8 @@ impl SentenceEncoder {
         write(dir.join("config.json"), pretty(&crate::folder::saved_config(&self.config, self.family)))?;
 
         let variables = self.vs.variables();
-        let mut named: Vec<(String, Tensor)> = variables
-            .into_iter()
-            .map(|(name, t)| (name, t.detach().to_kind(Kind::Float).to_device(Device::Cpu).contiguous()))
-            .collect();
+        let mut named: Vec<(String, Tensor)> =
+            variables.into_iter().map(|(name, t)| (name, t.detach().to_kind(Kind::Float).to_device(Device::Cpu).contiguous())).collect();
         named.extend(self.passthrough.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let weights = dir.join("model.safetensors");
@@ -335,8 +328,7 @@ impl SentenceEncoder {
         ];
         if self.normalize {
             modules.push(json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}));
-            std::fs::create_dir_all(dir.join("2_Normalize"))
-                .map_err(|e| ModelError::Write { path: dir.join("2_Normalize"), source: e })?;
+            std::fs::create_dir_all(dir.join("2_Normalize")).map_err(|e| ModelError::Write { path: dir.join("2_Normalize"), source: e })?;
         }
         write(dir.join("modules.json"), pretty(&json!(modules)))?;
         let pooling = PoolingConfig { dimension: self.dimension(), mode: self.pooling, include_prompt: self.include_prompt };

@@ -6,9 +6,7 @@ pub enum ModelError {
     MissingFile { path: PathBuf, source: std::io::Error },
     #[error("unsupported architecture '{model_type}'; embedfleet runs: {supported}")]
     UnsupportedArchitecture { model_type: String, supported: String },
-    #[error(
-        "modules.json chains a {kind} module (at '{path}'); embedfleet runs Transformer → Pooling → Normalize models only"
-    )]
+    #[error("modules.json chains a {kind} module (at '{path}'); embedfleet runs Transformer → Pooling → Normalize models only")]
     UnsupportedModule { kind: String, path: String },
     #[error("invalid model configuration: {0}")]
     InvalidConfig(String),

@@ -81,10 +81,7 @@ impl Layout {
             }
         }
         if !modules.is_empty() && (transformer_dir.is_none() || pooling.is_none()) {
-            return Err(ModelError::InvalidConfig(format!(
-                "{} must list a Transformer then a Pooling module",
-                modules_path.display()
-            )));
+            return Err(ModelError::InvalidConfig(format!("{} must list a Transformer then a Pooling module", modules_path.display())));
         }
         let transformer_dir = transformer_dir.unwrap_or_else(|| dir.to_owned());
         let module_config: Value = match TRANSFORMER_CONFIGS.iter().map(|f| transformer_dir.join(f)).find(|p| p.exists()) {

@@ -39,8 +39,8 @@ pub fn pool(tokens: &Tensor, attention_mask: &Tensor, mode: PoolingMode, prompt_
             // Weights 1, 2, 3, … from the first real token (left padding shifts them, the prompt does not).
             let seq = tokens.size()[1];
             let pad_lengths = original.to_kind(Kind::Int).argmax(1, false).to_kind(tokens.kind());
-            let weights = Tensor::arange_start(1, seq + 1, (tokens.kind(), tokens.device())).view([1, -1, 1])
-                - pad_lengths.view([-1, 1, 1]);
+            let weights =
+                Tensor::arange_start(1, seq + 1, (tokens.kind(), tokens.device())).view([1, -1, 1]) - pad_lengths.view([-1, 1, 1]);
             let weighted = &mask * weights;
             let summed = (tokens * &weighted).sum_dim_intlist(1, false, tokens.kind());
             summed / weighted.sum_dim_intlist(1, false, tokens.kind()).clamp_min(1e-9)

@@ -63,9 +63,9 @@ impl TextTokenizer {
                 None => Ok(None),
                 Some("left") => Ok(Some(true)),
                 Some("right") => Ok(Some(false)),
-                Some(other) => Err(ModelError::InvalidConfig(format!(
-                    "tokenizer_config.json: {what} is '{other}'; it must be 'left' or 'right'"
-                ))),
+                Some(other) => {
+                    Err(ModelError::InvalidConfig(format!("tokenizer_config.json: {what} is '{other}'; it must be 'left' or 'right'")))
+                }
             }
         };
         let truncate_left = side(&settings.truncation_side, "truncation_side")?.unwrap_or(false);

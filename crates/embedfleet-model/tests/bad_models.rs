@@ -54,12 +54,27 @@ fn safetensors_headers_that_lie_are_errors() {
     };
     let name = "embeddings.word_embeddings.weight";
     let cases = [
-        ("offsets past the end of the file", serde_json::json!({name: {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}), 8, "offsets"),
-        ("offsets that do not fit the shape", serde_json::json!({name: {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 16]}}), 16, "offsets"),
+        (
+            "offsets past the end of the file",
+            serde_json::json!({name: {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}),
+            8,
+            "offsets",
+        ),
+        (
+            "offsets that do not fit the shape",
+            serde_json::json!({name: {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 16]}}),
+            16,
+            "offsets",
+        ),
         ("offsets backwards", serde_json::json!({name: {"dtype": "F32", "shape": [0], "data_offsets": [16, 0]}}), 16, "offsets"),
         ("an unknown dtype", serde_json::json!({name: {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}}), 1, "dtype"),
         ("no shape", serde_json::json!({name: {"dtype": "F32", "data_offsets": [0, 4]}}), 4, "shape"),
-        ("a dimension that overflows", serde_json::json!({name: {"dtype": "F32", "shape": [u64::MAX, 4], "data_offsets": [0, 4]}}), 4, "shape"),
+        (
+            "a dimension that overflows",
+            serde_json::json!({name: {"dtype": "F32", "shape": [u64::MAX, 4], "data_offsets": [0, 4]}}),
+            4,
+            "shape",
+        ),
         ("a tensor the model lacks", serde_json::json!({"unused": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}), 4, "missing"),
     ];
     for (what, header, data, says) in cases {
@@ -81,8 +96,7 @@ fn safetensors_headers_that_lie_are_errors() {
 fn unsupported_architecture_names_the_supported_ones() {
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path());
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
     config["model_type"] = "gpt2".into();
     std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     let err = load(dir.path());
@@ -174,8 +188,7 @@ fn missing_shard() {
 fn tokenizer_larger_than_the_vocabulary() {
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path());
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
     config["vocab_size"] = 1000.into();
     std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     assert!(matches!(load(dir.path()), ModelError::TokenizerMismatch { .. }));
@@ -185,8 +198,7 @@ fn tokenizer_larger_than_the_vocabulary() {
 fn weights_that_do_not_fit_the_config() {
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path());
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
     config["num_hidden_layers"] = 7.into();
     std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     let err = load(dir.path());

@@ -99,7 +99,9 @@ fn parity(name: &str) {
     let bf16 = load(&dir, Precision::Bf16);
     let (cos16, abs16) = agreement(&encode(&bf16, &fx.texts, None), &fx.embeddings);
     let (cos16_32, _) = agreement(&encode(&bf16, &fx.texts, None), &ours);
-    eprintln!("{name} bf16 vs sentence-transformers fp32: min cosine {cos16:.6}, max abs diff {abs16:.3e}; vs embedfleet fp32: {cos16_32:.6}");
+    eprintln!(
+        "{name} bf16 vs sentence-transformers fp32: min cosine {cos16:.6}, max abs diff {abs16:.3e}; vs embedfleet fp32: {cos16_32:.6}"
+    );
     assert!(cos16 >= 0.999, "{name}: bf16 min cosine {cos16}");
 }
 
@@ -190,8 +192,16 @@ fn every_pooling_mode_matches_sentence_transformers() {
         let ours = encode(&model, &fx.pooling_texts, case.prompt.as_deref());
         let (cos, abs) = agreement(&ours, &case.embeddings);
         let scale = case.embeddings.iter().flatten().fold(1.0f32, |m, x| m.max(x.abs()));
-        eprintln!("{} prompt {:?}: min cosine {cos:.9}, max abs diff {abs:.2e} (values up to {scale:.1})", case.pooling_config, case.prompt);
-        assert!(cos >= 0.99999 && abs <= 1e-5 * scale, "{}, prompt {:?}: min cosine {cos}, max abs diff {abs}", case.pooling_config, case.prompt);
+        eprintln!(
+            "{} prompt {:?}: min cosine {cos:.9}, max abs diff {abs:.2e} (values up to {scale:.1})",
+            case.pooling_config, case.prompt
+        );
+        assert!(
+            cos >= 0.99999 && abs <= 1e-5 * scale,
+            "{}, prompt {:?}: min cosine {cos}, max abs diff {abs}",
+            case.pooling_config,
+            case.prompt
+        );
     }
 }
 

@@ -140,7 +140,10 @@ fn malformed_files_are_errors_not_panics() {
         }
         parsed[slot] += read(bytes) as usize;
     }
-    eprintln!("{n} mutated checkpoints read without a panic; still readable: zip {}, pickle {}, legacy {}", parsed[0], parsed[1], parsed[2]);
+    eprintln!(
+        "{n} mutated checkpoints read without a panic; still readable: zip {}, pickle {}, legacy {}",
+        parsed[0], parsed[1], parsed[2]
+    );
 }
 
 /// Random opcode sequences with plausible arguments, run by the pickle machine (as the first

@@ -65,8 +65,14 @@ fn saved_folder_reloads_with_identical_embeddings() {
     let card = ModelCard { base_model: "sentence-transformers/all-MiniLM-L6-v2".into(), ..Default::default() };
     model.save(dir.path(), &card).unwrap();
     for file in [
-        "config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json",
-        "sentence_bert_config.json", "config_sentence_transformers.json", "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "README.md",
     ] {
         assert!(dir.path().join(file).exists(), "{file} not saved");
     }

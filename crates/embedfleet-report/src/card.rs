@@ -3,10 +3,10 @@
 //! `metrics` and a `model-index` with the evaluation), then every metric base against fine-tuned,
 //! how it was trained, and how to use it.
 
+use crate::charts::dims::{ndcg_at, scored_dims};
 use crate::data::{DatasetFacts, ModelResult, TrainingFacts};
 use crate::html::duration;
 use crate::summary::verdict;
-use crate::charts::dims::{ndcg_at, scored_dims};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -239,18 +239,35 @@ fn training_section(s: &mut String, card: &ModelCard) {
         let _ = writeln!(s, "- Questions: {} training, {} validation; generator: {}", d.train_questions, d.val_questions, d.generator);
         let _ = writeln!(s, "- Split: by {}", d.split_by);
         if let Some(llm) = &d.llm {
-            let _ = writeln!(s, "- LLM: {}, {} requests, {} prompt + {} completion tokens, ${:.4}", llm.model, llm.requests, llm.prompt_tokens, llm.completion_tokens, llm.cost_usd);
+            let _ = writeln!(
+                s,
+                "- LLM: {}, {} requests, {} prompt + {} completion tokens, ${:.4}",
+                llm.model, llm.requests, llm.prompt_tokens, llm.completion_tokens, llm.cost_usd
+            );
         }
     } else if !card.training_data.is_empty() {
         let _ = writeln!(s, "\n- Training data: {}", card.training_data);
     }
     let Some(t) = &card.training else { return };
-    let _ = writeln!(s, "- Columns: question and passage; each question's own passage is its positive, the other passages of the batch its negatives");
+    let _ = writeln!(
+        s,
+        "- Columns: question and passage; each question's own passage is its positive, the other passages of the batch its negatives"
+    );
     let _ = writeln!(s, "\n### Loss\n\n{}", t.loss);
     s.push_str("\n### Hyperparameters\n\n");
     let _ = writeln!(s, "- Epochs: {}", t.epochs);
-    let _ = writeln!(s, "- Batch size: {}{}", t.batch_size, t.mini_batch_size.map(|m| format!(" (GradCache, mini-batches of {m})")).unwrap_or_default());
-    let _ = writeln!(s, "- Learning rate: {:e}, linear warm-up over {:.0}% of the steps, then linear decay", t.learning_rate, t.warmup_ratio * 100.0);
+    let _ = writeln!(
+        s,
+        "- Batch size: {}{}",
+        t.batch_size,
+        t.mini_batch_size.map(|m| format!(" (GradCache, mini-batches of {m})")).unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        "- Learning rate: {:e}, linear warm-up over {:.0}% of the steps, then linear decay",
+        t.learning_rate,
+        t.warmup_ratio * 100.0
+    );
     let _ = writeln!(s, "- Weight decay: {}, gradient norm clipped at {}", t.weight_decay, t.max_grad_norm);
     let _ = writeln!(s, "- Evaluation every {} steps; the best checkpoint by {} is kept", t.evaluation_steps, t.metric);
     let _ = writeln!(s, "- Seed: {}", t.seed);

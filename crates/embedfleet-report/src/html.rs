@@ -158,7 +158,8 @@ fn headline(out: &mut String, report: &RunReport) {
 }
 
 fn passages(out: &mut String, report: &RunReport, model: &ModelResult, change: &QuestionChange, rank: Option<usize>) {
-    let _ = write!(out, r#"<div class="model"><h5>{} · right passage at rank {}</h5><ol>"#, escape(&model.name), rank_label(rank, model.depth));
+    let _ =
+        write!(out, r#"<div class="model"><h5>{} · right passage at rank {}</h5><ol>"#, escape(&model.name), rank_label(rank, model.depth));
     let top = model.questions.iter().find(|q| q.query_id == change.query_id).map(|q| q.top.as_slice()).unwrap_or(&[]);
     for hit in top.iter().take(PASSAGES_SHOWN) {
         let right = change.relevant.contains(&hit.corpus_id);
@@ -289,18 +290,30 @@ fn training_table(out: &mut String, t: &TrainingFacts) {
     out.push_str(r#"<div><h3>Training</h3><table class="kv" id="training-facts">"#);
     row(out, "base model", &t.base_model);
     row(out, "loss", &t.loss);
-    row(out, "batch size", match t.mini_batch_size {
-        Some(m) => format!("{} (GradCache, mini-batches of {m})", t.batch_size),
-        None => t.batch_size.to_string(),
-    });
+    row(
+        out,
+        "batch size",
+        match t.mini_batch_size {
+            Some(m) => format!("{} (GradCache, mini-batches of {m})", t.batch_size),
+            None => t.batch_size.to_string(),
+        },
+    );
     row(out, "epochs", t.epochs);
     row(out, "steps", t.steps);
-    row(out, "learning rate", format!("{:e}, warm-up {:.0}% of the steps, weight decay {}", t.learning_rate, t.warmup_ratio * 100.0, t.weight_decay));
+    row(
+        out,
+        "learning rate",
+        format!("{:e}, warm-up {:.0}% of the steps, weight decay {}", t.learning_rate, t.warmup_ratio * 100.0, t.weight_decay),
+    );
     row(out, "evaluation", format!("every {} steps on {}", t.evaluation_steps, t.metric));
-    row(out, "kept checkpoint", match t.best_step {
-        Some(s) => format!("step {s}"),
-        None => "the base model (no checkpoint beat it)".into(),
-    });
+    row(
+        out,
+        "kept checkpoint",
+        match t.best_step {
+            Some(s) => format!("step {s}"),
+            None => "the base model (no checkpoint beat it)".into(),
+        },
+    );
     row(out, "precision", &t.precision);
     row(out, "device", &t.device);
     row(out, "wall time", duration(t.seconds));
@@ -351,7 +364,9 @@ pub fn render(report: &RunReport) -> String {
         None => "neutral",
     };
     let text = if v.text.is_empty() { "One model was evaluated; there is nothing to compare it with.".to_string() } else { v.text };
-    let _ = write!(out, r##"<header><p class="kicker">embedfleet report</p><h1>{}</h1><p id="verdict" class="verdict {class}">{}</p><nav><a href="#headline">headline</a><a href="#comparison">every metric</a>{}{}<a href="#facts">dataset and training</a><a href="#questions">the questions</a></nav></header>"##,
+    let _ = write!(
+        out,
+        r##"<header><p class="kicker">embedfleet report</p><h1>{}</h1><p id="verdict" class="verdict {class}">{}</p><nav><a href="#headline">headline</a><a href="#comparison">every metric</a>{}{}<a href="#facts">dataset and training</a><a href="#questions">the questions</a></nav></header>"##,
         escape(title),
         escape(&text),
         if scored_dims(&report.models).is_empty() { "" } else { r##"<a href="#dims">by dimension</a>"## },

@@ -15,8 +15,7 @@ pub mod write;
 
 pub use card::{ModelCard, ModelFacts};
 pub use data::{
-    DimResult,
-    DatasetFacts, HitRate, LlmFacts, LogRow, ModelResult, QuestionResult, Retrieved, RunReport, TrainingCurve, TrainingFacts,
+    DatasetFacts, DimResult, HitRate, LlmFacts, LogRow, ModelResult, QuestionResult, Retrieved, RunReport, TrainingCurve, TrainingFacts,
 };
 pub use write::{ReportError, write_local_report};
 

@@ -168,11 +168,7 @@ mod tests {
 
     #[test]
     fn the_middle_model_is_shown_but_the_last_decides() {
-        let r = report(vec![
-            model("base", &[("a", Some(2))]),
-            model("other", &[("a", Some(9))]),
-            model("tuned", &[("a", Some(1))]),
-        ]);
+        let r = report(vec![model("base", &[("a", Some(2))]), model("other", &[("a", Some(9))]), model("tuned", &[("a", Some(1))])]);
         let c = changes(&r);
         assert_eq!(c.improved.len(), 1);
         assert_eq!(c.improved[0].ranks, [Some(2), Some(9), Some(1)]);
@@ -199,8 +195,16 @@ mod tests {
     #[test]
     fn a_continuation_chunk_loses_its_partial_first_word() {
         assert_eq!(passage_snippet("d0123456789ab-0003", "tus: firing, labels", 50), "…firing, labels");
-        assert_eq!(passage_snippet("d0123456789ab-0000", "tus: firing, labels", 50), "tus: firing, labels", "a first chunk starts its document");
-        assert_eq!(passage_snippet("d0123456789ab-0002", "\"firing\" now", 50), "\"firing\" now", "it starts at punctuation, not inside a word");
+        assert_eq!(
+            passage_snippet("d0123456789ab-0000", "tus: firing, labels", 50),
+            "tus: firing, labels",
+            "a first chunk starts its document"
+        );
+        assert_eq!(
+            passage_snippet("d0123456789ab-0002", "\"firing\" now", 50),
+            "\"firing\" now",
+            "it starts at punctuation, not inside a word"
+        );
         assert_eq!(passage_snippet("llama-index-uuid", "tus: firing", 50), "tus: firing", "ids without a chunk number are left alone");
         assert_eq!(passage_snippet("d0123456789ab-0001", "éé fin", 50), "…fin");
     }

@@ -15,7 +15,10 @@ pub struct Verdict {
 pub fn verdict_of(base: (&str, f64), candidate: (&str, f64)) -> Verdict {
     let ((base_name, b), (name, f)) = (base, candidate);
     if f > b {
-        Verdict { text: format!("{name} is better than {base_name}: {PRIMARY_METRIC} {f:.4} vs {b:.4} ({:+.4}).", f - b), improved: Some(true) }
+        Verdict {
+            text: format!("{name} is better than {base_name}: {PRIMARY_METRIC} {f:.4} vs {b:.4} ({:+.4}).", f - b),
+            improved: Some(true),
+        }
     } else {
         Verdict {
             text: format!(

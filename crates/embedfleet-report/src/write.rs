@@ -91,9 +91,7 @@ impl ModelFacts {
             dimension: pooling["word_embedding_dimension"].as_i64().unwrap_or(0),
             max_seq_length: sentence_bert["max_seq_length"].as_u64().unwrap_or(0) as usize,
             pooling: mode.to_owned(),
-            normalize: modules
-                .as_array()
-                .is_some_and(|m| m.iter().any(|e| e["type"].as_str().is_some_and(|t| t.ends_with("Normalize")))),
+            normalize: modules.as_array().is_some_and(|m| m.iter().any(|e| e["type"].as_str().is_some_and(|t| t.ends_with("Normalize")))),
         }
     }
 

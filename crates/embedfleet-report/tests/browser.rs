@@ -62,12 +62,14 @@ fn the_report_page_holds_the_numbers_and_reads_in_a_real_browser() {
             assert_eq!(cell[2], Value::from(format!("{value:.4}")), "{column} of {} as shown", model.name);
         }
     }
-    let delta = chrome.eval("document.querySelector('#headline-table tr[data-model=finetuned] td[data-metric=\"NDCG@10\"] .delta').className");
+    let delta =
+        chrome.eval("document.querySelector('#headline-table tr[data-model=finetuned] td[data-metric=\"NDCG@10\"] .delta').className");
     assert_eq!(delta, Value::from("delta up"), "an improvement is marked as one");
 
     // The questions behind the numbers, in the order the report's data ranks them.
     let expected = changes(&report);
-    let shown: Vec<String> = expected.improved.iter().take(25).chain(expected.worse.iter().take(25)).map(|c| c.query_id.to_owned()).collect();
+    let shown: Vec<String> =
+        expected.improved.iter().take(25).chain(expected.worse.iter().take(25)).map(|c| c.query_id.to_owned()).collect();
     let ids = chrome.eval("Array.from(document.querySelectorAll('#questions article.q')).map(a => a.dataset.query)");
     assert_eq!(ids, serde_json::json!(shown));
     assert!(!expected.improved.is_empty() && !expected.worse.is_empty());
@@ -98,13 +100,20 @@ fn the_report_page_holds_the_numbers_and_reads_in_a_real_browser() {
     ));
     assert_eq!(chrome.eval(visible), Value::from(1), "filtering by a whole question leaves its card");
     chrome.eval("(() => { const r = document.querySelector('input[name=q-kind][value=worse]'); r.checked = true; r.dispatchEvent(new Event('change')); const i = document.getElementById('q-filter'); i.value = ''; i.dispatchEvent(new Event('input')); return true; })()");
-    assert_eq!(chrome.eval(visible), Value::from(expected.worse.len().min(25)), "the kind filter shows the worse ones (filter word was {needle})");
+    assert_eq!(
+        chrome.eval(visible),
+        Value::from(expected.worse.len().min(25)),
+        "the kind filter shows the worse ones (filter word was {needle})"
+    );
     assert_eq!(chrome.eval("document.getElementById('improved').hidden"), Value::from(true));
 
     // Nothing wider than the window at 1280 px.
     let overflow = chrome.eval(OVERFLOW);
     assert_eq!(overflow["client"], Value::from(1280));
-    assert!(overflow["scroll"].as_u64().unwrap() <= 1280 && overflow["wide"].as_array().unwrap().is_empty(), "horizontal overflow: {overflow}");
+    assert!(
+        overflow["scroll"].as_u64().unwrap() <= 1280 && overflow["wide"].as_array().unwrap().is_empty(),
+        "horizontal overflow: {overflow}"
+    );
     let png = chrome.screenshot();
     assert_eq!(png_width(&png), 1280);
     let out = screenshot_dir(dir.path());

@@ -43,7 +43,10 @@ fn the_card_front_matter_is_yaml_with_the_evaluation() {
     // The body: every metric base against fine-tuned, training, usage, no placeholder links.
     assert!(text.contains("| Cosine NDCG@10 | 0.8310 | 0.8920 | +0.0610 |"), "{text}");
     assert!(text.contains("[sentence-transformers/all-MiniLM-L6-v2](https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2)"));
-    assert!(text.contains("SentenceTransformer(\"out/model\")") && text.contains("SentenceTransformerEmbeddingFunction(model_name=\"out/model\")"));
+    assert!(
+        text.contains("SentenceTransformer(\"out/model\")")
+            && text.contains("SentenceTransformerEmbeddingFunction(model_name=\"out/model\")")
+    );
     assert!(text.contains("- Training time: 1 min 21 s (11.4 pairs/s)") && text.contains("- Device: cpu (2 threads), precision fp32"));
     for link in text.split("](").skip(1) {
         let url = link.split(')').next().unwrap();

@@ -171,7 +171,12 @@ fn the_dimension_chart_labels_every_point_apart() {
 fn curve(steps: usize, evals: &[(u64, f64)], best: Option<u64>) -> TrainingCurve {
     TrainingCurve {
         log: (1..=steps)
-            .map(|s| LogRow { step: s, epoch: 0, loss: 1.0 / (1.0 + s as f64 / 10.0) + ((s * 31) % 7) as f64 / 20.0, lr: 2e-5 * (1.0 - s as f64 / (steps + 1) as f64) })
+            .map(|s| LogRow {
+                step: s,
+                epoch: 0,
+                loss: 1.0 / (1.0 + s as f64 / 10.0) + ((s * 31) % 7) as f64 / 20.0,
+                lr: 2e-5 * (1.0 - s as f64 / (steps + 1) as f64),
+            })
             .collect(),
         evaluations: evals.to_vec(),
         metric: "cosine-NDCG@10".into(),
@@ -185,7 +190,10 @@ fn the_training_chart_keeps_labels_apart() {
         ("the demo's run", curve(48, &[(0, 0.8673), (48, 0.9331)], Some(48))),
         ("best in the middle", curve(120, &[(0, 0.80), (50, 0.86), (100, 0.87), (120, 0.85)], Some(100))),
         ("nothing beat the base", curve(60, &[(0, 0.90), (50, 0.88), (60, 0.89)], None)),
-        ("the best is the first checkpoint", curve(300, &[(0, 0.5), (50, 0.91), (100, 0.90), (150, 0.89), (200, 0.88), (250, 0.80), (300, 0.70)], Some(50))),
+        (
+            "the best is the first checkpoint",
+            curve(300, &[(0, 0.5), (50, 0.91), (100, 0.90), (150, 0.89), (200, 0.88), (250, 0.80), (300, 0.70)], Some(50)),
+        ),
         ("a flat metric", curve(20, &[(0, 0.5), (10, 0.5), (20, 0.5)], None)),
         ("three steps", curve(3, &[(0, 0.4), (3, 0.6)], Some(3))),
         ("a long run", curve(25_000, &(0..=50).map(|i| (i * 500, 0.7 + i as f64 * 0.004)).collect::<Vec<_>>(), Some(25_000))),
@@ -199,7 +207,12 @@ fn the_training_chart_keeps_labels_apart() {
         assert_eq!(p.ticks.first().map(String::as_str), Some("0"), "{name}: the axis starts at step 0");
         assert!(p.ticks.iter().all(|t| t.parse::<u64>().is_ok()), "{name}: step ticks are integers: {:?}", p.ticks);
     }
-    let only_evals = TrainingCurve { evaluations: vec![(0, 0.5), (10, 0.6)], metric: "cosine-NDCG@10".into(), best_step: Some(10), ..Default::default() };
+    let only_evals = TrainingCurve {
+        evaluations: vec![(0, 0.5), (10, 0.6)],
+        metric: "cosine-NDCG@10".into(),
+        best_step: Some(10),
+        ..Default::default()
+    };
     assert_readable("evaluations without a log", &training_chart(&only_evals).unwrap());
     assert!(training_chart(&TrainingCurve::default()).is_none());
 }

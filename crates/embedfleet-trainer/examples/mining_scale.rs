@@ -36,7 +36,16 @@ fn main() {
     let query_ids: Vec<String> = (0..questions).map(|i| format!("{}-q{i}", corpus_ids[positives[i][0]])).collect();
     let before = peak_rss_mib();
     let started = Instant::now();
-    let settings = MineSettings { negatives: 5, range_min: 0, range_max: 50, relative_margin: 0.05, sampling: Sampling::Top, seed: 42, query_prompt: None, inverse_cloze: false };
+    let settings = MineSettings {
+        negatives: 5,
+        range_min: 0,
+        range_max: 50,
+        relative_margin: 0.05,
+        sampling: Sampling::Top,
+        seed: 42,
+        query_prompt: None,
+        inverse_cloze: false,
+    };
     let (negatives, report) = mine_embeddings(
         &query_ids.iter().map(String::as_str).collect::<Vec<_>>(),
         &queries,

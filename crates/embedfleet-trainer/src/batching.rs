@@ -155,7 +155,11 @@ mod tests {
                 assert_eq!(positives.len(), b.len(), "a chunk twice as a positive");
                 for &i in b {
                     for n in &negatives[i] {
-                        assert!(!positives.contains(n.chunk_id.as_str()), "epoch {epoch}: {} is a negative and a positive in {b:?}", n.chunk_id);
+                        assert!(
+                            !positives.contains(n.chunk_id.as_str()),
+                            "epoch {epoch}: {} is a negative and a positive in {b:?}",
+                            n.chunk_id
+                        );
                     }
                 }
             }
@@ -171,10 +175,7 @@ mod tests {
         let pairs = pairs(3, 1);
         let neg = |c: &str| Negative { chunk_id: c.into(), text: format!("neg {c}") };
         let negatives = vec![vec![neg("x"), neg("y")], vec![], vec![neg("z")]];
-        assert_eq!(
-            candidates(&pairs, &negatives, &[2, 0, 1]),
-            ["passage 2", "passage 0", "passage 1", "neg z", "neg x", "neg y"]
-        );
+        assert_eq!(candidates(&pairs, &negatives, &[2, 0, 1]), ["passage 2", "passage 0", "passage 1", "neg z", "neg x", "neg y"]);
         assert_eq!(candidates(&pairs, &[], &[1, 0]), ["passage 1", "passage 0"]);
     }
 

@@ -12,7 +12,7 @@ pub mod train;
 pub mod worker;
 
 pub use batching::TrainPair;
+pub use checkpoint::LogRow;
 pub use loss::{MnrlLoss, TrainingLoss};
 pub use optim::AdamWConfig;
-pub use checkpoint::LogRow;
 pub use train::{HookError, NoHooks, TrainConfig, TrainError, TrainHooks, TrainJob, TrainOutcome, train, train_with_hooks};

@@ -35,8 +35,7 @@ impl MnrlLoss {
         }
         // Passages to questions: only the positives have a question of their own
         // (sentence-transformers' "doc_to_query" direction, averaged per direction).
-        let backward =
-            scores.narrow(1, 0, n).transpose(0, 1).cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
+        let backward = scores.narrow(1, 0, n).transpose(0, 1).cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
         (forward + backward) / 2.0
     }
 }

@@ -1,7 +1,7 @@
 use clap::Parser;
+use embedfleet_bus::Stage;
 use embedfleet_bus::runtime::{WorkerArgs, init_logging, shutdown_signal, start};
 use embedfleet_bus::worker::{WorkerConfig, run_worker};
-use embedfleet_bus::Stage;
 use embedfleet_core::StoreOptions;
 use embedfleet_model::RuntimeArgs;
 use embedfleet_trainer::worker::TrainWorker;
@@ -32,7 +32,11 @@ async fn main() -> anyhow::Result<()> {
     let handler = Arc::new(TrainWorker {
         bus: started.bus.clone(),
         store: started.store.clone(),
-        store_options: StoreOptions { endpoint: args.worker.s3_endpoint.clone(), region: args.worker.s3_region.clone(), ..Default::default() },
+        store_options: StoreOptions {
+            endpoint: args.worker.s3_endpoint.clone(),
+            region: args.worker.s3_region.clone(),
+            ..Default::default()
+        },
         device: options.device,
         precision: options.precision,
         work_dir: args.work_dir,

@@ -10,8 +10,8 @@
 //! the two mine comparable sets; the same-document rule is embedfleet's.
 
 use embedfleet_core::config::{MiningConfig, Sampling, TrainConfig};
-use embedfleet_core::inverse_cloze::cut_questions_from_positives;
 use embedfleet_core::ids::derive_seed;
+use embedfleet_core::inverse_cloze::cut_questions_from_positives;
 use embedfleet_core::{ChunkId, DocId, HardNegatives, QaDataset};
 use embedfleet_evaluator::rank::{Blocks, ScoreFunction, top_k};
 use embedfleet_model::SentenceEncoder;
@@ -59,7 +59,11 @@ impl MineSettings {
 
     /// For training with `config`: its mining flags, its query prompt, and its passages.
     pub fn for_training(config: &TrainConfig, negatives: usize) -> Self {
-        Self { query_prompt: config.prompt.query_prompt.clone(), inverse_cloze: config.cloze.inverse_cloze, ..Self::new(&config.mining, negatives) }
+        Self {
+            query_prompt: config.prompt.query_prompt.clone(),
+            inverse_cloze: config.cloze.inverse_cloze,
+            ..Self::new(&config.mining, negatives)
+        }
     }
 
     pub fn with_query_prompt(mut self, setting: Option<&str>) -> Self {
@@ -185,9 +189,16 @@ impl<'a> Problem<'a> {
     fn new(dataset: &'a QaDataset) -> Self {
         let corpus_ids: Vec<&str> = dataset.corpus.keys().map(String::as_str).collect();
         let index: HashMap<&str, usize> = corpus_ids.iter().enumerate().map(|(i, c)| (*c, i)).collect();
-        let mut p = Problem { query_ids: Vec::new(), queries: Vec::new(), positives: Vec::new(), corpus_ids, corpus: dataset.corpus.values().map(String::as_str).collect() };
+        let mut p = Problem {
+            query_ids: Vec::new(),
+            queries: Vec::new(),
+            positives: Vec::new(),
+            corpus_ids,
+            corpus: dataset.corpus.values().map(String::as_str).collect(),
+        };
         for (qid, text) in &dataset.queries {
-            let positives: Vec<usize> = dataset.relevant_docs.get(qid).into_iter().flatten().filter_map(|c| index.get(c.as_str()).copied()).collect();
+            let positives: Vec<usize> =
+                dataset.relevant_docs.get(qid).into_iter().flatten().filter_map(|c| index.get(c.as_str()).copied()).collect();
             if !positives.is_empty() {
                 p.query_ids.push(qid.as_str());
                 p.queries.push(text.as_str());
@@ -200,7 +211,12 @@ impl<'a> Problem<'a> {
 
 /// Embeds the training set with `model` (each passage as [`MineSettings::inverse_cloze`] says) and
 /// mines; the negatives come back in query order.
-pub fn mine(model: &SentenceEncoder, dataset: &QaDataset, settings: &MineSettings, batch_size: usize) -> Result<(HardNegatives, MiningReport), embedfleet_model::ModelError> {
+pub fn mine(
+    model: &SentenceEncoder,
+    dataset: &QaDataset,
+    settings: &MineSettings,
+    batch_size: usize,
+) -> Result<(HardNegatives, MiningReport), embedfleet_model::ModelError> {
     let problem = Problem::new(dataset);
     let started = Instant::now();
     let prompt = model.query_prompt(settings.query_prompt.as_deref());
@@ -213,7 +229,16 @@ pub fn mine(model: &SentenceEncoder, dataset: &QaDataset, settings: &MineSetting
     };
     let corpus = model.encode(&passages, batch_size, None)?;
     let embed_seconds = started.elapsed().as_secs_f64();
-    let (negatives, mut report) = mine_embeddings(&problem.query_ids, &queries, &problem.positives, &problem.corpus_ids, &problem.corpus, &corpus, settings, Blocks::default());
+    let (negatives, mut report) = mine_embeddings(
+        &problem.query_ids,
+        &queries,
+        &problem.positives,
+        &problem.corpus_ids,
+        &problem.corpus,
+        &corpus,
+        settings,
+        Blocks::default(),
+    );
     report.embed_seconds = embed_seconds;
     report.cut_from_passages = cut.map_or(0, |(_, cuts)| cuts.cut);
     Ok((negatives, report))
@@ -327,7 +352,16 @@ mod tests {
     use rand::Rng;
 
     fn settings(negatives: usize) -> MineSettings {
-        MineSettings { negatives, range_min: 0, range_max: 10, relative_margin: 0.05, sampling: Sampling::Top, seed: 7, query_prompt: None, inverse_cloze: false }
+        MineSettings {
+            negatives,
+            range_min: 0,
+            range_max: 10,
+            relative_margin: 0.05,
+            sampling: Sampling::Top,
+            seed: 7,
+            query_prompt: None,
+            inverse_cloze: false,
+        }
     }
 
     #[test]
@@ -479,8 +513,11 @@ mod tests {
         let mut texts: Vec<String> = cids.iter().map(|c| format!("text of {c}")).collect();
         // Chunk 9 (another document) has chunk 0's text.
         texts[9] = texts[0].clone();
-        let (qr, cr, tr): (Vec<&str>, Vec<&str>, Vec<&str>) =
-            (qids.iter().map(String::as_str).collect(), cids.iter().map(String::as_str).collect(), texts.iter().map(String::as_str).collect());
+        let (qr, cr, tr): (Vec<&str>, Vec<&str>, Vec<&str>) = (
+            qids.iter().map(String::as_str).collect(),
+            cids.iter().map(String::as_str).collect(),
+            texts.iter().map(String::as_str).collect(),
+        );
         let s = MineSettings { relative_margin: 0.0, negatives: 9, ..settings(9) };
         let (mined, report) = mine_embeddings(&qr, &q, &pos, &cr, &tr, &c, &s, Blocks::default());
         assert!(!mined.0[qids[0].as_str()].contains(&cids[9]));

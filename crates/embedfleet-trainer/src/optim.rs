@@ -156,7 +156,10 @@ mod tests {
     fn one_adamw_step_matches_the_formula() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
         let b = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
-        let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone()), ("dense.bias".into(), b.shallow_clone())], AdamWConfig { max_grad_norm: 1e9, ..Default::default() });
+        let mut opt = AdamW::new(
+            vec![("w".into(), p.shallow_clone()), ("dense.bias".into(), b.shallow_clone())],
+            AdamWConfig { max_grad_norm: 1e9, ..Default::default() },
+        );
         (p.pow_tensor_scalar(2).sum(Kind::Float) + b.sum(Kind::Float) * 3.0).backward();
         opt.step(0.1);
         // First step of Adam moves each weight by lr * sign(grad) (up to eps); w also decays.
@@ -186,7 +189,13 @@ mod tests {
         ] {
             assert!(!decays(name), "{name} is decayed");
         }
-        for name in ["layers.3.self_attn.q_proj.weight", "layers.3.mlp.gate_proj.weight", "embed_tokens.weight", "layers.0.attn.Wqkv.weight", "normalizer.weight"] {
+        for name in [
+            "layers.3.self_attn.q_proj.weight",
+            "layers.3.mlp.gate_proj.weight",
+            "embed_tokens.weight",
+            "layers.0.attn.Wqkv.weight",
+            "normalizer.weight",
+        ] {
             assert!(decays(name), "{name} is not decayed");
         }
     }

@@ -66,11 +66,7 @@ impl TrainJob {
     }
 
     pub fn optim(&self) -> AdamWConfig {
-        AdamWConfig {
-            weight_decay: self.config.weight_decay,
-            max_grad_norm: self.config.max_grad_norm,
-            ..Default::default()
-        }
+        AdamWConfig { weight_decay: self.config.weight_decay, max_grad_norm: self.config.max_grad_norm, ..Default::default() }
     }
 }
 
@@ -107,7 +103,9 @@ pub enum TrainError {
     NoCheckpoint(PathBuf),
     #[error("--resume: the checkpoint was written with other settings ({0}); resume with the same settings")]
     ResumeMismatch(String),
-    #[error("out of memory at step {step} ({detail}); lower --batch-size, or set --mini-batch-size (GradCache) to keep the batch and bound memory")]
+    #[error(
+        "out of memory at step {step} ({detail}); lower --batch-size, or set --mini-batch-size (GradCache) to keep the batch and bound memory"
+    )]
     OutOfMemory { step: usize, detail: String },
     #[error("training failed at step {step}: {detail}")]
     Step { step: usize, detail: String },
@@ -213,7 +211,10 @@ pub fn train_with_hooks(
     let (pairs, negatives, cloze_cuts) = training_pairs(train_set, job)?;
     let learning_rate = config.learning_rate_for(&cloze_cuts);
     if config.learning_rate.is_none() && cloze_cuts.questions_are_spans() {
-        tracing::info!(learning_rate, "most questions are spans of their passages: training at the rate for spans (pass --learning-rate to choose)");
+        tracing::info!(
+            learning_rate,
+            "most questions are spans of their passages: training at the rate for spans (pass --learning-rate to choose)"
+        );
     }
     if pairs.len() < config.batch_size {
         return Err(TrainError::TooFewPairs { pairs: pairs.len(), batch: config.batch_size });
@@ -222,9 +223,8 @@ pub fn train_with_hooks(
         return Err(TrainError::NoCheckpoint(output.to_owned()));
     }
     prepare_output(output, resume, overwrite)?;
-    let batches_per_epoch: Vec<Vec<Vec<usize>>> = (0..config.epochs)
-        .map(|e| epoch_batches_with_negatives(&pairs, &negatives, config.batch_size, config.train_seed, e))
-        .collect();
+    let batches_per_epoch: Vec<Vec<Vec<usize>>> =
+        (0..config.epochs).map(|e| epoch_batches_with_negatives(&pairs, &negatives, config.batch_size, config.train_seed, e)).collect();
     let total_steps: usize = batches_per_epoch.iter().map(Vec::len).sum();
     let evaluation_points = evaluation_points(&batches_per_epoch, config.evaluation_steps);
     let warmup = (total_steps as f64 * config.warmup_ratio).ceil() as usize;
@@ -271,13 +271,25 @@ pub fn train_with_hooks(
     let started = std::cell::Cell::new(Instant::now());
     let facts = |model: &SentenceEncoder, steps: usize, trained_pairs: usize, best_step: Option<usize>| {
         let seconds = started.get().elapsed().as_secs_f64();
-        training_facts(job, model, query_prompt.as_deref(), pairs.len(), cloze_cuts.cut, learning_rate, steps, seconds, trained_pairs as f64 / seconds.max(1e-9), best_step)
+        training_facts(
+            job,
+            model,
+            query_prompt.as_deref(),
+            pairs.len(),
+            cloze_cuts.cut,
+            learning_rate,
+            steps,
+            seconds,
+            trained_pairs as f64 / seconds.max(1e-9),
+            best_step,
+        )
     };
     let card = |evals: &[EvalRow], best_step: Option<usize>, facts: TrainingFacts| {
         model_card(job, pairs.len(), output, val, evals, best_step, facts)
     };
     // Steps are numbered across epochs, so the batches trained in this process are a contiguous run.
-    let trained_pairs = |from: usize, to: usize| -> usize { batches_per_epoch.iter().flatten().skip(from).take(to - from).map(Vec::len).sum() };
+    let trained_pairs =
+        |from: usize, to: usize| -> usize { batches_per_epoch.iter().flatten().skip(from).take(to - from).map(Vec::len).sum() };
 
     if resume {
         let dir = latest(output).ok_or_else(|| TrainError::NoCheckpoint(output.to_owned()))?;
@@ -561,7 +573,10 @@ fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPai
             let Some(passage) = train_set.corpus.get(cid) else { continue };
             pairs.push(TrainPair { chunk_id: cid.clone(), question: question.clone(), passage: passage.clone() });
             if let Some(mined) = mined {
-                let negs = mined.of(qid, wanted).iter().filter_map(|c| Some(Negative { chunk_id: c.clone(), text: train_set.corpus.get(c)?.clone() }));
+                let negs = mined
+                    .of(qid, wanted)
+                    .iter()
+                    .filter_map(|c| Some(Negative { chunk_id: c.clone(), text: train_set.corpus.get(c)?.clone() }));
                 negatives.push(negs.collect());
             }
         }
@@ -738,8 +753,8 @@ fn save_checkpoint(model: &SentenceEncoder, optimizer: &AdamW, output: &Path, st
 
 fn load_checkpoint(model: &mut SentenceEncoder, optimizer: &mut AdamW, dir: &Path) -> Result<TrainState, TrainError> {
     let bad = |detail: String| TrainError::BadCheckpoint { path: dir.to_owned(), detail };
-    let state: TrainState = serde_json::from_slice(&std::fs::read(dir.join("state.json")).map_err(|e| bad(e.to_string()))?)
-        .map_err(|e| bad(e.to_string()))?;
+    let state: TrainState =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
     let weights = Tensor::read_safetensors(dir.join("model.safetensors")).map_err(|e| bad(e.to_string()))?;
     {
         let _guard = tch::no_grad_guard();

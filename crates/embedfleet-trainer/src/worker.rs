@@ -20,10 +20,14 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
-static LOSS: LazyLock<Gauge> = LazyLock::new(|| register_gauge!("embedfleet_trainer_loss", "Training loss of the last step").expect("registers once"));
-static LR: LazyLock<Gauge> = LazyLock::new(|| register_gauge!("embedfleet_trainer_learning_rate", "Learning rate of the last step").expect("registers once"));
-static STEPS: LazyLock<IntCounter> = LazyLock::new(|| register_int_counter!("embedfleet_trainer_steps_total", "Optimisation steps").expect("registers once"));
-static STEPS_PER_S: LazyLock<Gauge> = LazyLock::new(|| register_gauge!("embedfleet_trainer_steps_per_second", "Recent training speed").expect("registers once"));
+static LOSS: LazyLock<Gauge> =
+    LazyLock::new(|| register_gauge!("embedfleet_trainer_loss", "Training loss of the last step").expect("registers once"));
+static LR: LazyLock<Gauge> =
+    LazyLock::new(|| register_gauge!("embedfleet_trainer_learning_rate", "Learning rate of the last step").expect("registers once"));
+static STEPS: LazyLock<IntCounter> =
+    LazyLock::new(|| register_int_counter!("embedfleet_trainer_steps_total", "Optimisation steps").expect("registers once"));
+static STEPS_PER_S: LazyLock<Gauge> =
+    LazyLock::new(|| register_gauge!("embedfleet_trainer_steps_per_second", "Recent training speed").expect("registers once"));
 
 pub struct TrainWorker {
     pub bus: Bus,
@@ -230,7 +234,9 @@ impl TaskHandler for TrainWorker {
         let key = embedfleet_report::fleet::training_key(&layout::run(&run_id));
         self.store.put(&key, serde_json::to_vec(&training).expect("serializes")).await?;
         let checkpoints = outcome.evaluation_points.iter().map(|&s| layout::label(s as u64)).collect();
-        self.bus.publish(Stage::Coordinate, &Message::TrainDone { run_id: run_id.clone(), steps: outcome.steps as u64, checkpoints }).await?;
+        self.bus
+            .publish(Stage::Coordinate, &Message::TrainDone { run_id: run_id.clone(), steps: outcome.steps as u64, checkpoints })
+            .await?;
         let _ = std::fs::remove_dir_all(self.work_dir.join(run_id.as_str()));
         Ok(())
     }

@@ -85,12 +85,10 @@ fn first_step_and_a_few_more(name: &str, lr: f64) {
 /// Four steps on the fixture's batch in `precision`: the first loss is sentence-transformers' (fp32)
 /// within `tolerance`, the fourth is lower, and nearly every tensor moved.
 fn first_steps(name: &str, lr: f64, precision: Precision, tolerance: f64) {
-    let fx: Fixture =
-        serde_json::from_slice(&std::fs::read(fixtures().join(format!("{name}_reference.json"))).unwrap()).unwrap();
+    let fx: Fixture = serde_json::from_slice(&std::fs::read(fixtures().join(format!("{name}_reference.json"))).unwrap()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let model = SentenceEncoder::load(&without_dropout(name, tmp.path()), LoadOptions { precision, ..Default::default() }).unwrap();
-    let before: Vec<(String, Tensor)> =
-        model.var_store().variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
+    let before: Vec<(String, Tensor)> = model.var_store().variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
     let named: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
     let mut optimizer = AdamW::new(named, AdamWConfig::default());
 
@@ -157,8 +155,7 @@ fn mnrl_dataset(mnrl: &Mnrl) -> QaDataset {
 
 /// The first logged loss of `embedfleet finetune`'s loop with `config` on the fixture's batch.
 fn first_training_loss(name: &str, config: TrainConfig) -> f64 {
-    let fx: Fixture =
-        serde_json::from_slice(&std::fs::read(fixtures().join(format!("{name}_reference.json"))).unwrap()).unwrap();
+    let fx: Fixture = serde_json::from_slice(&std::fs::read(fixtures().join(format!("{name}_reference.json"))).unwrap()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut model = SentenceEncoder::load(&without_dropout(name, tmp.path()), LoadOptions::default()).unwrap();
     let config = TrainConfig { epochs: 1, batch_size: fx.mnrl.anchors.len(), evaluation_steps: 0, ..config };
@@ -181,6 +178,9 @@ fn qwen3_trains_with_its_query_prompt_as_sentence_transformers() {
         assert!((loss - expected).abs() <= 1e-4, "mini-batch {mini:?}: {loss} vs sentence-transformers {expected}");
     }
     // --query-prompt none trains on the bare questions, as the trainer without prompts.
-    let bare = first_training_loss("qwen3", TrainConfig { prompt: embedfleet_core::QueryPrompt { query_prompt: Some("none".into()) }, ..Default::default() });
+    let bare = first_training_loss(
+        "qwen3",
+        TrainConfig { prompt: embedfleet_core::QueryPrompt { query_prompt: Some("none".into()) }, ..Default::default() },
+    );
     assert!((bare - fx.mnrl.loss).abs() <= 1e-4, "without the prompt: {bare} vs sentence-transformers {}", fx.mnrl.loss);
 }

@@ -3,8 +3,8 @@
 //! mining picks the negatives `mine_hard_negatives` picks, and the first step's MNRL loss with
 //! negative columns, plain and under GradCache, is the reference's.
 
-use embedfleet_core::config::Sampling;
 use embedfleet_core::QaDataset;
+use embedfleet_core::config::Sampling;
 use embedfleet_trainer::MnrlLoss;
 use embedfleet_trainer::mining::{MineSettings, mine};
 use embedfleet_trainer::train::cached_step;
@@ -102,15 +102,31 @@ fn mining_on_cut_passages_measures_the_margin_against_the_positive_training_uses
     // closer to the question than the answer is, and the guard drops it.
     let span = "the retention policy deletes old segments after thirty days.";
     let mut d = QaDataset::new();
-    d.corpus.insert("d00000000000a-0000".into(), format!("Backups are written to the bucket every night at two. Then {span} Restores need the admin role."));
+    d.corpus.insert(
+        "d00000000000a-0000".into(),
+        format!("Backups are written to the bucket every night at two. Then {span} Restores need the admin role."),
+    );
     d.corpus.insert("d00000000000b-0000".into(), "Deleting a segment frees its disk space.".into());
-    for (i, filler) in ["The dashboard shows query latency per node.", "Install the agent with the package manager.", "Tokens expire after one hour."].iter().enumerate() {
+    for (i, filler) in
+        ["The dashboard shows query latency per node.", "Install the agent with the package manager.", "Tokens expire after one hour."]
+            .iter()
+            .enumerate()
+    {
         d.corpus.insert(format!("d00000000000{}-0000", ["c", "d", "e"][i]), (*filler).into());
     }
     d.queries.insert("q0".into(), span.into());
     d.relevant_docs.insert("q0".into(), vec!["d00000000000a-0000".into()]);
     let model = SentenceEncoder::load(&minilm(), LoadOptions::default()).unwrap();
-    let settings = MineSettings { negatives: 1, range_min: 0, range_max: 4, relative_margin: 0.05, sampling: Sampling::Top, seed: 42, query_prompt: None, inverse_cloze: false };
+    let settings = MineSettings {
+        negatives: 1,
+        range_min: 0,
+        range_max: 4,
+        relative_margin: 0.05,
+        sampling: Sampling::Top,
+        seed: 42,
+        query_prompt: None,
+        inverse_cloze: false,
+    };
     let (whole, whole_report) = mine(&model, &d, &settings, 32).unwrap();
     let (cut, cut_report) = mine(&model, &d, &MineSettings { inverse_cloze: true, ..settings }, 32).unwrap();
     eprintln!("whole passages: {:?} {whole_report:?}\ncut passages: {:?} {cut_report:?}", whole.0["q0"], cut.0["q0"]);
@@ -126,8 +142,7 @@ fn first_step_loss_with_hard_negatives_is_sentence_transformers() {
     let model = minilm_without_dropout(tmp.path());
     let anchors: Vec<&str> = fx.anchors.iter().map(String::as_str).collect();
     // Positives, then negative column 1, then column 2: sentence-transformers' candidate order.
-    let candidates: Vec<&str> =
-        fx.positives.iter().chain(fx.negatives.iter().flatten()).map(String::as_str).collect();
+    let candidates: Vec<&str> = fx.positives.iter().chain(fx.negatives.iter().flatten()).map(String::as_str).collect();
     let loss_fn = MnrlLoss { scale: fx.scale, symmetric: false };
 
     let q = model.forward(&model.tokenizer().batch(&anchors, model.device()).unwrap(), true);

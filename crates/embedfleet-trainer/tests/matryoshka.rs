@@ -72,7 +72,8 @@ fn first_step_matryoshka_loss_is_sentence_transformers() {
     let candidates: Vec<&str> = cols.positives.iter().chain(cols.negatives.iter().flatten()).map(String::as_str).collect();
     // Given in an order of our own: the loss sorts them, as MatryoshkaLoss does.
     let config = embedfleet_core::TrainConfig { matryoshka_dims: vec![64, 384, 128, 256], ..Default::default() };
-    let loss_fn = TrainingLoss { mnrl: MnrlLoss { scale: fx.loss.scale, symmetric: false }, matryoshka_dims: config.matryoshka_dims_descending() };
+    let loss_fn =
+        TrainingLoss { mnrl: MnrlLoss { scale: fx.loss.scale, symmetric: false }, matryoshka_dims: config.matryoshka_dims_descending() };
     assert_eq!(loss_fn.matryoshka_dims, fx.dims);
 
     let embed = |texts: &[&str]| model.forward(&model.tokenizer().batch(texts, model.device()).unwrap(), true);
@@ -127,7 +128,12 @@ fn truncated_evaluation_is_the_reference_evaluators() {
     }
     assert!((ours["cosine-NDCG@10"] - named_metrics(&both.metrics)["cosine-NDCG@10"]).abs() > 1e-6, "the cut changes the ranking");
     assert_eq!(vec![csv_file_name(&dim_csv_name("val", fx.truncate_dim))], fx.csv_files);
-    eprintln!("NDCG@10 at {} dimensions: {:.4} (reference {:.4})", fx.truncate_dim, ours["cosine-NDCG@10"], fx.metrics[&format!("{}_cosine_ndcg@10", fx.name)]);
+    eprintln!(
+        "NDCG@10 at {} dimensions: {:.4} (reference {:.4})",
+        fx.truncate_dim,
+        ours["cosine-NDCG@10"],
+        fx.metrics[&format!("{}_cosine_ndcg@10", fx.name)]
+    );
 
     let too_big = EvalOptions { truncate_dim: Some(385), ..Default::default() };
     let err = evaluate_model(&model, &data, &too_big).unwrap_err().to_string();

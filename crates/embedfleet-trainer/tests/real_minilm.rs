@@ -19,7 +19,10 @@ async fn minilm_fine_tunes_and_saves_a_sentence_transformers_folder() {
     let minilm = root.join(".deps/all-MiniLM-L6-v2");
     let mut model = SentenceEncoder::load(&minilm, LoadOptions::default()).unwrap();
     let before: Vec<f32> = Vec::try_from(model.encode(&["what is compaction?"], 1, None).unwrap().view([-1])).unwrap();
-    let config = TrainJob::new(TrainConfig { epochs: 1, batch_size: 4, evaluation_steps: 3, ..Default::default() }, "sentence-transformers/all-MiniLM-L6-v2");
+    let config = TrainJob::new(
+        TrainConfig { epochs: 1, batch_size: 4, evaluation_steps: 3, ..Default::default() },
+        "sentence-transformers/all-MiniLM-L6-v2",
+    );
     let dir = tempfile::tempdir().unwrap();
     let val = PreparedDataset::new(&val).unwrap();
     let outcome = tokio::task::spawn_blocking({
@@ -38,9 +41,19 @@ async fn minilm_fine_tunes_and_saves_a_sentence_transformers_folder() {
 
     // The folder Python's SentenceTransformer(path) reads.
     for file in [
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "modules.json",
-        "1_Pooling/config.json", "sentence_bert_config.json", "config_sentence_transformers.json", "README.md",
-        "training_log.csv", "training.svg", "eval/Information-Retrieval_evaluation_val_results.csv",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "README.md",
+        "training_log.csv",
+        "training.svg",
+        "eval/Information-Retrieval_evaluation_val_results.csv",
     ] {
         assert!(dir.path().join(file).exists(), "{file} missing");
     }

@@ -30,8 +30,26 @@ fn tiny(dropout: f64) -> SentenceEncoder {
 }
 
 const TOPICS: &[&str] = &[
-    "compaction", "retention", "replication", "backup", "alerting", "tokens", "queries", "ingestion", "dashboards", "tls",
-    "quotas", "clustering", "upgrades", "storage", "metrics", "webhooks", "roles", "indexes", "shards", "latency",
+    "compaction",
+    "retention",
+    "replication",
+    "backup",
+    "alerting",
+    "tokens",
+    "queries",
+    "ingestion",
+    "dashboards",
+    "tls",
+    "quotas",
+    "clustering",
+    "upgrades",
+    "storage",
+    "metrics",
+    "webhooks",
+    "roles",
+    "indexes",
+    "shards",
+    "latency",
 ];
 
 fn dataset(chunks: usize) -> QaDataset {
@@ -168,7 +186,8 @@ fn bad_setups_are_refused() {
     let d = dataset(3);
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny(0.0);
-    let err = train(&mut model, &d, None, &job(TrainConfig { batch_size: 32, ..config() }), dir.path(), false, false, &NoProgress).unwrap_err();
+    let err =
+        train(&mut model, &d, None, &job(TrainConfig { batch_size: 32, ..config() }), dir.path(), false, false, &NoProgress).unwrap_err();
     assert!(matches!(err, TrainError::TooFewPairs { pairs: 6, batch: 32 }), "{err}");
 
     let err = train(&mut model, &dataset(20), None, &job(config()), dir.path(), true, false, &NoProgress).unwrap_err();
@@ -268,7 +287,8 @@ fn hard_negatives_need_mined_negatives_of_this_dataset() {
     assert!(err.to_string().contains("--hard-negatives"), "{err}");
     // A file mined for another dataset is refused, not trained on.
     let stale = negatives_of(&dataset(20), 20);
-    let err = train(&mut model, &d, None, &job(with_negatives(2)).with_negatives(stale), dir.path(), false, false, &NoProgress).unwrap_err();
+    let err =
+        train(&mut model, &d, None, &job(with_negatives(2)).with_negatives(stale), dir.path(), false, false, &NoProgress).unwrap_err();
     assert!(matches!(err, TrainError::Negatives(_)), "{err}");
 }
 
@@ -294,7 +314,8 @@ fn matryoshka_trains_scores_each_dimension_and_says_so() {
     let last = outcome.evals.last().unwrap();
     assert_eq!(last.dims[0].metrics, last.metrics);
     for dim in [32, 16, 8] {
-        let csv = std::fs::read_to_string(dir.path().join(format!("eval/Information-Retrieval_evaluation_val_dim_{dim}_results.csv"))).unwrap();
+        let csv =
+            std::fs::read_to_string(dir.path().join(format!("eval/Information-Retrieval_evaluation_val_dim_{dim}_results.csv"))).unwrap();
         assert!(csv.starts_with("epoch,steps,cosine-Accuracy@1"), "{csv}");
         assert_eq!(csv.lines().count(), 1 + outcome.evals.len(), "a row per evaluation at {dim}:\n{csv}");
     }

@@ -49,7 +49,10 @@ pub async fn results(args: ResultsArgs) -> Result<ExitCode> {
     let store = fleet.storage.open(&fleet.store)?;
     let report_key = format!("{}/report.html", layout::results(run));
     if !store.exists(&report_key).await? {
-        bail!("run {run} has no report.html (it was finished by a coordinator older than the report); its results are in {}", store.describe(&layout::results(run)));
+        bail!(
+            "run {run} has no report.html (it was finished by a coordinator older than the report); its results are in {}",
+            store.describe(&layout::results(run))
+        );
     }
     let report = match &args.download {
         Some(dir) => {
@@ -111,7 +114,10 @@ async fn download(store: &ArtifactStore, run: &str, dir: &Path) -> Result<(usize
         let occupied = std::fs::read_dir(&target).map(|mut d| d.next().is_some()).unwrap_or(false);
         let same_run = std::fs::read_to_string(dir.join(MARKER)).is_ok_and(|m| m.trim() == run);
         if occupied && !same_run {
-            bail!("{} already holds files that are not from run {run}; choose another --download directory or move them away", target.display());
+            bail!(
+                "{} already holds files that are not from run {run}; choose another --download directory or move them away",
+                target.display()
+            );
         }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

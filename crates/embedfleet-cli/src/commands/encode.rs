@@ -1,9 +1,9 @@
 //! `embedfleet encode`: one text per input line in, one JSON array of floats per output line out.
 
-use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use embedfleet_model::RuntimeArgs;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,8 +53,7 @@ pub async fn run(args: EncodeArgs) -> Result<ExitCode> {
     let prompt = args.prompt.as_deref().map(|p| model.named_prompt(p).unwrap_or(p).to_owned());
     let progress = crate::progress::for_terminal();
     progress.start("encode", Some(texts.len() as u64));
-    let embeddings =
-        model.encode_with_progress(&texts, args.batch_size, prompt.as_deref(), &mut |n| progress.advance(n as u64))?;
+    let embeddings = model.encode_with_progress(&texts, args.batch_size, prompt.as_deref(), &mut |n| progress.advance(n as u64))?;
     progress.finish();
     let embeddings = match args.truncate_dim {
         Some(d) => embeddings.narrow(1, 0, d as i64),

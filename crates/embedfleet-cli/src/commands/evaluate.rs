@@ -1,7 +1,6 @@
 //! `embedfleet evaluate`: the base and the fine-tuned model (or any list) on the validation set,
 //! side by side, with the reference's CSV per model, report.json, a chart and per-query ranks.
 
-use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -12,6 +11,7 @@ use embedfleet_evaluator::metrics::MetricsConfig;
 use embedfleet_evaluator::rank::ScoreFunction;
 use embedfleet_evaluator::report::{dims_table, hit_rate_table, metric_table, write_report};
 use embedfleet_evaluator::{Comparison, EvalOptions, PreparedDataset, evaluate_model_with_progress};
+use embedfleet_model::RuntimeArgs;
 use embedfleet_report::RunReport;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -148,10 +148,9 @@ pub async fn compare_models(
         opts.query_prompt = query_prompt.map(str::to_owned);
         let data = data.clone();
         let bar = progress.clone();
-        let evaluation = tokio::task::spawn_blocking(move || {
-            evaluate_model_with_progress(&model, &data, &opts, &mut |n| bar.advance(n as u64))
-        })
-        .await??;
+        let evaluation =
+            tokio::task::spawn_blocking(move || evaluate_model_with_progress(&model, &data, &opts, &mut |n| bar.advance(n as u64)))
+                .await??;
         comparison.insert(name.clone(), evaluation);
     }
     progress.finish();

@@ -1,12 +1,12 @@
 //! `embedfleet finetune`: MultipleNegativesRankingLoss on (question, chunk) pairs, evaluating on the
 //! validation set as it goes and keeping the best checkpoint.
 
-use embedfleet_model::RuntimeArgs;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use embedfleet_core::{HardNegatives, QaDataset, TrainConfig};
 use embedfleet_evaluator::PreparedDataset;
+use embedfleet_model::RuntimeArgs;
 use embedfleet_trainer::{TrainJob, TrainOutcome};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,15 +89,9 @@ pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
     args.training.validate()?;
     let train = QaDataset::load(&args.train_dataset)?;
     let val = QaDataset::load(&args.val_dataset)?;
-    let negatives = super::mine::negatives_for_training(
-        &args.model_id,
-        &args.train_dataset,
-        &train,
-        &args.training,
-        &args.runtime,
-        &args.storage,
-    )
-    .await?;
+    let negatives =
+        super::mine::negatives_for_training(&args.model_id, &args.train_dataset, &train, &args.training, &args.runtime, &args.storage)
+            .await?;
     if negatives.is_some() {
         println!("\n== finetune");
     }
@@ -118,7 +112,8 @@ pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
     // The headline of the training's own evaluations: the base, and the kept checkpoint.
     let location = args.output_path.display().to_string();
     let base = outcome.evals.iter().find(|e| e.step == 0).map(|e| e.to_result("base", &args.model_id));
-    let best = outcome.best_step.and_then(|s| outcome.evals.iter().find(|e| e.step == s as i64)).map(|e| e.to_result("finetuned", &location));
+    let best =
+        outcome.best_step.and_then(|s| outcome.evals.iter().find(|e| e.step == s as i64)).map(|e| e.to_result("finetuned", &location));
     let report = embedfleet_report::RunReport {
         models: base.into_iter().chain(best).collect(),
         files: vec![("model".into(), location)],

@@ -7,10 +7,10 @@ use clap::Args;
 use embedfleet_bus::layout;
 use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::{Bus, BusOptions, NatsArgs, Stage};
-use embedfleet_core::config::defaults;
-use embedfleet_core::{DatasetConfig, Precision, RunId, TrainConfig};
 use embedfleet_coordinator::worker::load_record;
 use embedfleet_coordinator::{RunRecord, RunState};
+use embedfleet_core::config::defaults;
+use embedfleet_core::{DatasetConfig, Precision, RunId, TrainConfig};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -160,7 +160,8 @@ fn waiting_for(r: &RunRecord) -> String {
         Assembling => "writing the dataset (coordinator)".into(),
         Training if !r.train_done => format!("waiting for the trainer (step {} so far)", r.steps),
         Training => {
-            let pending: Vec<&str> = r.announced.iter().chain(&r.checkpoints).filter(|c| !r.evaluations.contains_key(*c)).map(|c| c.as_str()).collect();
+            let pending: Vec<&str> =
+                r.announced.iter().chain(&r.checkpoints).filter(|c| !r.evaluations.contains_key(*c)).map(|c| c.as_str()).collect();
             let mut pending = pending;
             pending.dedup();
             format!("waiting for the evaluators: {}", pending.join(", "))
@@ -255,7 +256,8 @@ pub async fn results(args: RunArg) -> Result<ExitCode> {
     }
     let store = args.fleet.storage.open(&args.fleet.store)?;
     let report: serde_json::Value = serde_json::from_slice(&store.get(&layout::report(&r.run_id)).await?)?;
-    let comparison: serde_json::Value = serde_json::from_slice(&store.get(&format!("{}/comparison.json", layout::results(&r.run_id))).await?)?;
+    let comparison: serde_json::Value =
+        serde_json::from_slice(&store.get(&format!("{}/comparison.json", layout::results(&r.run_id))).await?)?;
     println!("{:<12} {:>10} {:>10} {:>10} {:>10}", "checkpoint", "HitRate@5", "MRR@10", "NDCG@10", "MAP@100");
     for m in comparison["models"].as_array().into_iter().flatten() {
         let metric = |n: &str| m["metrics"][n].as_f64().unwrap_or(f64::NAN);

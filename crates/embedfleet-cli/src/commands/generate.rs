@@ -1,19 +1,19 @@
 //! `embedfleet generate`: documents → chunks → questions → train/val split → the 8 dataset files.
 
 use super::storage::StorageArgs;
-use embedfleet_core::generate::{ChunkFailure, GenerationOutcome};
-use embedfleet_core::Chunk;
-use embedfleet_generator::{GeneratorStats, LlmArgs, LlmGenerator, write_failures};
-use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use embedfleet_core::Chunk;
 use embedfleet_core::chunk::chunk_documents;
 use embedfleet_core::dataset::write_dataset;
+use embedfleet_core::generate::{ChunkFailure, GenerationOutcome};
 use embedfleet_core::generate::{DatasetSummary, assemble_dataset, generate_questions};
 use embedfleet_core::ingest::load_documents;
 use embedfleet_core::{DatasetConfig, GeneratorKind, IngestOptions, OfflineGenerator, Progress, QaDataset};
+use embedfleet_generator::{GeneratorStats, LlmArgs, LlmGenerator, write_failures};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Args)]
@@ -77,7 +77,12 @@ pub async fn build_dataset(input: &Path, args: &DatasetConfig, llm: &LlmArgs, pr
 }
 
 /// Runs the LLM generator with a live line of requests, 429s and cost on the progress bar.
-async fn ask_llm(chunks: &[Chunk], args: &DatasetConfig, llm: &LlmArgs, progress: Arc<dyn Progress>) -> Result<(GenerationOutcome, GeneratorStats)> {
+async fn ask_llm(
+    chunks: &[Chunk],
+    args: &DatasetConfig,
+    llm: &LlmArgs,
+    progress: Arc<dyn Progress>,
+) -> Result<(GenerationOutcome, GeneratorStats)> {
     let generator = Arc::new(LlmGenerator::new(llm.config()?)?);
     let ticker = {
         let (generator, progress) = (generator.clone(), progress.clone());
@@ -141,10 +146,7 @@ pub fn print_llm_stats(s: &GeneratorStats) {
     if let Some(cache) = s.cache_summary() {
         println!("  cache      {cache}");
     }
-    println!(
-        "  tokens     {} prompt + {} completion = ${:.4}",
-        s.prompt_tokens, s.completion_tokens, s.cost_usd
-    );
+    println!("  tokens     {} prompt + {} completion = ${:.4}", s.prompt_tokens, s.completion_tokens, s.cost_usd);
     println!(
         "  filtered   {} questions dropped (preamble {}, not a question {}, copied {}, duplicate {}), {} short chunks",
         s.filtered.total(),

@@ -124,8 +124,12 @@ pub async fn run(args: MineArgs) -> Result<ExitCode> {
         bail!("{} already exists; pass --overwrite to replace it, or choose another --output", output.display());
     }
     let started = Instant::now();
-    let settings = MineSettings { inverse_cloze: args.cloze.inverse_cloze, ..MineSettings::new(&args.mining, count).with_query_prompt(args.prompt.setting()) };
-    let (negatives, report) = mine_negatives(&args.model_id, &train, &args.mining, settings, args.batch_size, &args.runtime, &args.storage).await?;
+    let settings = MineSettings {
+        inverse_cloze: args.cloze.inverse_cloze,
+        ..MineSettings::new(&args.mining, count).with_query_prompt(args.prompt.setting())
+    };
+    let (negatives, report) =
+        mine_negatives(&args.model_id, &train, &args.mining, settings, args.batch_size, &args.runtime, &args.storage).await?;
     negatives.save(&output)?;
     print_report(&report, count, &output, started.elapsed().as_secs_f64());
     if let Some(path) = &args.export_jsonl {

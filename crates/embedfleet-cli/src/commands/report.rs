@@ -2,10 +2,10 @@
 //! results, and the summary block that ends `evaluate` and `run`.
 
 use super::generate::BuiltDataset;
-use embedfleet_core::{DatasetConfig, SplitBy};
-use embedfleet_generator::LlmArgs;
 use anyhow::{Context, Result};
+use embedfleet_core::{DatasetConfig, SplitBy};
 use embedfleet_evaluator::Comparison;
+use embedfleet_generator::LlmArgs;
 use embedfleet_report::{DatasetFacts, LlmFacts, ModelResult, RunReport};
 use indexmap::IndexMap;
 use std::path::{Path, PathBuf};

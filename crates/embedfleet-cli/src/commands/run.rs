@@ -2,24 +2,24 @@
 //! functions as the separate commands and the fleet's workers.
 
 use super::evaluate::compare_models;
-use super::report;
 use super::finetune::{finetune, print_outcome};
-use super::mine::{mine_negatives, print_report};
-use embedfleet_trainer::mining::MineSettings;
-use embedfleet_core::{DatasetSplit, HardNegatives};
 use super::generate::{build_dataset, print_llm_stats, print_summary, report_failures};
-use embedfleet_core::{DatasetConfig, TrainConfig};
-use embedfleet_generator::LlmArgs;
-use embedfleet_model::RuntimeArgs;
+use super::mine::{mine_negatives, print_report};
+use super::report;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use embedfleet_core::dataset::write_dataset;
+use embedfleet_core::{DatasetConfig, TrainConfig};
+use embedfleet_core::{DatasetSplit, HardNegatives};
 use embedfleet_evaluator::{EvalOptions, PreparedDataset};
+use embedfleet_generator::LlmArgs;
 use embedfleet_model::ModelCard;
+use embedfleet_model::RuntimeArgs;
 use embedfleet_report::card::describe_base_model;
 use embedfleet_report::write::rewrite_card;
 use embedfleet_report::{ModelResult, RunReport};
+use embedfleet_trainer::mining::MineSettings;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -72,7 +72,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             println!("\n== mine");
             let mined_at = Instant::now();
             let settings = MineSettings::for_training(&args.training, count);
-            let (negatives, report) = mine_negatives(&args.model_id, &built.train, &args.training.mining, settings, 32, &args.runtime, &args.storage).await?;
+            let (negatives, report) =
+                mine_negatives(&args.model_id, &built.train, &args.training.mining, settings, 32, &args.runtime, &args.storage).await?;
             let name = HardNegatives::file_name(DatasetSplit::Train);
             store.put(&name, negatives.to_json()).await?;
             print_report(&report, count, std::path::Path::new(&store.describe(&name)), mined_at.elapsed().as_secs_f64());
@@ -103,7 +104,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let data = PreparedDataset::new(&validation)?;
     let models = vec![("base".to_owned(), args.model_id.clone()), ("finetuned".to_owned(), model_dir.display().to_string())];
     let results_dir = args.output_dir.join("results");
-    let comparison = compare_models(&models, &data, &EvalOptions::for_training(&args.training), args.training.prompt.setting(), &args.runtime, &args.storage, &results_dir).await?;
+    let comparison = compare_models(
+        &models,
+        &data,
+        &EvalOptions::for_training(&args.training),
+        args.training.prompt.setting(),
+        &args.runtime,
+        &args.storage,
+        &results_dir,
+    )
+    .await?;
 
     let results = report::model_results(&comparison, &models);
     let dataset = report::dataset_facts(&built, &args.dataset, &args.llm);

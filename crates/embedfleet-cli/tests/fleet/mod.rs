@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 pub fn bin(name: &str) -> PathBuf {
     let cli = PathBuf::from(env!("CARGO_BIN_EXE_embedfleet"));
     let path = cli.with_file_name(name);
-    assert!(path.exists(), "{} is missing: build every binary first (`cargo build --workspace --bins`; scripts/test.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build every binary first (`cargo build --workspace --bins`; scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -72,10 +76,7 @@ impl Drop for Worker {
 
 /// The value of a Prometheus sample whose line starts with `series` (name and labels).
 pub fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    text.lines().filter(|l| l.starts_with(series)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 pub struct Fleet {

@@ -64,7 +64,10 @@ fn a_run_from_submission_to_done() {
     drain(&mut r);
 
     for step in [0, 5, 10] {
-        assert_eq!(apply(&mut r, Event::CheckpointSaved { label: label(step), step }), vec![Command::PublishEvaluate { label: label(step) }]);
+        assert_eq!(
+            apply(&mut r, Event::CheckpointSaved { label: label(step), step }),
+            vec![Command::PublishEvaluate { label: label(step) }]
+        );
     }
     assert_eq!(decide(r.as_ref(), &Event::CheckpointSaved { label: label(5), step: 5 }), Outcome::Duplicate, "no second evaluation");
     apply(&mut r, Event::EvaluateDone { label: label(0), value: 0.80 });

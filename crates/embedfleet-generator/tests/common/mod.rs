@@ -8,9 +8,9 @@ use embedfleet_generator::{ApiKey, LlmConfig, RateLimits};
 use std::time::Duration;
 
 const WORDS: &[&str] = &[
-    "harbor", "lantern", "meadow", "granite", "orchard", "falcon", "compass", "willow", "thunder", "marble",
-    "cedar", "voyage", "ember", "glacier", "saffron", "quarry", "beacon", "tundra", "copper", "jasmine",
-    "rivet", "summit", "pebble", "canyon", "velvet", "prairie", "anchor", "blossom", "cobalt", "delta",
+    "harbor", "lantern", "meadow", "granite", "orchard", "falcon", "compass", "willow", "thunder", "marble", "cedar", "voyage", "ember",
+    "glacier", "saffron", "quarry", "beacon", "tundra", "copper", "jasmine", "rivet", "summit", "pebble", "canyon", "velvet", "prairie",
+    "anchor", "blossom", "cobalt", "delta",
 ];
 
 /// A chunk of about 60 words whose text no other index produces.

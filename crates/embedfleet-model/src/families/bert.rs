@@ -160,8 +160,7 @@ impl Bert {
             hidden_dropout: config.hidden_dropout_prob,
             attention_dropout: config.attention_probs_dropout_prob,
         };
-        let layers =
-            (0..config.num_hidden_layers).map(|i| PostNormLayer::new(&(root / "encoder" / "layer" / i), &NAMES, &shape)).collect();
+        let layers = (0..config.num_hidden_layers).map(|i| PostNormLayer::new(&(root / "encoder" / "layer" / i), &NAMES, &shape)).collect();
         Ok(Bert { embeddings, layers, hidden: h, max_positions: config.max_position_embeddings })
     }
 
@@ -219,7 +218,8 @@ mod tests {
         let bert = Bert::new(&vs.root(), &BertConfig::tiny(100), "bert").unwrap();
         let ids = Tensor::from_slice2(&[[1i64, 5, 9, 13, 2, 0, 0, 0], [1, 7, 2, 0, 0, 0, 0, 0], [1, 3, 4, 5, 6, 7, 8, 2]]);
         let mask = ids.ne(0).to_kind(Kind::Int64);
-        let batch = TokenBatch { token_type_ids: ids.zeros_like(), input_ids: ids, attention_mask: mask.shallow_clone(), prompt_length: None };
+        let batch =
+            TokenBatch { token_type_ids: ids.zeros_like(), input_ids: ids, attention_mask: mask.shallow_clone(), prompt_length: None };
         let positions = Tensor::arange(8, (Kind::Int64, Device::Cpu)).unsqueeze(0);
         let real = mask.unsqueeze(-1).to_kind(Kind::Float);
         for precision in [Precision::Fp32, Precision::Bf16] {

@@ -57,7 +57,11 @@ pub fn cpu_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *SUPPORTED.get_or_init(|| std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512bf16"))
+        *SUPPORTED.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512bf16")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -83,7 +87,8 @@ pub fn enabled() -> bool {
 
 /// Whether the CPU has AMX tiles for bf16 (Linux's /proc/cpuinfo flag; elsewhere assumed not).
 fn cpu_has_amx() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| info.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_bf16")))
+    std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|info| info.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_bf16")))
 }
 
 /// `qkv` `[rows, 3 × heads × head_dim]` in bf16 on the CPU (queries, then keys, then values, each
@@ -287,7 +292,9 @@ mod avx512 {
         let low: [i16; 32] = std::array::from_fn(|l| (l / 2 + 32 * (l % 2)) as i16);
         let high: [i16; 32] = std::array::from_fn(|l| (16 + l / 2 + 32 * (l % 2)) as i16);
         let (low, high) = unsafe { (_mm512_loadu_si512(low.as_ptr() as *const _), _mm512_loadu_si512(high.as_ptr() as *const _)) };
-        let load = |j: usize, col: usize| if j < len { unsafe { _mm512_loadu_si512(value(j).add(col) as *const _) } } else { _mm512_setzero_si512() };
+        let load = |j: usize, col: usize| {
+            if j < len { unsafe { _mm512_loadu_si512(value(j).add(col) as *const _) } } else { _mm512_setzero_si512() }
+        };
         let values = scratch.values.as_mut_ptr();
         for jp in 0..keys_padded / 2 {
             for col in (0..d).step_by(32) {
@@ -304,7 +311,15 @@ mod avx512 {
     /// fp32. `R` rows and [`KEY_BLOCKS`] blocks of 16 keys at a time: each loaded key block serves
     /// `R` rows, and the `R` × [`KEY_BLOCKS`] independent sums hide the latency of `vdpbf16ps`.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn score_rows<const R: usize>(q: [*const u32; R], bias: Option<[*const f32; R]>, keys: &[u32], keys_padded: usize, pairs: usize, scale: f32, scores: &mut [f32]) {
+    unsafe fn score_rows<const R: usize>(
+        q: [*const u32; R],
+        bias: Option<[*const f32; R]>,
+        keys: &[u32],
+        keys_padded: usize,
+        pairs: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
         let scale = _mm512_set1_ps(scale);
         for block in (0..keys_padded).step_by(16 * KEY_BLOCKS) {
             let mut acc = [[_mm512_setzero_ps(); KEY_BLOCKS]; R];
@@ -382,7 +397,10 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     fn exp(x: __m512) -> __m512 {
         let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
         let mut p = _mm512_set1_ps(1.0 / 120.0);
@@ -394,8 +412,16 @@ mod avx512 {
 
     /// Output rows = (weights · values) × inverse sum, in bf16, 32 columns at a time.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn weighted_values<const R: usize>(scratch: &Scratch, row0: usize, keys_padded: usize, d: usize, inverse_sums: &[f32], dst: impl Fn(usize) -> *mut u16) {
-        let weights: [*const u32; R] = std::array::from_fn(|r| unsafe { scratch.weights.as_ptr().add((row0 + r) * keys_padded) as *const u32 });
+    unsafe fn weighted_values<const R: usize>(
+        scratch: &Scratch,
+        row0: usize,
+        keys_padded: usize,
+        d: usize,
+        inverse_sums: &[f32],
+        dst: impl Fn(usize) -> *mut u16,
+    ) {
+        let weights: [*const u32; R] =
+            std::array::from_fn(|r| unsafe { scratch.weights.as_ptr().add((row0 + r) * keys_padded) as *const u32 });
         for col in (0..d).step_by(32) {
             // Even and odd key pairs go to separate sums, so that 4 × R chains hide the latency.
             let (mut even_lo, mut even_hi) = ([_mm512_setzero_ps(); R], [_mm512_setzero_ps(); R]);
@@ -436,7 +462,11 @@ mod tests {
         let hidden = heads * head_dim;
         let out = Tensor::zeros([rows, hidden], (Kind::Float, Device::Cpu));
         for s in spans {
-            let part = qkv.narrow(0, s.start as i64, s.len as i64).to_kind(kind).view([1, s.len as i64, 3, heads, head_dim]).permute([2, 0, 3, 1, 4]);
+            let part = qkv
+                .narrow(0, s.start as i64, s.len as i64)
+                .to_kind(kind)
+                .view([1, s.len as i64, 3, heads, head_dim])
+                .permute([2, 0, 3, 1, 4]);
             let len = s.len as i64;
             let mask = bias.map(|b| {
                 let query = Tensor::arange(len, (Kind::Int64, Device::Cpu)).unsqueeze(1);
@@ -444,7 +474,8 @@ mod tests {
                 let entry = (key - query + (b.reach as i64 - 1)).flatten(0, 1);
                 b.table.index_select(1, &entry).view([1, heads, len, len]).to_kind(kind)
             });
-            let ctx = Tensor::scaled_dot_product_attention(&part.get(0), &part.get(1), &part.get(2), mask.as_ref(), 0.0, false, None, false);
+            let ctx =
+                Tensor::scaled_dot_product_attention(&part.get(0), &part.get(1), &part.get(2), mask.as_ref(), 0.0, false, None, false);
             out.narrow(0, s.start as i64, s.len as i64).copy_(&ctx.transpose(1, 2).reshape([s.len as i64, hidden]));
         }
         out
@@ -459,7 +490,11 @@ mod tests {
         if !cpu_supported() {
             // The layers fall back to libtorch's kernel here; `layers::tests` covers that path.
             #[cfg(target_arch = "x86_64")]
-            assert!(!(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512bf16")));
+            assert!(
+                !(std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512bf16"))
+            );
             return;
         }
         tch::manual_seed(3);
@@ -478,7 +513,9 @@ mod tests {
             // A bias as large as MPNet's (its relative position embeddings are about ±3), held in
             // bf16 as the layers hold it; a reach past the longest span, as a padded batch has.
             let reach = 320;
-            let bias = biased.then(|| DistanceBias::new(&(Tensor::randn([heads, 2 * reach - 1], (Kind::Float, Device::Cpu)) * 3.0).to_kind(Kind::BFloat16)));
+            let bias = biased.then(|| {
+                DistanceBias::new(&(Tensor::randn([heads, 2 * reach - 1], (Kind::Float, Device::Cpu)) * 3.0).to_kind(Kind::BFloat16))
+            });
             let ours = attend(&qkv, &spans, heads as usize, head_dim as usize, bias.as_ref()).to_kind(Kind::Float);
             let expected = reference_in(&qkv, &spans, heads, head_dim, Kind::Float, bias.as_ref());
             // The output is bf16 (8 bits of mantissa) and the weights are rounded to bf16 before
@@ -493,7 +530,8 @@ mod tests {
                 max <= 1.2 * their_max && mean <= 1.2 * their_mean,
                 "heads {heads} × {head_dim}, bias {biased}: max / mean abs diff to fp32 {max} / {mean}, libtorch's bf16 kernel {their_max} / {their_mean}"
             );
-            let gaps: f64 = spans.iter().map(|s| f64::try_from(ours.narrow(0, (s.start + s.len) as i64, 3).abs().sum(Kind::Float)).unwrap()).sum();
+            let gaps: f64 =
+                spans.iter().map(|s| f64::try_from(ours.narrow(0, (s.start + s.len) as i64, 3).abs().sum(Kind::Float)).unwrap()).sum();
             assert_eq!(gaps, 0.0, "rows outside every span stay zero");
         }
     }

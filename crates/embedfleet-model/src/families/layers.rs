@@ -3,10 +3,10 @@
 //! masks, RoBERTa-style position ids, and the rotary position embeddings of ModernBERT and Qwen3.
 
 use super::cpu_attention::{self, DistanceBias, Span};
-use std::cell::OnceCell;
 use super::dropout::dropout;
 use crate::onednn;
 use crate::precision::{Precision, PrecisionKind, cached};
+use std::cell::OnceCell;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -174,10 +174,11 @@ impl PostNormLayer {
                 let (batch, seq) = (layout.batch, layout.seq);
                 let qkv = layout.unpack(&qkv).view([batch, seq, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
                 let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-                let ctx = attention(&q, &k, &v, attn_mask.additive(), self.attention_dropout, train)
-                    .transpose(1, 2)
-                    .contiguous()
-                    .view([batch, seq, self.heads * self.head_dim]);
+                let ctx = attention(&q, &k, &v, attn_mask.additive(), self.attention_dropout, train).transpose(1, 2).contiguous().view([
+                    batch,
+                    seq,
+                    self.heads * self.head_dim,
+                ]);
                 layout.pack(&ctx)
             }
         };
@@ -289,7 +290,11 @@ pub const PACK_FROM_PADDING: f64 = 0.10;
 fn pack_from_padding() -> f64 {
     static VALUE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *VALUE.get_or_init(|| {
-        std::env::var("EMBEDFLEET_UNPAD_FROM").ok().and_then(|v| v.parse().ok()).filter(|v: &f64| (0.0..=1.0).contains(v)).unwrap_or(PACK_FROM_PADDING)
+        std::env::var("EMBEDFLEET_UNPAD_FROM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|v: &f64| (0.0..=1.0).contains(v))
+            .unwrap_or(PACK_FROM_PADDING)
     })
 }
 
@@ -385,9 +390,7 @@ pub fn check_activation(model_type: &str, name: &str) -> Result<(), crate::Model
 
 pub fn check_heads(hidden: i64, heads: i64) -> Result<(), crate::ModelError> {
     if heads <= 0 || hidden % heads != 0 {
-        return Err(crate::ModelError::InvalidConfig(format!(
-            "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
-        )));
+        return Err(crate::ModelError::InvalidConfig(format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}")));
     }
     Ok(())
 }

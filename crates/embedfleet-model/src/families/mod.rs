@@ -60,10 +60,10 @@ pub const FAMILIES: &[Family] = &[bert::FAMILY, mpnet::FAMILY, xlm_roberta::FAMI
 /// The family of a config, or an error that lists every supported one.
 pub fn family_of(config: &ModelConfig) -> Result<&'static Family, ModelError> {
     let model_type = config.model_type();
-    FAMILIES.iter().find(|f| f.model_type == model_type).ok_or_else(|| ModelError::UnsupportedArchitecture {
-        model_type: model_type.to_owned(),
-        supported: supported_list(),
-    })
+    FAMILIES
+        .iter()
+        .find(|f| f.model_type == model_type)
+        .ok_or_else(|| ModelError::UnsupportedArchitecture { model_type: model_type.to_owned(), supported: supported_list() })
 }
 
 /// "bert (e.g. BAAI/bge-small-en), mpnet (e.g. …), …".

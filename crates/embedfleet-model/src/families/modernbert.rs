@@ -141,7 +141,8 @@ impl ModernBertConfig {
         if let Some(kind) = params.and_then(|p| p.rope_type.as_deref()).filter(|k| *k != "default") {
             return Err(unsupported(format!("rope_type {kind}")));
         }
-        let legacy = if layer_type == GLOBAL { self.global_rope_theta.unwrap_or(160_000.0) } else { self.local_rope_theta.unwrap_or(10_000.0) };
+        let legacy =
+            if layer_type == GLOBAL { self.global_rope_theta.unwrap_or(160_000.0) } else { self.local_rope_theta.unwrap_or(10_000.0) };
         let theta = params.and_then(|p| p.rope_theta).unwrap_or(legacy);
         if !(theta > 0.0) {
             return Err(ModelError::InvalidConfig(format!("rope_theta of {layer_type} is {theta}")));
@@ -188,12 +189,7 @@ fn build(root: &nn::Path, config: &ModelConfig) -> Result<Box<dyn Encoder>, Mode
         })
         .collect();
     Ok(Box::new(ModernBert {
-        tok_embeddings: nn::embedding(
-            &emb / "tok_embeddings",
-            c.vocab_size,
-            h,
-            nn::EmbeddingConfig { padding_idx, ..Default::default() },
-        ),
+        tok_embeddings: nn::embedding(&emb / "tok_embeddings", c.vocab_size, h, nn::EmbeddingConfig { padding_idx, ..Default::default() }),
         norm: norm(&emb / "norm"),
         layers,
         final_norm: norm(root / "final_norm"),
@@ -274,10 +270,11 @@ impl ModernBert {
         let part = |i: i64| qkv.select(2, i).transpose(1, 2);
         let (q, k, v) = (rope.apply(&part(0)), rope.apply(&part(1)), part(2));
         let dropout = if train { self.attention_dropout } else { 0.0 };
-        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false)
-            .transpose(1, 2)
-            .contiguous()
-            .view([batch, seq, self.hidden]);
+        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false).transpose(1, 2).contiguous().view([
+            batch,
+            seq,
+            self.hidden,
+        ]);
         let attn = linear(&layer.wo, &ctx, compute).to_kind(Kind::Float).dropout(self.attention_dropout, train);
         let x = x + attn;
         let wi = linear(&layer.wi, &layer.mlp_norm.forward(&x).to_kind(compute), compute);

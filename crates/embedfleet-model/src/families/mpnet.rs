@@ -2,9 +2,12 @@
 //! bias, T5-style buckets of the signed distance between tokens, learned per head, computed once and
 //! added to every layer's attention scores. Positions are RoBERTa-style, past padding index 1.
 
-use super::dropout::dropout;
 use super::cpu_attention::DistanceBias;
-use super::layers::{AttentionMask, AttentionNames, LayerShape, Lazy, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask, positions_after_padding};
+use super::dropout::dropout;
+use super::layers::{
+    AttentionMask, AttentionNames, LayerShape, Lazy, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask,
+    positions_after_padding,
+};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -166,7 +169,8 @@ impl Encoder for Mpnet {
         // attention as [1, heads, seq, seq] + [batch, 1, 1, seq], bias and padding in one term.
         // Both are rounded to the compute kind, as the libtorch path always rounded its mask.
         let device = x.device();
-        let by_distance = Lazy::new(|| DistanceBias::new(&self.relative_bias.forward(&buckets_by_distance(seq, device)).to_kind(compute).tr()));
+        let by_distance =
+            Lazy::new(|| DistanceBias::new(&self.relative_bias.forward(&buckets_by_distance(seq, device)).to_kind(compute).tr()));
         let additive = Lazy::new(|| {
             let bias = self.relative_bias.forward(&relative_buckets(seq, batch.attention_mask.device())).permute([2, 0, 1]).unsqueeze(0);
             bias.to_kind(compute) + padding_mask(&batch.attention_mask, compute)

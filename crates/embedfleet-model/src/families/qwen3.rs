@@ -104,10 +104,8 @@ impl Qwen3Config {
     /// The rotary base as transformers 5 resolves it: `rope_scaling` (when set) or `rope_parameters`
     /// first, then the top-level `rope_theta`, then 10,000.
     fn rope_theta(&self) -> Result<f64, ModelError> {
-        let params = [&self.rope_scaling, &self.rope_parameters]
-            .into_iter()
-            .flatten()
-            .find(|v| v.as_object().is_some_and(|o| !o.is_empty()));
+        let params =
+            [&self.rope_scaling, &self.rope_parameters].into_iter().flatten().find(|v| v.as_object().is_some_and(|o| !o.is_empty()));
         if let Some(p) = params {
             let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
             if kind != "default" {
@@ -170,9 +168,7 @@ fn build(root: &nn::Path, config: &ModelConfig) -> Result<Box<dyn Encoder>, Mode
         return Err(ModelError::InvalidConfig(format!("num_hidden_layers is {}", c.num_hidden_layers)));
     }
     if heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 {
-        return Err(ModelError::InvalidConfig(format!(
-            "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
-        )));
+        return Err(ModelError::InvalidConfig(format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")));
     }
     if head_dim <= 0 || head_dim % 2 != 0 {
         return Err(ModelError::InvalidConfig(format!("head_dim {head_dim} is not positive and even; rotary embeddings rotate pairs")));
@@ -267,15 +263,7 @@ struct Qwen3 {
 }
 
 impl Qwen3 {
-    fn layer(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        mask: Option<&Tensor>,
-        rope: &RotaryAngles,
-        train: bool,
-        precision: Precision,
-    ) -> Tensor {
+    fn layer(&self, layer: &Layer, x: &Tensor, mask: Option<&Tensor>, rope: &RotaryAngles, train: bool, precision: Precision) -> Tensor {
         let (batch, seq, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
         let compute = precision.kind();
         let normed = layer.input_norm.forward(x).to_kind(compute);
@@ -297,10 +285,11 @@ impl Qwen3 {
         let dropout = if train { self.attention_dropout } else { 0.0 };
         let causal = mask.is_none() && seq > 1;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, causal, scale, gqa)
-            .transpose(1, 2)
-            .contiguous()
-            .view([batch, seq, self.heads * self.head_dim]);
+        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, causal, scale, gqa).transpose(1, 2).contiguous().view([
+            batch,
+            seq,
+            self.heads * self.head_dim,
+        ]);
         let x = x + linear(&layer.o_proj, &ctx, compute).to_kind(Kind::Float);
         let normed = layer.post_norm.forward(&x).to_kind(compute);
         let gate = linear(&layer.gate_proj, &normed, compute).silu();
@@ -394,7 +383,9 @@ mod tests {
         assert!(err.contains("sliding-window"), "{err}");
         // Qwen3-Embedding's own setting: the flag off, or every layer below max_window_layers.
         assert!(config(json!({"use_sliding_window": false, "sliding_window": null})).check_full_attention().is_ok());
-        assert!(config(json!({"use_sliding_window": true, "sliding_window": 4096, "max_window_layers": 28})).check_full_attention().is_ok());
+        assert!(
+            config(json!({"use_sliding_window": true, "sliding_window": 4096, "max_window_layers": 28})).check_full_attention().is_ok()
+        );
         let types = config(json!({"layer_types": ["full_attention", "sliding_attention"]}));
         assert!(types.check_full_attention().unwrap_err().to_string().contains("sliding_attention"));
         assert!(config(json!({"is_causal": false})).check_full_attention().is_err());
@@ -424,7 +415,8 @@ mod tests {
         // padding ends in (almost) the same state as the same row alone: a check that the padded
         // keys are masked and the causal mask is applied, independent of any fixture.
         let c = ModelConfig::from_json(json!({"model_type": "qwen3", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 24,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8})).unwrap();
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8}))
+        .unwrap();
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), &c).unwrap();

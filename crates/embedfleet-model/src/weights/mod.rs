@@ -186,10 +186,8 @@ fn read_file(path: &Path) -> Result<Vec<(String, Stored)>, ModelError> {
         return index_safetensors(path);
     }
     let file = std::fs::File::open(path).map_err(|e| ModelError::MissingFile { path: path.to_owned(), source: e })?;
-    let tensors = pickle::read_checkpoint(std::io::BufReader::new(file)).map_err(|e| ModelError::BadWeights {
-        path: path.to_owned(),
-        message: format!("{e} (is it a torch.save state dict?)"),
-    })?;
+    let tensors = pickle::read_checkpoint(std::io::BufReader::new(file))
+        .map_err(|e| ModelError::BadWeights { path: path.to_owned(), message: format!("{e} (is it a torch.save state dict?)") })?;
     Ok(tensors.into_iter().map(|(name, t)| (name, Stored::Loaded(t))).collect())
 }
 

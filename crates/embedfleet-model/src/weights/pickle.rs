@@ -318,11 +318,7 @@ impl<'a> Unpickler<'a> {
                         _ => self.u64()?,
                     };
                     let b = self.len_prefixed(n)?;
-                    self.push(if op == b'U' || op == b'T' {
-                        Value::Str(String::from_utf8_lossy(b).into())
-                    } else {
-                        Value::Bytes
-                    });
+                    self.push(if op == b'U' || op == b'T' { Value::Str(String::from_utf8_lossy(b).into()) } else { Value::Bytes });
                 }
                 b')' => self.push(tuple(Vec::new())?),
                 b't' => {
@@ -674,9 +670,8 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, PickleError> {
     }
     let mut out = Vec::new();
     for (name, record) in records(top)? {
-        let storage = loaded
-            .get(&record.storage.key)
-            .ok_or_else(|| fmt(format!("tensor {name}: storage {} has no data", record.storage.key)))?;
+        let storage =
+            loaded.get(&record.storage.key).ok_or_else(|| fmt(format!("tensor {name}: storage {} has no data", record.storage.key)))?;
         out.push((name.clone(), materialize(&name, &record, storage)?));
     }
     Ok(out)

@@ -39,9 +39,7 @@ fn u32_at(b: &[u8], at: usize) -> Result<u32, PickleError> {
     b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]])).ok_or_else(|| bad("record cut short"))
 }
 fn u64_at(b: &[u8], at: usize) -> Result<u64, PickleError> {
-    b.get(at..at + 8)
-        .map(|s| u64::from_le_bytes(s.try_into().expect("eight bytes")))
-        .ok_or_else(|| bad("record cut short"))
+    b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().expect("eight bytes"))).ok_or_else(|| bad("record cut short"))
 }
 
 impl<R: Read + Seek> Archive<R> {
@@ -92,9 +90,7 @@ impl<R: Read + Seek> Archive<R> {
             let name_at = at + 46;
             let name = cd.get(name_at..name_at + name_len).ok_or_else(|| bad("member name cut short"))?;
             let name = String::from_utf8_lossy(name).into_owned();
-            let extra = cd
-                .get(name_at + name_len..name_at + name_len + extra_len)
-                .ok_or_else(|| bad("member extra field cut short"))?;
+            let extra = cd.get(name_at + name_len..name_at + name_len + extra_len).ok_or_else(|| bad("member extra field cut short"))?;
             // zip64 sizes and offsets live in extra field 0x0001, in this order, each present only
             // when the 32-bit field above is saturated.
             let mut e = 0usize;

@@ -69,17 +69,37 @@ pub fn dims_chart(models: &[ModelResult], title: &str) -> Option<String> {
     for (t, label) in ticks.iter().zip(&labels) {
         let ty = y_of(*t);
         svg.line(left, ty, right, ty, GRID_COLOR, 1.0, None);
-        svg.text(left - 6.0, ty + 0.35 * TICK_SIZE, label, TextStyle { size: TICK_SIZE, anchor: Anchor::End, fill: MUTED_COLOR, ..Default::default() });
+        svg.text(
+            left - 6.0,
+            ty + 0.35 * TICK_SIZE,
+            label,
+            TextStyle { size: TICK_SIZE, anchor: Anchor::End, fill: MUTED_COLOR, ..Default::default() },
+        );
     }
     svg.line(left, bottom, right, bottom, MUTED_COLOR, 1.0, None);
     for (i, dim) in dims.iter().enumerate() {
         let dx = x_of(i);
         svg.line(dx, bottom, dx, bottom + 4.0, MUTED_COLOR, 1.0, None);
-        svg.text(dx, bottom + 16.0, &dim.to_string(), TextStyle { size: TICK_SIZE, anchor: Anchor::Middle, fill: MUTED_COLOR, ..Default::default() });
+        svg.text(
+            dx,
+            bottom + 16.0,
+            &dim.to_string(),
+            TextStyle { size: TICK_SIZE, anchor: Anchor::Middle, fill: MUTED_COLOR, ..Default::default() },
+        );
     }
     let axis_y = bottom + 34.0;
-    svg.text((left + right) / 2.0, axis_y, "embedding dimensions kept", TextStyle { size: TICK_SIZE, anchor: Anchor::Middle, fill: MUTED_COLOR, ..Default::default() });
-    svg.text(MARGIN, top - 14.0, &format!("cosine {PRIMARY_METRIC}"), TextStyle { size: TICK_SIZE, fill: MUTED_COLOR, ..Default::default() });
+    svg.text(
+        (left + right) / 2.0,
+        axis_y,
+        "embedding dimensions kept",
+        TextStyle { size: TICK_SIZE, anchor: Anchor::Middle, fill: MUTED_COLOR, ..Default::default() },
+    );
+    svg.text(
+        MARGIN,
+        top - 14.0,
+        &format!("cosine {PRIMARY_METRIC}"),
+        TextStyle { size: TICK_SIZE, fill: MUTED_COLOR, ..Default::default() },
+    );
 
     for (i, m) in models.iter().enumerate() {
         let color = model_color(i, models.len());
@@ -96,13 +116,19 @@ pub fn dims_chart(models: &[ModelResult], title: &str) -> Option<String> {
     // at least a line apart, so close values do not print over each other.
     let line = TICK_SIZE + 2.0;
     for (j, &d) in dims.iter().enumerate() {
-        let mut column: Vec<(usize, f64, f64)> = models.iter().enumerate().filter_map(|(i, m)| ndcg_at(m, d).map(|v| (i, v, y_of(v)))).collect();
+        let mut column: Vec<(usize, f64, f64)> =
+            models.iter().enumerate().filter_map(|(i, m)| ndcg_at(m, d).map(|v| (i, v, y_of(v)))).collect();
         column.sort_by(|a, b| a.2.total_cmp(&b.2));
         let (x, anchor) = if j == 0 { (x_of(j) - 9.0, Anchor::End) } else { (x_of(j) + 9.0, Anchor::Start) };
         let mut last_baseline = f64::NEG_INFINITY;
         for (i, v, py) in column {
             let baseline = (py + 4.0).max(last_baseline + line);
-            svg.text(x, baseline, &format!("{v:.3}"), TextStyle { size: TICK_SIZE, anchor, fill: model_color(i, models.len()), halo: true, bold: i + 1 == models.len() });
+            svg.text(
+                x,
+                baseline,
+                &format!("{v:.3}"),
+                TextStyle { size: TICK_SIZE, anchor, fill: model_color(i, models.len()), halo: true, bold: i + 1 == models.len() },
+            );
             last_baseline = baseline;
         }
     }

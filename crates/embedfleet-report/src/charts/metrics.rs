@@ -82,7 +82,12 @@ pub fn metrics_chart(models: &[ModelResult], title: &str) -> Option<String> {
     }
     for (r, (label, values)) in rows.iter().enumerate() {
         let gy = top + r as f64 * (group_h + GROUP_GAP);
-        svg.text(left - 10.0, gy + group_h / 2.0 + 0.35 * LABEL_SIZE, label, TextStyle { size: LABEL_SIZE, anchor: Anchor::End, ..Default::default() });
+        svg.text(
+            left - 10.0,
+            gy + group_h / 2.0 + 0.35 * LABEL_SIZE,
+            label,
+            TextStyle { size: LABEL_SIZE, anchor: Anchor::End, ..Default::default() },
+        );
         for (m, value) in values.iter().enumerate() {
             let by = gy + m as f64 * (BAR + BAR_GAP);
             let color = model_color(m, models.len());
@@ -92,13 +97,23 @@ pub fn metrics_chart(models: &[ModelResult], title: &str) -> Option<String> {
             }
             let text = if value.is_finite() { format!("{value:.4}") } else { "n/a".into() };
             let x = if value.is_finite() { scale(*value) + 4.0 } else { left + 4.0 };
-            svg.text(x, by + BAR / 2.0 + 0.35 * VALUE_SIZE, &text, TextStyle { size: VALUE_SIZE, fill: TEXT_COLOR, halo: true, ..Default::default() });
+            svg.text(
+                x,
+                by + BAR / 2.0 + 0.35 * VALUE_SIZE,
+                &text,
+                TextStyle { size: VALUE_SIZE, fill: TEXT_COLOR, halo: true, ..Default::default() },
+            );
         }
     }
     let axis_y = top + plot_h + 6.0;
     svg.line(left, axis_y, left + plot_w, axis_y, MUTED_COLOR, 1.0, None);
     for t in &ticks {
-        svg.text(scale(*t), axis_y + 16.0, &tick_label(*t, 0.2), TextStyle { size: 11.0, anchor: Anchor::Middle, fill: MUTED_COLOR, ..Default::default() });
+        svg.text(
+            scale(*t),
+            axis_y + 16.0,
+            &tick_label(*t, 0.2),
+            TextStyle { size: 11.0, anchor: Anchor::Middle, fill: MUTED_COLOR, ..Default::default() },
+        );
     }
     svg.text(
         left + plot_w / 2.0,

@@ -74,7 +74,11 @@ pub fn tick_label(value: f64, step: f64) -> String {
         let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
         return format!("{mantissa}e{exp}");
     }
-    let decimals = if step >= 1.0 { 0 } else { (-step.log10().floor()) as usize + usize::from((step * 10f64.powi(-step.log10().floor() as i32)).fract() > 1e-6) };
+    let decimals = if step >= 1.0 {
+        0
+    } else {
+        (-step.log10().floor()) as usize + usize::from((step * 10f64.powi(-step.log10().floor() as i32)).fract() > 1e-6)
+    };
     format!("{value:.decimals$}")
 }
 

@@ -102,12 +102,22 @@ impl Layout<'_> {
         for (t, label) in ticks.iter().zip(&labels) {
             let y = panel.y(*t);
             self.svg.line(panel.left, y, panel.right, y, GRID_COLOR, 1.0, None);
-            self.svg.text(panel.left - 6.0, y + 0.35 * TICK_SIZE, label, TextStyle { size: TICK_SIZE, anchor: Anchor::End, fill: MUTED_COLOR, ..Default::default() });
+            self.svg.text(
+                panel.left - 6.0,
+                y + 0.35 * TICK_SIZE,
+                label,
+                TextStyle { size: TICK_SIZE, anchor: Anchor::End, fill: MUTED_COLOR, ..Default::default() },
+            );
         }
         for s in self.steps {
             let x = panel.x(*s as f64);
             self.svg.line(x, panel.bottom, x, panel.bottom + 4.0, MUTED_COLOR, 1.0, None);
-            self.svg.text(x, panel.bottom + 16.0, &s.to_string(), TextStyle { size: TICK_SIZE, anchor: Anchor::Middle, fill: MUTED_COLOR, ..Default::default() });
+            self.svg.text(
+                x,
+                panel.bottom + 16.0,
+                &s.to_string(),
+                TextStyle { size: TICK_SIZE, anchor: Anchor::Middle, fill: MUTED_COLOR, ..Default::default() },
+            );
         }
         self.svg.line(panel.left, panel.bottom, panel.right, panel.bottom, MUTED_COLOR, 1.0, None);
         self.y = panel.bottom + 34.0;
@@ -190,7 +200,18 @@ pub fn training_chart(curve: &TrainingCurve) -> Option<String> {
             };
             let style = TextStyle { size: 12.0, fill: BEST_COLOR, bold: true, halo: true, ..Default::default() };
             let w = text_width(&text, 12.0, true);
-            layout.annotate(&p, &[(x + 10.0, y - 10.0), (x - 10.0 - w, y - 10.0), (x + 10.0, y + 20.0), (x - 10.0 - w, y + 20.0), (p.left + 6.0, p.top + 14.0)], &text, style);
+            layout.annotate(
+                &p,
+                &[
+                    (x + 10.0, y - 10.0),
+                    (x - 10.0 - w, y - 10.0),
+                    (x + 10.0, y + 20.0),
+                    (x - 10.0 - w, y + 20.0),
+                    (p.left + 6.0, p.top + 14.0),
+                ],
+                &text,
+                style,
+            );
         }
     }
 

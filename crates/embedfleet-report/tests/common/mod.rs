@@ -40,7 +40,14 @@ fn ranks(i: usize) -> (Option<usize>, Option<usize>) {
     }
 }
 
-fn model(name: &str, source: &str, questions: &[(String, String)], corpus: &[String], pick: fn(usize) -> Option<usize>, shift: f64) -> ModelResult {
+fn model(
+    name: &str,
+    source: &str,
+    questions: &[(String, String)],
+    corpus: &[String],
+    pick: fn(usize) -> Option<usize>,
+    shift: f64,
+) -> ModelResult {
     let mut results = Vec::new();
     for (i, (qid, right)) in questions.iter().enumerate() {
         let rank = pick(i);
@@ -64,8 +71,21 @@ fn model(name: &str, source: &str, questions: &[(String, String)], corpus: &[Str
     }
     let hits = results.iter().filter(|q| q.rank.is_some_and(|r| r <= 5)).count();
     let metrics: IndexMap<String, f64> = [
-        "Accuracy@1", "Accuracy@3", "Accuracy@5", "Accuracy@10", "Precision@1", "Recall@1", "Precision@3", "Recall@3",
-        "Precision@5", "Recall@5", "Precision@10", "Recall@10", "MRR@10", "NDCG@10", "MAP@100",
+        "Accuracy@1",
+        "Accuracy@3",
+        "Accuracy@5",
+        "Accuracy@10",
+        "Precision@1",
+        "Recall@1",
+        "Precision@3",
+        "Recall@3",
+        "Precision@5",
+        "Recall@5",
+        "Precision@10",
+        "Recall@10",
+        "MRR@10",
+        "NDCG@10",
+        "MAP@100",
     ]
     .iter()
     .enumerate()
@@ -96,16 +116,31 @@ pub fn sample_report() -> RunReport {
         let text = if i == 0 {
             HOSTILE_QUESTION.to_owned()
         } else {
-            format!("What does the documentation say in passage {i} about {}?", corpus[(i * 3) % corpus.len()].split_whitespace().nth(2).unwrap_or("it"))
+            format!(
+                "What does the documentation say in passage {i} about {}?",
+                corpus[(i * 3) % corpus.len()].split_whitespace().nth(2).unwrap_or("it")
+            )
         };
         validation.queries.insert(qid.clone(), text);
         validation.relevant_docs.insert(qid.clone(), vec![right.clone()]);
         questions.push((qid, right));
     }
     let base = model("base", "sentence-transformers/all-MiniLM-L6-v2", &questions, &corpus, |i| ranks(i).0, 0.0);
-    let tuned = model("finetuned", "/very/long/output/folder/of/a/user/who/likes/deep/paths/exp_finetune/model", &questions, &corpus, |i| ranks(i).1, 0.061);
+    let tuned = model(
+        "finetuned",
+        "/very/long/output/folder/of/a/user/who/likes/deep/paths/exp_finetune/model",
+        &questions,
+        &corpus,
+        |i| ranks(i).1,
+        0.061,
+    );
     let log: Vec<LogRow> = (1..=48)
-        .map(|s| LogRow { step: s, epoch: (s - 1) / 24, loss: 0.9 / (1.0 + s as f64 / 6.0) + 0.2 * ((s * 7919) % 13) as f64 / 13.0, lr: 2e-5 * (1.0 - s as f64 / 49.0) })
+        .map(|s| LogRow {
+            step: s,
+            epoch: (s - 1) / 24,
+            loss: 0.9 / (1.0 + s as f64 / 6.0) + 0.2 * ((s * 7919) % 13) as f64 / 13.0,
+            lr: 2e-5 * (1.0 - s as f64 / 49.0),
+        })
         .collect();
     RunReport {
         title: "all-MiniLM-L6-v2 fine-tuned on examples/sample-corpus.json".into(),
@@ -122,7 +157,15 @@ pub fn sample_report() -> RunReport {
             generator: "llm (gpt-3.5-turbo)".into(),
             dropped: IndexMap::from([("preamble".to_owned(), 12), ("duplicate".to_owned(), 3)]),
             failed_chunks: 1,
-            llm: Some(LlmFacts { model: "gpt-3.5-turbo".into(), requests: 291, retries: 4, rate_limited: 2, prompt_tokens: 120_000, completion_tokens: 9_000, cost_usd: 0.0735 }),
+            llm: Some(LlmFacts {
+                model: "gpt-3.5-turbo".into(),
+                requests: 291,
+                retries: 4,
+                rate_limited: 2,
+                prompt_tokens: 120_000,
+                completion_tokens: 9_000,
+                cost_usd: 0.0735,
+            }),
         }),
         training: Some(TrainingFacts {
             base_model: "sentence-transformers/all-MiniLM-L6-v2".into(),
