@@ -10,11 +10,12 @@ pub fn spec(run_id: &str) -> String {
 pub fn input_prefix(run_id: &str) -> String {
     format!("runs/{run_id}/input")
 }
-pub fn chunks(run_id: &str) -> String {
-    format!("runs/{run_id}/chunks.json")
+/// Where the run's corpus shards and each task's questions are.
+pub fn shards(run_id: &str) -> embedfleet_core::shard::ShardKeys {
+    embedfleet_core::shard::ShardKeys::new(&run(run_id))
 }
 pub fn questions(run_id: &str, task: u32) -> String {
-    format!("runs/{run_id}/questions/task-{task:05}.json")
+    shards(run_id).questions(task)
 }
 pub fn data(run_id: &str) -> String {
     format!("runs/{run_id}/data")
@@ -43,9 +44,9 @@ pub fn label(step: u64) -> embedfleet_core::CheckpointLabel {
     embedfleet_core::CheckpointLabel::step(step)
 }
 
-/// A generate task's output.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct TaskQuestions {
-    pub questions: indexmap::IndexMap<String, Vec<String>>,
-    pub failures: Vec<embedfleet_core::generate::ChunkFailure>,
+/// The dataset's counts, written beside it when it is assembled.
+pub fn dataset_summary(run_id: &str) -> String {
+    format!("runs/{run_id}/data/summary.json")
 }
+
+pub use embedfleet_core::shard::TaskQuestions;

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 /// 2: run ids and checkpoint labels validated, the run spec holds the shared dataset and training
 /// settings, `TrainDone` names every checkpoint, generation reports its spend.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: the corpus is read by an ingest task that reports `ChunksReady` shard by shard; a spec may
+/// leave the task size to the coordinator.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// No embedfleet message comes near this; anything bigger is refused before parsing.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -24,8 +26,9 @@ pub struct RunSpec {
     pub train: TrainConfig,
     /// Precision of training and evaluation; None: each worker's own `--precision`.
     pub precision: Option<Precision>,
-    /// Chunks per generate task.
-    pub chunks_per_task: usize,
+    /// Chunks per generate task; None: the coordinator chooses from the corpus's size and the
+    /// generator (see `embedfleet_coordinator::worker::chunks_per_task`).
+    pub chunks_per_task: Option<usize>,
     /// The run's LLM budget, shared by every generator replica.
     pub max_cost_usd: Option<f64>,
 }
@@ -38,7 +41,7 @@ impl Default for RunSpec {
             dataset: DatasetConfig::default(),
             train: TrainConfig::default(),
             precision: None,
-            chunks_per_task: 8,
+            chunks_per_task: None,
             max_cost_usd: None,
         }
     }
@@ -71,8 +74,8 @@ impl RunSpec {
         if !inside {
             return Err(SpecError::ForeignInput { run: run.to_string(), key: self.input_key.chars().take(200).collect() });
         }
-        if !(1..=10_000).contains(&self.chunks_per_task) {
-            return Err(SpecError::ChunksPerTask(self.chunks_per_task));
+        if let Some(n) = self.chunks_per_task.filter(|n| !(1..=10_000).contains(n)) {
+            return Err(SpecError::ChunksPerTask(n));
         }
         if let Some(b) = self.max_cost_usd.filter(|b| !b.is_finite() || *b < 0.0) {
             return Err(SpecError::Budget(b));
@@ -89,7 +92,13 @@ impl RunSpec {
 pub enum Message {
     /// CLI → coordinator.
     RunSubmitted { run_id: RunId, spec: RunSpec },
-    /// Coordinator → generators: questions for chunks `first..first + count` of the run's chunk list.
+    /// Coordinator → its ingest stage: read the run's corpus and write it as task shards.
+    IngestTask { run_id: RunId },
+    /// Ingest stage → coordinator: the shards of tasks `0..tasks` are written (`chunks` chunks of
+    /// `documents` documents so far); `complete`: that is the whole corpus.
+    ChunksReady { run_id: RunId, tasks: u32, chunks: u64, documents: u64, complete: bool },
+    /// Coordinator → generators: questions for the chunks of shard `task`, which are chunks
+    /// `first..first + count` of the corpus.
     GenerateTask { run_id: RunId, task: u32, first: u32, count: u32 },
     /// Generator → coordinator. `budget_reached`: the run's budget stopped this task early (its
     /// questions so far are stored).
@@ -124,6 +133,8 @@ impl Message {
     pub fn run_id(&self) -> &RunId {
         match self {
             Message::RunSubmitted { run_id, .. }
+            | Message::IngestTask { run_id }
+            | Message::ChunksReady { run_id, .. }
             | Message::GenerateTask { run_id, .. }
             | Message::GenerateDone { run_id, .. }
             | Message::TrainTask { run_id }
@@ -141,6 +152,8 @@ impl Message {
     pub fn dedup_id(&self) -> String {
         match self {
             Message::RunSubmitted { run_id, .. } => format!("{run_id}.submitted"),
+            Message::IngestTask { run_id } => format!("{run_id}.ingest"),
+            Message::ChunksReady { run_id, tasks, complete, .. } => format!("{run_id}.chunks-ready.{tasks}.{complete}"),
             Message::GenerateTask { run_id, task, .. } => format!("{run_id}.generate.{task}"),
             Message::GenerateDone { run_id, task, .. } => format!("{run_id}.generate-done.{task}"),
             Message::TrainTask { run_id } => format!("{run_id}.train"),
@@ -204,9 +217,9 @@ mod tests {
         let m = Message::GenerateTask { run_id: run("r1"), task: 3, first: 24, count: 8 };
         assert_eq!(decode(&encode(&m)).unwrap(), m);
         assert_eq!(decode(br#"{"schema": 9, "type": "train_task", "run_id": "r"}"#), Err(DecodeError::UnknownSchema { found: 9 }));
-        assert_eq!(decode(br#"{"schema": 1, "type": "train_task", "run_id": "r"}"#), Err(DecodeError::UnknownSchema { found: 1 }));
+        assert_eq!(decode(br#"{"schema": 2, "type": "train_task", "run_id": "r"}"#), Err(DecodeError::UnknownSchema { found: 2 }));
         assert!(matches!(decode(b"not json"), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode(br#"{"schema": 2, "type": "nope"}"#), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode(br#"{"schema": 3, "type": "nope"}"#), Err(DecodeError::Malformed(_))));
         let spec = Message::RunSubmitted { run_id: run("r2"), spec: RunSpec::default() };
         assert_eq!(decode(&encode(&spec)).unwrap(), spec);
     }
@@ -214,13 +227,13 @@ mod tests {
     #[test]
     fn hostile_ids_and_oversized_messages_do_not_decode() {
         for bad in ["x/../..", "../../etc", ".hidden", "a b", ""] {
-            let raw = format!(r#"{{"schema": 2, "type": "train_task", "run_id": {}}}"#, serde_json::to_string(bad).unwrap());
+            let raw = format!(r#"{{"schema": 3, "type": "train_task", "run_id": {}}}"#, serde_json::to_string(bad).unwrap());
             match decode(raw.as_bytes()) {
                 Err(DecodeError::Malformed(reason)) => assert!(reason.contains("invalid run id"), "{reason}"),
                 other => panic!("{bad:?} decoded: {other:?}"),
             }
         }
-        let raw = br#"{"schema": 2, "type": "evaluate_task", "run_id": "r", "label": "../x"}"#;
+        let raw = br#"{"schema": 3, "type": "evaluate_task", "run_id": "r", "label": "../x"}"#;
         assert!(matches!(decode(raw), Err(DecodeError::Malformed(r)) if r.contains("invalid checkpoint label")));
         let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
         assert_eq!(decode(&big), Err(DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1)));
@@ -239,7 +252,7 @@ mod tests {
         assert!(zero_batch.validate(&r).unwrap_err().to_string().contains("--batch-size"));
         let budget = RunSpec { max_cost_usd: Some(f64::NAN), ..ok.clone() };
         assert!(matches!(budget.validate(&r), Err(SpecError::Budget(_))));
-        let tasks = RunSpec { chunks_per_task: 0, ..ok };
+        let tasks = RunSpec { chunks_per_task: Some(0), ..ok };
         assert!(matches!(tasks.validate(&r), Err(SpecError::ChunksPerTask(0))));
     }
 }

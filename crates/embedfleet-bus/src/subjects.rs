@@ -25,17 +25,20 @@ pub const BUDGET_BUCKET: &str = "embedfleet_budgets";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     Coordinate,
+    /// Reading a run's corpus into task shards; served by the coordinator binary.
+    Ingest,
     Generate,
     Train,
     Evaluate,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Coordinate, Stage::Generate, Stage::Train, Stage::Evaluate];
+    pub const ALL: [Stage; 5] = [Stage::Coordinate, Stage::Ingest, Stage::Generate, Stage::Train, Stage::Evaluate];
 
     pub fn name(self) -> &'static str {
         match self {
             Stage::Coordinate => "coordinate",
+            Stage::Ingest => "ingest",
             Stage::Generate => "generate",
             Stage::Train => "train",
             Stage::Evaluate => "evaluate",
@@ -64,7 +67,7 @@ impl Stage {
     pub fn max_deliver(self) -> i64 {
         match self {
             Stage::Coordinate => 60,
-            Stage::Generate | Stage::Train | Stage::Evaluate => 10,
+            Stage::Ingest | Stage::Generate | Stage::Train | Stage::Evaluate => 10,
         }
     }
 }

@@ -53,7 +53,7 @@ async fn generation_rate(generators: usize, docs: usize) -> (f64, u32, f64) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r = fleet.wait_for(&bus, &run, Duration::from_secs(600), |r| r.state != RunState::Generating).await;
     let seconds = started.elapsed().as_secs_f64();
-    (r.chunks as f64 / seconds, r.chunks, seconds)
+    (r.ingest.chunks as f64 / seconds, r.ingest.chunks as u32, seconds)
 }
 
 async fn overhead() -> (f64, f64) {

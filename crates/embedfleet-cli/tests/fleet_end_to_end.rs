@@ -65,7 +65,7 @@ async fn a_run_survives_a_killed_generator_a_nats_restart_and_two_coordinators()
 
     let bus = fleet.bus().await;
     // Kill one generator once some tasks are done: its message is redelivered after ack_wait.
-    fleet.wait_for(&bus, run, Duration::from_secs(60), |r| r.generate_done.len() >= 3).await;
+    fleet.wait_for(&bus, run, Duration::from_secs(60), |r| r.tasks_done() >= 3).await;
     let mut handled = 0.0;
     for g in [&generator_a, &generator_b, &generator_c] {
         handled += sample(&g.metrics().await, "embedfleet_worker_messages_total{outcome=\"ok\",stage=\"generate\"}");
@@ -83,7 +83,15 @@ async fn a_run_survives_a_killed_generator_a_nats_restart_and_two_coordinators()
 
     // Every chunk has its questions exactly once.
     let store = fleet.store();
-    let chunks: Vec<embedfleet_core::Chunk> = serde_json::from_slice(&store.get(&layout::chunks(run)).await.unwrap()).unwrap();
+    let index: embedfleet_core::shard::CorpusIndex =
+        serde_json::from_slice(&store.get(&layout::shards(run).index()).await.unwrap()).unwrap();
+    let mut chunks: Vec<embedfleet_core::Chunk> = Vec::new();
+    for task in 0..index.tasks {
+        chunks.extend(
+            serde_json::from_slice::<Vec<embedfleet_core::Chunk>>(&store.get(&layout::shards(run).chunks(task)).await.unwrap()).unwrap(),
+        );
+    }
+    assert_eq!(chunks.len() as u64, index.chunks);
     let train = read_dataset(&store, &layout::data(run), DatasetSplit::Train).await.unwrap();
     let val = read_dataset(&store, &layout::data(run), DatasetSplit::Val).await.unwrap();
     let mut per_chunk = std::collections::HashMap::<String, usize>::new();

@@ -80,7 +80,7 @@ async fn malformed_unknown_and_poison_messages_are_dead_lettered_and_the_worker_
     // Not JSON; a schema this worker does not speak; a task for chunks that do not exist.
     bus.js.publish(Stage::Generate.subject(), "garbage{".into()).await.unwrap().await.unwrap();
     bus.js.publish(Stage::Generate.subject(), br#"{"schema": 99, "type": "generate_task"}"#.to_vec().into()).await.unwrap().await.unwrap();
-    // A poison task of a real run: chunks far past the end of its chunk list.
+    // A poison task of a real run: a task past the end of its corpus, which has no shard.
     let small = corpus(fleet.dir.path(), 3);
     let o = fleet.cli(&["submit", "--input", small.to_str().unwrap(), "--run-id", "run-poison", "--model-id", "unused"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -108,7 +108,7 @@ async fn malformed_unknown_and_poison_messages_are_dead_lettered_and_the_worker_
     }
     assert!(reasons.iter().any(|r| r.contains("not JSON")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("schema version 99")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("out of range")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("has no task 999")), "{reasons:?}");
     let metrics = generator.metrics().await;
     assert_eq!(sample(&metrics, "embedfleet_worker_messages_total{outcome=\"dead_letter\",stage=\"generate\"}"), 3.0, "{metrics}");
     assert!(generator.ready().await, "the worker is still serving");
@@ -116,19 +116,19 @@ async fn malformed_unknown_and_poison_messages_are_dead_lettered_and_the_worker_
     // The poison task's run was marked failed with the reason.
     let failed = fleet.wait_for(&bus, "run-poison", Duration::from_secs(20), |r| r.state.is_terminal()).await;
     assert_eq!(failed.state, RunState::Failed);
-    assert!(failed.error.as_deref().unwrap_or_default().contains("out of range"), "{failed:?}");
+    assert!(failed.error.as_deref().unwrap_or_default().contains("has no task 999"), "{failed:?}");
 
     // And it still does real work: a run submitted now completes its generation.
     let corpus = corpus(fleet.dir.path(), 6);
     let o = fleet.cli(&["submit", "--input", corpus.to_str().unwrap(), "--run-id", "run-after", "--model-id", "unused"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r = fleet.wait_for(&bus, "run-after", Duration::from_secs(60), |r| r.state != RunState::Generating).await;
-    assert_eq!(r.generate_done.len() as u32, r.generate_tasks);
+    assert_eq!(r.tasks_done(), r.ingest.tasks);
 
     // A submit with a missing corpus publishes nothing; an unknown run is named.
     let o = fleet.cli(&["submit", "--input", "/no/such/corpus.json"]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read the corpus"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = fleet.cli(&["cancel", "no-such-run"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no run named"));
 }

@@ -101,14 +101,14 @@ async fn cancel_during_generation_stops_publishing_and_generators_skip_the_rest(
         "unused",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    fleet.wait_for(&bus, run, Duration::from_secs(60), |r| r.generate_done.len() >= 2).await;
+    fleet.wait_for(&bus, run, Duration::from_secs(60), |r| r.tasks_done() >= 2).await;
     let asked = Instant::now();
     let o = fleet.cli(&["cancel", run]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r = fleet.wait_for(&bus, run, Duration::from_secs(30), |r| r.state.is_terminal()).await;
     assert_eq!(r.state, RunState::Cancelled);
     assert!(asked.elapsed() < Duration::from_secs(30));
-    assert!((r.generate_done.len() as u32) < r.generate_tasks, "cancelled before the end: {r:?}");
+    assert!(r.tasks_done() < r.ingest.tasks, "cancelled before the end: {r:?}");
     assert!(r.outbox.is_empty());
 
     // Nothing of the run is published once its record says cancelled.
@@ -246,7 +246,7 @@ async fn three_generators_share_one_budget_and_keep_what_was_paid_for() {
     // Let tasks that were in flight report.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let r = fleet.wait_for(&bus, run, Duration::from_secs(5), |_| true).await;
-    assert!(r.chunks >= 20, "a corpus big enough to outrun the budget: {} chunks", r.chunks);
+    assert!(r.ingest.chunks >= 20, "a corpus big enough to outrun the budget: {} chunks", r.ingest.chunks);
     assert!(r.spent_usd <= budget + 1e-9, "spent {} of {budget}", r.spent_usd);
     assert!(r.spent_usd > budget / 2.0, "the budget was used, not abandoned early: {}", r.spent_usd);
     assert!(r.error.as_deref().unwrap_or_default().contains("budget reached"), "{r:?}");
@@ -263,7 +263,7 @@ async fn three_generators_share_one_budget_and_keep_what_was_paid_for() {
         kept += part.questions.values().map(|q| q.len() as u64).sum::<u64>();
     }
     assert_eq!(kept, r.questions);
-    assert!(r.questions > 0 && r.questions < 2 * u64::from(r.chunks), "{} of {}", r.questions, 2 * r.chunks);
+    assert!(r.questions > 0 && r.questions < 2 * r.ingest.chunks, "{} of {}", r.questions, 2 * r.ingest.chunks);
     assert!(llm.request_count() as u64 >= r.questions / 2, "requests {}", llm.request_count());
     let o = fleet.cli(&["status", run]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("budget_reached"), "{}", String::from_utf8_lossy(&o.stdout));
@@ -284,7 +284,7 @@ async fn three_generators_share_one_budget_and_keep_what_was_paid_for() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r2 = fleet.wait_for(&bus, "run-after-budget", Duration::from_secs(60), |r| r.state != RunState::Generating).await;
-    assert_eq!(r2.generate_done.len() as u32, r2.generate_tasks, "{r2:?}");
+    assert_eq!(r2.tasks_done(), r2.ingest.tasks, "{r2:?}");
     for g in &generators {
         assert!(g.ready().await);
     }
@@ -325,11 +325,11 @@ async fn hostile_ids_bad_settings_and_oversized_messages_are_refused_and_workers
     // a message far larger than any real one.
     let raw = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
     let hostile = [
-        (Stage::Train, raw(serde_json::json!({"schema": 2, "type": "train_task", "run_id": "x/../.."}))),
-        (Stage::Evaluate, raw(serde_json::json!({"schema": 2, "type": "evaluate_task", "run_id": "r", "label": "../../etc"}))),
+        (Stage::Train, raw(serde_json::json!({"schema": 3, "type": "train_task", "run_id": "x/../.."}))),
+        (Stage::Evaluate, raw(serde_json::json!({"schema": 3, "type": "evaluate_task", "run_id": "r", "label": "../../etc"}))),
         (
             Stage::Generate,
-            raw(serde_json::json!({"schema": 2, "type": "generate_task", "run_id": ".hidden", "task": 0, "first": 0, "count": 1})),
+            raw(serde_json::json!({"schema": 3, "type": "generate_task", "run_id": ".hidden", "task": 0, "first": 0, "count": 1})),
         ),
         (Stage::Generate, vec![b' '; 70 * 1024]),
     ];

@@ -16,14 +16,27 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Everything the fleet knows about a run; stored as JSON in the runs KV bucket.
+///
+/// Its size does not grow with the corpus: progress is counted, work still to send is a cursor
+/// (`published`), and the only set of tasks is the few sent and not yet done (`outstanding`,
+/// never more than `tasks_in_flight`), since every task below the cursor and not outstanding is
+/// done. A million-chunk run's record is as small as a ten-chunk run's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: RunId,
     pub spec: RunSpec,
     pub state: RunState,
-    pub chunks: u32,
-    pub generate_tasks: u32,
-    pub generate_done: BTreeSet<u32>,
+    /// Chunks per generate task, chosen when the run was recorded.
+    pub chunks_per_task: u32,
+    /// Most generate tasks of this run sent to the generators and not yet done: the rest wait,
+    /// so a run submitted later gets its tasks in behind at most this many of each other run.
+    pub tasks_in_flight: u32,
+    /// How far the corpus has been read and cut into task shards.
+    pub ingest: Ingested,
+    /// Generate tasks `0..published` have been sent.
+    pub published: u32,
+    /// Tasks sent and not yet done.
+    pub outstanding: BTreeSet<u32>,
     pub questions: u64,
     pub failed_chunks: u64,
     /// LLM spend reported by the generate tasks.
@@ -44,20 +57,56 @@ pub struct RunRecord {
     pub outbox: Vec<Command>,
 }
 
+/// How far a run's corpus has been read: the shards written so far (a prefix of the tasks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ingested {
+    /// Tasks whose shard of chunks is written: `0..tasks`.
+    pub tasks: u32,
+    pub chunks: u64,
+    pub documents: u64,
+    /// The whole corpus is read: `tasks` is every task of the run.
+    pub complete: bool,
+}
+
+impl RunRecord {
+    /// Generate tasks done.
+    pub fn tasks_done(&self) -> u32 {
+        self.published - self.outstanding.len() as u32
+    }
+
+    /// Whether task `task` has reported done.
+    pub fn task_done(&self, task: u32) -> bool {
+        task < self.published && !self.outstanding.contains(&task)
+    }
+
+    /// Every task of a fully read corpus is done.
+    fn generation_complete(&self) -> bool {
+        self.ingest.complete && self.published == self.ingest.tasks && self.outstanding.is_empty()
+    }
+}
+
 /// What happened, with the facts the worker looked up for it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A run was submitted and its corpus chunked into `chunks` chunks.
+    /// A run was submitted; its corpus will be read in tasks of `chunks_per_task` chunks.
     Submitted {
         run_id: RunId,
         spec: RunSpec,
-        chunks: u32,
+        chunks_per_task: u32,
+        tasks_in_flight: u32,
     },
-    /// A run was submitted with input that can never work (no text, a bad setting).
+    /// A run was submitted with input that can never work (no corpus, a bad setting).
     Rejected {
         run_id: RunId,
         spec: RunSpec,
         reason: String,
+    },
+    /// The corpus's shards `0..tasks` are written (and, when `complete`, that is all of them).
+    ChunksReady {
+        tasks: u32,
+        chunks: u64,
+        documents: u64,
+        complete: bool,
     },
     GenerateDone {
         task: u32,
@@ -92,10 +141,12 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
+    /// Send the ingest task: read the corpus, write its shards, report `ChunksReady` as it goes.
+    StartIngest,
+    /// Send generate tasks `first..end`.
     PublishGenerate {
-        task: u32,
         first: u32,
-        count: u32,
+        end: u32,
     },
     /// Read every task's questions, split, write the dataset files; then `Assembled` (or `Failed`
     /// for data that cannot be split).
@@ -123,15 +174,16 @@ pub enum Outcome {
     Ignored(&'static str),
 }
 
-fn new_record(run_id: &RunId, spec: &RunSpec, chunks: u32) -> RunRecord {
-    let per = spec.chunks_per_task.max(1) as u32;
+fn new_record(run_id: &RunId, spec: &RunSpec, chunks_per_task: u32, tasks_in_flight: u32) -> RunRecord {
     RunRecord {
         run_id: run_id.clone(),
         spec: spec.clone(),
         state: RunState::Generating,
-        chunks,
-        generate_tasks: chunks.div_ceil(per),
-        generate_done: BTreeSet::new(),
+        chunks_per_task: chunks_per_task.max(1),
+        tasks_in_flight: tasks_in_flight.max(1),
+        ingest: Ingested::default(),
+        published: 0,
+        outstanding: BTreeSet::new(),
         questions: 0,
         failed_chunks: 0,
         spent_usd: 0.0,
@@ -154,21 +206,27 @@ fn ends(mut r: RunRecord, state: RunState, error: Option<String>) -> Outcome {
     Outcome::Apply(Box::new(r))
 }
 
+/// Sends as many written tasks as the run's share of the fleet allows: fan-out starts with the
+/// first shard and keeps `tasks_in_flight` tasks out until the last is sent.
+fn top_up(r: &mut RunRecord) {
+    let room = r.tasks_in_flight.saturating_sub(r.outstanding.len() as u32);
+    let end = r.ingest.tasks.min(r.published.saturating_add(room));
+    if end > r.published {
+        r.outstanding.extend(r.published..end);
+        r.outbox.push(Command::PublishGenerate { first: r.published, end });
+        r.published = end;
+    }
+}
+
 pub fn decide(record: Option<&RunRecord>, event: &Event) -> Outcome {
     let Some(record) = record else {
         return match event {
-            Event::Submitted { run_id, spec, chunks: 0 } => {
-                ends(new_record(run_id, spec, 0), RunState::Failed, Some("the corpus has no text to chunk".into()))
-            }
-            Event::Submitted { run_id, spec, chunks } => {
-                let mut r = new_record(run_id, spec, *chunks);
-                let per = spec.chunks_per_task.max(1) as u32;
-                r.outbox = (0..r.generate_tasks)
-                    .map(|t| Command::PublishGenerate { task: t, first: t * per, count: per.min(chunks - t * per) })
-                    .collect();
+            Event::Submitted { run_id, spec, chunks_per_task, tasks_in_flight } => {
+                let mut r = new_record(run_id, spec, *chunks_per_task, *tasks_in_flight);
+                r.outbox.push(Command::StartIngest);
                 Outcome::Apply(Box::new(r))
             }
-            Event::Rejected { run_id, spec, reason } => ends(new_record(run_id, spec, 0), RunState::Failed, Some(reason.clone())),
+            Event::Rejected { run_id, spec, reason } => ends(new_record(run_id, spec, 1, 1), RunState::Failed, Some(reason.clone())),
             _ => Outcome::TooEarly("the run is not recorded yet"),
         };
     };
@@ -181,14 +239,26 @@ pub fn decide(record: Option<&RunRecord>, event: &Event) -> Outcome {
         Event::Submitted { .. } | Event::Rejected { .. } => return Outcome::Duplicate,
         Event::Cancel => return ends(r, Cancelled, None),
         Event::Failed { reason } => return ends(r, Failed, Some(reason.clone())),
-        Event::GenerateDone { task, questions, failed_chunks, spent_usd, budget_reached } => {
-            if r.generate_done.contains(task) {
+        Event::ChunksReady { tasks, chunks, documents, complete } => {
+            let known = r.ingest;
+            if known.complete || (*tasks <= known.tasks && !*complete) {
                 return Outcome::Duplicate;
             }
-            if r.state != Generating || *task >= r.generate_tasks {
+            r.ingest =
+                Ingested { tasks: known.tasks.max(*tasks), chunks: known.chunks.max(*chunks), documents: *documents, complete: *complete };
+            if r.ingest.complete && r.ingest.chunks == 0 {
+                return ends(r, Failed, Some("the corpus has no text to chunk".into()));
+            }
+            top_up(&mut r);
+        }
+        Event::GenerateDone { task, questions, failed_chunks, spent_usd, budget_reached } => {
+            if r.task_done(*task) {
+                return Outcome::Duplicate;
+            }
+            if r.state != Generating || !r.outstanding.contains(task) {
                 return Outcome::Ignored("no such generate task is outstanding");
             }
-            r.generate_done.insert(*task);
+            r.outstanding.remove(task);
             r.questions += u64::from(*questions);
             r.failed_chunks += u64::from(*failed_chunks);
             r.spent_usd += spent_usd.max(0.0);
@@ -196,10 +266,7 @@ pub fn decide(record: Option<&RunRecord>, event: &Event) -> Outcome {
                 let reason = budget_message(&r);
                 return ends(r, BudgetReached, Some(reason));
             }
-            if r.generate_done.len() as u32 == r.generate_tasks {
-                r.state = Assembling;
-                r.outbox.push(Command::Assemble);
-            }
+            top_up(&mut r);
         }
         Event::Assembled => {
             if r.state != Assembling {
@@ -257,6 +324,10 @@ pub fn decide(record: Option<&RunRecord>, event: &Event) -> Outcome {
             return Outcome::Apply(Box::new(r));
         }
     }
+    if r.state == Generating && r.generation_complete() {
+        r.state = Assembling;
+        r.outbox.push(Command::Assemble);
+    }
     // Every checkpoint the trainer announced, and every one it sent, scored: the best wins; the
     // base model keeps its place unless something beats it strictly.
     if r.state == Training
@@ -277,11 +348,11 @@ pub fn decide(record: Option<&RunRecord>, event: &Event) -> Outcome {
 fn terminal(record: &RunRecord, event: &Event) -> Outcome {
     match event {
         Event::GenerateDone { task, questions, failed_chunks, spent_usd, .. } if record.state == RunState::BudgetReached => {
-            if record.generate_done.contains(task) || *task >= record.generate_tasks {
+            if !record.outstanding.contains(task) {
                 return Outcome::Duplicate;
             }
             let mut r = record.clone();
-            r.generate_done.insert(*task);
+            r.outstanding.remove(task);
             r.questions += u64::from(*questions);
             r.failed_chunks += u64::from(*failed_chunks);
             r.spent_usd += spent_usd.max(0.0);
@@ -298,8 +369,8 @@ fn budget_message(r: &RunRecord) -> String {
          Submit again with a larger --max-cost-usd to go on",
         r.spent_usd,
         r.spec.max_cost_usd.unwrap_or(0.0),
-        r.generate_done.len(),
-        r.generate_tasks,
+        r.tasks_done(),
+        r.ingest.tasks,
         r.questions,
         r.run_id
     )

@@ -1,18 +1,30 @@
 use clap::Parser;
-use embedfleet_bus::Stage;
 use embedfleet_bus::crash_loops::watch_crash_loops;
 use embedfleet_bus::runtime::{WorkerArgs, init_logging, shutdown_signal, start};
-use embedfleet_bus::worker::run_worker;
-use embedfleet_coordinator::worker::{Coordinator, export_run_states};
+use embedfleet_bus::worker::{WorkerConfig, run_worker};
+use embedfleet_bus::{Bus, BusOptions, Stage};
+use embedfleet_coordinator::worker::{Coordinator, CoordinatorConfig, Ingester, export_run_states};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The embedfleet coordinator: turns run events into tasks and decides when a run is done.
+/// The embedfleet coordinator: turns run events into tasks, reads submitted corpora into task
+/// shards, and decides when a run is done.
 #[derive(Parser)]
 #[command(name = "embedfleet-coordinator", version)]
 struct Args {
     #[command(flatten)]
     worker: WorkerArgs,
+    /// Generate tasks of one run sent out at once; the rest wait, so that runs share the
+    /// generators. Every replica should have the same value.
+    #[arg(long, env = "EMBEDFLEET_TASKS_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    tasks_in_flight: u32,
+    /// Events held at once. The events of one run are applied together, one record write per
+    /// batch, so more in hand means fewer writes on a busy run.
+    #[arg(long, env = "EMBEDFLEET_EVENTS_IN_HAND", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    events_in_hand: u32,
+    /// Corpora read at once by this replica's ingest stage.
+    #[arg(long, env = "EMBEDFLEET_INGESTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    ingests: u32,
 }
 
 #[tokio::main]
@@ -23,9 +35,29 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(export_run_states(started.bus.clone()));
     // Tasks whose worker died at every delivery: dead-lettered, their runs failed.
     let crash_loops = tokio::spawn(watch_crash_loops(started.bus.clone(), std::future::pending::<()>()));
-    let handler = Arc::new(Coordinator { bus: started.bus.clone(), store: started.store.clone() });
-    let config = args.worker.worker_config(Stage::Coordinate, Duration::from_secs(20));
-    run_worker(started.bus, handler, config, started.health, shutdown_signal()).await?;
+    let config = CoordinatorConfig { tasks_in_flight: args.tasks_in_flight };
+    let coordinator = Arc::new(Coordinator::new(started.bus.clone(), started.store.clone(), config));
+    // The ingest stage has a connection of its own: each loop drains its own when it stops.
+    let ingest_bus = Bus::connect(&BusOptions::from(&args.worker.nats).client_name("embedfleet-coordinator-ingest")).await?;
+    let ingester = Arc::new(Ingester { bus: ingest_bus.clone(), store: started.store.clone() });
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let events =
+        WorkerConfig { parallel: args.events_in_hand as usize, ..args.worker.worker_config(Stage::Coordinate, Duration::from_secs(20)) };
+    let ingest = WorkerConfig { parallel: args.ingests as usize, ..args.worker.worker_config(Stage::Ingest, Duration::from_secs(20)) };
+    let (a, b) = tokio::join!(
+        run_worker(started.bus, coordinator, events, started.health.clone(), until_stopped(stopped.clone())),
+        run_worker(ingest_bus, ingester, ingest, started.health, until_stopped(stopped)),
+    );
     crash_loops.abort();
+    a?;
+    b?;
     Ok(())
 }

@@ -1,40 +1,96 @@
-//! The coordinator worker: each event is turned into an [`Outcome`] by [`decide`]; a new record is
+//! The coordinator worker: events are turned into a new record by [`decide`]; the record is
 //! written with a compare-and-set on the KV revision *before* anything is done about it, and the
 //! record's outbox is carried out afterwards (by whichever replica sees it first) and cleared. An
 //! event is acknowledged only once the outbox it caused is empty, so a coordinator that dies at any
 //! point leaves the event to be redelivered and the work to be finished; an event that overtook the
 //! one it depends on is delivered again shortly, never dropped.
+//!
+//! Events of one run are applied in batches (group commit): while a run's record is being written,
+//! its next events queue up, and the next write applies all of them at once. A run of a million
+//! chunks thus costs a record write per batch of events, not per event, and the writes of one run
+//! never race each other inside a process.
+//!
+//! The coordinator binary also serves the ingest stage ([`Ingester`]): it streams a run's corpus
+//! from the store, chunks it, writes each task's shard, and reports `ChunksReady` as it goes, so
+//! generators start on the first shards while the rest of the corpus is still being read.
 
 use crate::machine::{Command, Event, Outcome, RunRecord, decide};
 use embedfleet_bus::layout::{self, TaskQuestions};
 use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::worker::{TaskError, TaskHandler};
 use embedfleet_bus::{Bus, BusError, RunState, Stage};
-use embedfleet_core::chunk::{Chunk, chunk_documents};
-use embedfleet_core::dataset::write_dataset;
-use embedfleet_core::generate::assemble_dataset;
-use embedfleet_core::ingest::parse_json_documents;
-use embedfleet_core::{ArtifactStore, ChunkId, IngestOptions, RunId};
-use indexmap::IndexMap;
-use prometheus::{IntCounter, IntGaugeVec, register_int_counter, register_int_gauge_vec};
+use embedfleet_core::assemble::{AssembleError, assemble_shards};
+use embedfleet_core::chunk::{ChunkConfig, chunk_document};
+use embedfleet_core::ingest::{IngestError, for_each_json_document};
+use embedfleet_core::shard::{CorpusIndex, Shard, Sharder, TooManyTasks};
+use embedfleet_core::{ArtifactStore, GeneratorKind, IngestOptions, RunId, Transient};
+use futures::StreamExt;
+use prometheus::{
+    Histogram, IntCounter, IntGauge, IntGaugeVec, register_histogram, register_int_counter, register_int_gauge, register_int_gauge_vec,
+};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 pub static RUNS: LazyLock<IntGaugeVec> =
     LazyLock::new(|| register_int_gauge_vec!("embedfleet_coordinator_runs", "Runs by state", &["state"]).expect("registers once"));
 pub static CHUNKS_DONE: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("embedfleet_coordinator_chunks_done_total", "Chunks whose questions are in").expect("registers once")
 });
+pub static CHUNKS_INGESTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("embedfleet_coordinator_chunks_ingested_total", "Chunks cut from corpora and written as task shards")
+        .expect("registers once")
+});
+pub static BATCH_EVENTS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "embedfleet_coordinator_batch_events",
+        "Events applied by one write of a run's record",
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
+    )
+    .expect("registers once")
+});
+pub static RECORD_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("embedfleet_coordinator_record_bytes", "Size of the run record last written").expect("registers once")
+});
 
-/// Commands carried out between two record writes. One: a cancel written meanwhile stops the rest
-/// at once (at most the command in hand still goes out), at a KV write per command.
-const DRAIN_BATCH: usize = 1;
-/// Lost compare-and-set races before an event is put back for later.
+/// Lost compare-and-set races (another replica wrote first) before a batch is put back for later.
 const MAX_LOST_RACES: usize = 50;
+/// Shard writes in flight while a corpus is ingested.
+const SHARD_WRITES_IN_FLIGHT: usize = 4;
+/// How often the ingest stage reports progress (and looks whether the run was cancelled).
+const INGEST_REPORT_EVERY: Duration = Duration::from_millis(500);
 
-pub struct Coordinator {
-    pub bus: Bus,
-    pub store: ArtifactStore,
+/// Settings every coordinator replica of a fleet should share.
+#[derive(Debug, Clone, Copy)]
+pub struct CoordinatorConfig {
+    /// Generate tasks of one run out at once (see [`RunRecord::tasks_in_flight`]).
+    pub tasks_in_flight: u32,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self { tasks_in_flight: 32 }
+    }
+}
+
+/// Chunks per generate task when the submission names none. LLM tasks stay small: each chunk is
+/// seconds of LLM time, and a small task loses little when it has to be done again. Offline tasks
+/// are large, since a chunk takes microseconds and a task's fixed cost (a few store and bus round
+/// trips) dominates. Either way a run has at most a few thousand (offline) or 65,536 (LLM) tasks,
+/// estimated from the corpus's size in bytes (never fewer characters than bytes, so at least as
+/// many chunks as the estimate).
+pub fn chunks_per_task(spec: &RunSpec, corpus_bytes: u64) -> u32 {
+    if let Some(n) = spec.chunks_per_task {
+        return n as u32;
+    }
+    let chunk = spec.dataset.chunk_config();
+    let estimate = corpus_bytes / (chunk.size.saturating_sub(chunk.overlap).max(1) as u64) + 1;
+    let (floor, most_tasks) = match spec.dataset.generator {
+        GeneratorKind::Offline => (256, 4096),
+        GeneratorKind::Llm | GeneratorKind::Auto => (8, 65_536),
+    };
+    estimate.div_ceil(most_tasks).clamp(floor, 10_000) as u32
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +99,14 @@ pub enum RecordError {
     Bus(#[from] BusError),
     #[error("run record {run}: {source}; delete the key from the {bucket} bucket if it was written by hand", bucket = embedfleet_bus::subjects::RUNS_BUCKET)]
     Unreadable { run: String, source: serde_json::Error },
+    #[error(
+        "run record {run} would be {bytes} bytes, more than the NATS server takes in one message ({limit}); \
+         this is a bug in how the record grows, please report it (the run is kept as it was)"
+    )]
+    TooLarge { run: String, bytes: usize, limit: usize },
 }
 
-impl embedfleet_core::Transient for RecordError {
+impl Transient for RecordError {
     fn is_transient(&self) -> bool {
         matches!(self, RecordError::Bus(e) if e.is_transient())
     }
@@ -71,53 +132,171 @@ pub async fn load_record(bus: &Bus, run_id: &str) -> Result<(Option<RunRecord>, 
     }
 }
 
+/// An event waiting for its run's next record write, and where its result goes.
+struct Pending {
+    message: Message,
+    done: tokio::sync::oneshot::Sender<Result<(), TaskError>>,
+}
+
+#[derive(Default)]
+struct RunQueue {
+    pending: Vec<Pending>,
+    /// A handler is applying this run's events; it takes the pending ones before it stops.
+    leading: bool,
+}
+
+pub struct Coordinator {
+    pub bus: Bus,
+    pub store: ArtifactStore,
+    pub config: CoordinatorConfig,
+    queues: Mutex<HashMap<RunId, RunQueue>>,
+}
+
 impl TaskHandler for Coordinator {
     async fn handle(&self, message: Message, _deliveries: i64) -> Result<(), TaskError> {
         let run_id = message.run_id().clone();
-        let mut lost = 0;
-        while lost < MAX_LOST_RACES {
-            let (record, revision) = load_record(&self.bus, &run_id).await?;
-            // Finish what an earlier decision left before deciding anything new.
-            if let Some(r) = record.as_ref().filter(|r| !r.outbox.is_empty()) {
-                if !self.drain(r, revision).await? {
-                    lost += 1;
-                }
-                continue;
-            }
-            let event = self.event_of(&message, &run_id, record.is_some()).await?;
-            match decide(record.as_ref(), &event) {
-                Outcome::Apply(next) => {
-                    if self.commit(&next, revision).await? {
-                        if let Event::GenerateDone { task, .. } = event {
-                            let per = next.spec.chunks_per_task.max(1) as u32;
-                            CHUNKS_DONE.inc_by(u64::from(per.min(next.chunks.saturating_sub(task * per))));
-                        }
-                    } else {
-                        lost += 1;
+        let (done, result) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut queues = self.queues.lock().expect("not poisoned");
+            let queue = queues.entry(run_id.clone()).or_default();
+            queue.pending.push(Pending { message, done });
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            // This handler applies batches of the run's events until none is waiting; others that
+            // arrive meanwhile wait for their result below.
+            loop {
+                let batch = {
+                    let mut queues = self.queues.lock().expect("not poisoned");
+                    let queue = queues.get_mut(&run_id).expect("a leader's queue stays");
+                    if queue.pending.is_empty() {
+                        queues.remove(&run_id);
+                        break;
                     }
-                    // Written or lost to another replica: read again, carry out the outbox, and
-                    // see the event as the duplicate it now is.
+                    std::mem::take(&mut queue.pending)
+                };
+                let (messages, senders): (Vec<Message>, Vec<_>) = batch.into_iter().map(|p| (p.message, p.done)).unzip();
+                let results = self.apply_batch(&run_id, &messages).await;
+                for (sender, result) in senders.into_iter().zip(results) {
+                    let _ = sender.send(result);
                 }
-                Outcome::Duplicate | Outcome::Ignored(_) => return Ok(()),
-                Outcome::TooEarly(why) => return Err(TaskError::NotYet(why.into())),
             }
         }
-        Err(TaskError::transient(format!("run {run_id}: too much contention on its record")))
+        result.await.unwrap_or_else(|_| Err(TaskError::transient("the coordinator dropped the event; it will come again")))
     }
 }
 
 impl Coordinator {
+    pub fn new(bus: Bus, store: ArtifactStore, config: CoordinatorConfig) -> Self {
+        Self { bus, store, config, queues: Mutex::new(HashMap::new()) }
+    }
+
+    /// Applies a batch of one run's events with one record write, then carries out the outbox it
+    /// filled. Each event's result says whether its message may be acknowledged.
+    async fn apply_batch(&self, run_id: &RunId, messages: &[Message]) -> Vec<Result<(), TaskError>> {
+        let all = |e: TaskError| -> Vec<Result<(), TaskError>> {
+            let text = e.to_string();
+            let transient = !matches!(e, TaskError::Fatal(_));
+            messages
+                .iter()
+                .map(|_| Err(if transient { TaskError::transient(text.clone()) } else { TaskError::fatal(text.clone()) }))
+                .collect()
+        };
+        let mut lost = 0;
+        while lost < MAX_LOST_RACES {
+            let (record, revision) = match load_record(&self.bus, run_id).await {
+                Ok(loaded) => loaded,
+                Err(e) => return all(e.into()),
+            };
+            // Finish what an earlier decision left before deciding anything new.
+            if let Some(r) = record.as_ref().filter(|r| !r.outbox.is_empty()) {
+                match self.drain(r, revision).await {
+                    Ok(true) => {}
+                    Ok(false) => lost += 1,
+                    Err(e) => return all(e),
+                }
+                continue;
+            }
+            let mut current = record;
+            let mut results = Vec::with_capacity(messages.len());
+            let mut applied = 0;
+            let mut chunks_done = 0u64;
+            for message in messages {
+                let event = match self.event_of(message, run_id, current.is_some()).await {
+                    Ok(event) => event,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                };
+                match decide(current.as_ref(), &event) {
+                    Outcome::Apply(next) => {
+                        if let Event::GenerateDone { task, .. } = event {
+                            chunks_done += chunks_of_task(&next, task);
+                        }
+                        current = Some(*next);
+                        applied += 1;
+                        results.push(Ok(()));
+                    }
+                    Outcome::Duplicate | Outcome::Ignored(_) => results.push(Ok(())),
+                    Outcome::TooEarly(why) => results.push(Err(TaskError::NotYet(why.into()))),
+                }
+            }
+            let Some(next) = current.filter(|_| applied > 0) else { return results };
+            match self.commit(&next, revision).await {
+                Ok(true) => {
+                    BATCH_EVENTS.observe(applied as f64);
+                    CHUNKS_DONE.inc_by(chunks_done);
+                }
+                // Lost to another replica: read again, and see these events as what they now are.
+                Ok(false) => {
+                    lost += 1;
+                    continue;
+                }
+                Err(e) => return all(e),
+            }
+            // Carry out what this batch decided before its messages are acknowledged.
+            if let Err(e) = self.finish_outbox(run_id).await {
+                return all(e);
+            }
+            return results;
+        }
+        all(TaskError::transient(format!("run {run_id}: another coordinator replica kept writing its record first; trying again later")))
+    }
+
+    /// Carries out the run's outbox until it is empty (or another replica took it over).
+    async fn finish_outbox(&self, run_id: &RunId) -> Result<(), TaskError> {
+        for _ in 0..MAX_LOST_RACES {
+            let (record, revision) = load_record(&self.bus, run_id).await?;
+            match record {
+                Some(r) if !r.outbox.is_empty() => {
+                    self.drain(&r, revision).await?;
+                }
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
     async fn event_of(&self, message: &Message, run_id: &RunId, recorded: bool) -> Result<Event, TaskError> {
         Ok(match message {
             Message::RunSubmitted { spec, .. } => {
                 if recorded {
-                    // Already decided: do not read and chunk the corpus again.
-                    return Ok(Event::Submitted { run_id: run_id.clone(), spec: spec.clone(), chunks: 1 });
+                    // Already decided: a duplicate, whatever the facts.
+                    return Ok(Event::Submitted { run_id: run_id.clone(), spec: spec.clone(), chunks_per_task: 1, tasks_in_flight: 1 });
                 }
-                match self.prepare(run_id, spec).await? {
-                    Ok(chunks) => Event::Submitted { run_id: run_id.clone(), spec: spec.clone(), chunks },
+                match self.admit(run_id, spec).await? {
+                    Ok(chunks_per_task) => Event::Submitted {
+                        run_id: run_id.clone(),
+                        spec: spec.clone(),
+                        chunks_per_task,
+                        tasks_in_flight: self.config.tasks_in_flight,
+                    },
                     Err(reason) => Event::Rejected { run_id: run_id.clone(), spec: spec.clone(), reason },
                 }
+            }
+            Message::ChunksReady { tasks, chunks, documents, complete, .. } => {
+                Event::ChunksReady { tasks: *tasks, chunks: *chunks, documents: *documents, complete: *complete }
             }
             Message::GenerateDone { task, questions, failed_chunks, spent_usd, budget_reached, .. } => Event::GenerateDone {
                 task: *task,
@@ -135,34 +314,61 @@ impl Coordinator {
         })
     }
 
+    /// Checks a submission before its run is recorded: its settings, and that its corpus is there.
+    /// Ok(chunks per task), or Err(reason) for input that can never work, which fails the run.
+    async fn admit(&self, run_id: &RunId, spec: &RunSpec) -> Result<Result<u32, String>, TaskError> {
+        if let Err(e) = spec.validate(run_id) {
+            return Ok(Err(e.to_string()));
+        }
+        match self.store.size(&spec.input_key).await? {
+            None => Ok(Err(format!("corpus {} not found", self.store.describe(&spec.input_key)))),
+            Some(bytes) => Ok(Ok(chunks_per_task(spec, bytes))),
+        }
+    }
+
     /// Writes the record if nobody else changed it since it was read; then tells watchers.
     async fn commit(&self, record: &RunRecord, revision: Option<u64>) -> Result<bool, TaskError> {
         let run_id = record.run_id.as_str();
         let bytes: bytes::Bytes = serde_json::to_vec(record).expect("records serialize").into();
+        // The server refuses a value over its message limit; say so rather than call it a race.
+        let limit = self.bus.client.server_info().max_payload;
+        if limit > 0 && bytes.len() > limit {
+            return Err(TaskError::fatal(RecordError::TooLarge { run: run_id.to_owned(), bytes: bytes.len(), limit }));
+        }
+        let len = bytes.len();
         let written = match revision {
             Some(rev) => self.bus.runs.update(run_id, bytes, rev).await.is_ok(),
             None => self.bus.runs.create(run_id, bytes).await.is_ok(),
         };
         if written {
-            tracing::info!(run_id, state = record.state.name(), outbox = record.outbox.len(), "run updated");
-            self.bus.event(run_id, "state", &serde_json::to_value(record).expect("records serialize")).await;
+            RECORD_BYTES.set(len as i64);
+            tracing::debug!(run_id, state = record.state.name(), outbox = record.outbox.len(), "run updated");
+            let progress = serde_json::json!({
+                "state": record.state.name(),
+                "tasks_done": record.tasks_done(),
+                "tasks": record.ingest.tasks,
+                "questions": record.questions,
+                "steps": record.steps,
+            });
+            self.bus.event(run_id, "state", &progress).await;
         }
         Ok(written)
     }
 
-    /// Carries out the first commands of the outbox, then writes the record without them and with
-    /// the events they produced applied. Losing the write race is fine: the commands are idempotent
-    /// and whoever won has the newer record.
+    /// Carries out the outbox's commands in order, then writes the record without them and with
+    /// the events they produced applied. A cancel written meanwhile is seen at the next read:
+    /// commands are small (at most `tasks_in_flight` tasks each), so little goes out after it.
+    /// Losing the write race is fine: the commands are idempotent and whoever won has the newer
+    /// record.
     async fn drain(&self, record: &RunRecord, revision: Option<u64>) -> Result<bool, TaskError> {
-        let batch = record.outbox.len().min(DRAIN_BATCH);
         let mut follow_ups = Vec::new();
-        for command in &record.outbox[..batch] {
+        for command in &record.outbox {
             if let Some(event) = self.execute(record, command).await? {
                 follow_ups.push(event);
             }
         }
         let mut next = record.clone();
-        next.outbox.drain(..batch);
+        next.outbox.clear();
         for event in &follow_ups {
             if let Outcome::Apply(r) = decide(Some(&next), event) {
                 next = *r;
@@ -174,9 +380,20 @@ impl Coordinator {
     async fn execute(&self, record: &RunRecord, command: &Command) -> Result<Option<Event>, TaskError> {
         let run_id = record.run_id.clone();
         Ok(match command {
-            Command::PublishGenerate { task, first, count } => {
-                let m = Message::GenerateTask { run_id, task: *task, first: *first, count: *count };
-                self.bus.publish(Stage::Generate, &m).await?;
+            Command::StartIngest => {
+                self.bus.publish(Stage::Ingest, &Message::IngestTask { run_id }).await?;
+                None
+            }
+            Command::PublishGenerate { first, end } => {
+                // Sent together, acknowledged together: one round trip for the batch.
+                let sends = (*first..*end).map(|task| {
+                    let (first_chunk, count) = task_chunks(record, task);
+                    let m = Message::GenerateTask { run_id: run_id.clone(), task, first: first_chunk, count };
+                    async move { self.bus.publish(Stage::Generate, &m).await }
+                });
+                for sent in futures::future::join_all(sends).await {
+                    sent?;
+                }
                 None
             }
             Command::Assemble => Some(match self.assemble(record).await? {
@@ -198,58 +415,32 @@ impl Coordinator {
         })
     }
 
-    /// Reads and chunks the corpus, writes the chunk list and the spec. Err(reason) for input that
-    /// can never work, which fails the run with that reason.
-    async fn prepare(&self, run_id: &RunId, spec: &RunSpec) -> Result<Result<u32, String>, TaskError> {
-        if let Err(e) = spec.validate(run_id) {
-            return Ok(Err(e.to_string()));
-        }
-        let raw = match self.store.get(&spec.input_key).await {
-            Ok(raw) => raw,
-            Err(embedfleet_core::StoreError::NotFound { location }) => return Ok(Err(format!("corpus {location} not found"))),
-            Err(e) => return Err(e.into()),
-        };
-        let text = String::from_utf8_lossy(&raw);
-        let options = IngestOptions { text_field: spec.dataset.text_field.clone() };
-        let docs = match parse_json_documents(Path::new(&spec.input_key), &text, &options) {
-            Ok(d) if !d.is_empty() => d,
-            Ok(_) => return Ok(Err("the corpus has no text".into())),
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let chunks = match chunk_documents(&docs, &spec.dataset.chunk_config()) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let Ok(count) = u32::try_from(chunks.len()) else {
-            return Ok(Err(format!("{} chunks are more than a run can hold; split the corpus", chunks.len())));
-        };
-        self.store.put(&layout::spec(run_id), serde_json::to_vec(spec).expect("spec serializes")).await?;
-        self.store.put(&layout::chunks(run_id), serde_json::to_vec(&chunks).expect("chunks serialize")).await?;
-        Ok(Ok(count))
-    }
-
-    /// Every task's questions, in chunk order, split and written as the 8 dataset files.
+    /// Every task's questions, in chunk order, split and written as the 8 dataset files, streamed
+    /// from the shards.
     async fn assemble(&self, record: &RunRecord) -> Result<Result<(), String>, TaskError> {
         let run_id = &record.run_id;
-        let chunks: Vec<Chunk> = serde_json::from_slice(&self.store.get(&layout::chunks(run_id)).await?)
-            .map_err(|e| TaskError::fatal(format!("chunk list of {run_id}: {e}")))?;
-        let mut questions: IndexMap<ChunkId, Vec<String>> = IndexMap::new();
-        for task in 0..record.generate_tasks {
-            let part: TaskQuestions = serde_json::from_slice(&self.store.get(&layout::questions(run_id, task)).await?)
-                .map_err(|e| TaskError::fatal(format!("questions of task {task} of {run_id}: {e}")))?;
-            for (chunk, qs) in part.questions {
-                questions.insert(ChunkId::from(chunk), qs);
-            }
-        }
-        let (train, val, summary) = match assemble_dataset(&chunks, &questions, &record.spec.dataset.split_config()) {
-            Ok(x) => x,
-            Err(e) => return Ok(Err(e.to_string())),
+        let keys = layout::shards(run_id);
+        let index: CorpusIndex = serde_json::from_slice(&self.store.get(&keys.index()).await?)
+            .map_err(|e| TaskError::fatal(format!("corpus index of {run_id}: {e}")))?;
+        let started = Instant::now();
+        let staged = match assemble_shards(
+            &self.store,
+            &keys,
+            &index,
+            &record.spec.dataset.split_config(),
+            &self.store,
+            &layout::data(run_id),
+        )
+        .await
+        {
+            Ok(staged) => staged,
+            Err(e @ (AssembleError::OneSided { .. } | AssembleError::Split(_))) => return Ok(Err(e.to_string())),
+            Err(e) => return Err(TaskError::classify(e)),
         };
-        if train.queries.is_empty() || val.queries.is_empty() {
-            return Ok(Err(format!("{} training and {} validation questions; both need some", train.queries.len(), val.queries.len())));
-        }
-        write_dataset(&self.store, &layout::data(run_id), &train, &val, true).await.map_err(TaskError::classify)?;
-        tracing::info!(run_id = run_id.as_str(), ?summary, "dataset assembled");
+        let summary = staged.summary.clone();
+        staged.commit(true).await.map_err(TaskError::classify)?;
+        self.store.put(&layout::dataset_summary(run_id), serde_json::to_vec_pretty(&summary).expect("json")).await?;
+        tracing::info!(run_id = run_id.as_str(), ?summary, seconds = started.elapsed().as_secs_f64(), "dataset assembled");
         Ok(Ok(()))
     }
 
@@ -287,27 +478,195 @@ impl Coordinator {
             split_by: split_by.as_str().unwrap_or_default(),
             generator: generator.as_str().unwrap_or_default(),
             failed_chunks: record.failed_chunks as usize,
+            documents: record.ingest.documents as usize,
             train: &record.spec.train,
             run_prefix: layout::run(run_id),
             results_prefix: layout::results(run_id),
             model_prefix: layout::model(run_id),
             data_prefix: layout::data(run_id),
-            chunks_key: layout::chunks(run_id),
+            summary_key: layout::dataset_summary(run_id),
         };
         embedfleet_report::fleet::write_run_report(&self.store, &run).await.map_err(TaskError::classify)?;
         Ok(())
     }
 }
 
+/// The chunks of task `task`: its first chunk's position and how many. Every shard but the last
+/// of a fully read corpus is full.
+fn task_chunks(record: &RunRecord, task: u32) -> (u32, u32) {
+    let per = u64::from(record.chunks_per_task);
+    let first = u64::from(task) * per;
+    let count = if record.ingest.complete { per.min(record.ingest.chunks.saturating_sub(first)) } else { per };
+    (first as u32, count as u32)
+}
+
+fn chunks_of_task(record: &RunRecord, task: u32) -> u64 {
+    u64::from(task_chunks(record, task).1)
+}
+
+/// The ingest stage: reads a run's corpus from the store as a stream, cuts it into chunks and the
+/// chunks into task shards, writes each shard, and tells the coordinator how far it has got. Only
+/// a few shards are in memory at a time, whatever the corpus's size. A redelivered ingest task
+/// reads the corpus again and skips the shards already recorded.
+pub struct Ingester {
+    pub bus: Bus,
+    pub store: ArtifactStore,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum IngestFailure {
+    #[error(transparent)]
+    Input(#[from] IngestError),
+    #[error(transparent)]
+    TooManyTasks(#[from] TooManyTasks),
+    #[error("ingestion stopped")]
+    Stopped,
+}
+
+impl TaskHandler for Ingester {
+    async fn handle(&self, message: Message, _deliveries: i64) -> Result<(), TaskError> {
+        let Message::IngestTask { run_id } = message else {
+            return Err(TaskError::fatal("the ingest stage only handles ingest tasks"));
+        };
+        let (Some(record), _) = load_record(&self.bus, &run_id).await? else {
+            return Err(TaskError::NotYet("the run is not recorded yet".into()));
+        };
+        if record.state.is_terminal() || record.ingest.complete {
+            return Ok(());
+        }
+        let spec = &record.spec;
+        self.store.put(&layout::spec(&run_id), serde_json::to_vec(spec).expect("spec serializes")).await?;
+        let reader = self.store.blocking_reader(&spec.input_key).await?;
+        let (tx, shards) = tokio::sync::mpsc::channel::<Shard>(SHARD_WRITES_IN_FLIGHT);
+        let (path, chunking, per) = (Path::new(&spec.input_key).to_owned(), spec.dataset.chunk_config(), record.chunks_per_task);
+        let ingest = IngestOptions { text_field: spec.dataset.text_field.clone() };
+        let reading = tokio::task::spawn_blocking(move || read_shards(reader, &path, &ingest, chunking, per, tx));
+        let written = self.write_shards(&record, shards).await;
+        let index = match reading.await {
+            Ok(Ok(index)) => index,
+            Ok(Err(IngestFailure::Stopped)) => return written.map(|_| ()),
+            Ok(Err(IngestFailure::Input(e @ IngestError::Io { .. }))) => return Err(TaskError::transient(e.to_string())),
+            Ok(Err(e)) => return Err(TaskError::fatal(format!("the corpus {}: {e}", self.store.describe(&spec.input_key)))),
+            Err(e) => return Err(TaskError::fatal(format!("reading the corpus panicked: {e}"))),
+        };
+        let shards = written?;
+        if shards.stopped {
+            return Ok(());
+        }
+        let keys = layout::shards(&run_id);
+        self.store.put(&keys.index(), serde_json::to_vec(&index).expect("index serializes")).await?;
+        let done = Message::ChunksReady {
+            run_id: run_id.clone(),
+            tasks: index.tasks,
+            chunks: index.chunks,
+            documents: index.documents.len() as u64,
+            complete: true,
+        };
+        self.bus.publish(Stage::Coordinate, &done).await?;
+        tracing::info!(
+            run_id = run_id.as_str(),
+            chunks = index.chunks,
+            tasks = index.tasks,
+            documents = index.documents.len(),
+            "corpus ingested"
+        );
+        Ok(())
+    }
+}
+
+/// How the writing side of an ingest ended.
+struct ShardsWritten {
+    /// The run ended meanwhile, so the rest was not worth writing.
+    stopped: bool,
+}
+
+impl Ingester {
+    /// Writes shards as they come (a few at once, reported in order), and tells the coordinator
+    /// how far the prefix of written shards reaches, twice a second.
+    async fn write_shards(&self, record: &RunRecord, shards: tokio::sync::mpsc::Receiver<Shard>) -> Result<ShardsWritten, TaskError> {
+        let run_id = &record.run_id;
+        let keys = layout::shards(run_id);
+        let already = record.ingest.tasks;
+        let mut writes = tokio_stream_of(shards)
+            .map(|shard| {
+                let key = keys.chunks(shard.task);
+                async move {
+                    // Shards the record counts were written by an earlier delivery of this task.
+                    if shard.task >= already {
+                        self.store.put(&key, serde_json::to_vec(&shard.chunks).expect("chunks serialize")).await?;
+                    }
+                    Ok::<_, embedfleet_core::StoreError>((shard.task, shard.first + shard.chunks.len() as u64))
+                }
+            })
+            .buffered(SHARD_WRITES_IN_FLIGHT);
+        let mut last_report = Instant::now();
+        let mut reported = already;
+        let mut chunks = 0u64;
+        while let Some(written) = writes.next().await {
+            let (task, end) = written?;
+            CHUNKS_INGESTED.inc_by(end - chunks);
+            chunks = end;
+            let tasks = task + 1;
+            if last_report.elapsed() >= INGEST_REPORT_EVERY && tasks > reported {
+                last_report = Instant::now();
+                if self.bus.run_state(run_id).await?.is_none_or(RunState::is_terminal) {
+                    return Ok(ShardsWritten { stopped: true });
+                }
+                let ready = Message::ChunksReady { run_id: run_id.clone(), tasks, chunks, documents: 0, complete: false };
+                self.bus.publish(Stage::Coordinate, &ready).await?;
+                reported = tasks;
+            }
+        }
+        Ok(ShardsWritten { stopped: false })
+    }
+}
+
+/// The blocking half of ingestion: parses the corpus a record at a time, chunks each document,
+/// and hands full shards to the writer. Stops when the writer has gone away.
+fn read_shards(
+    reader: impl std::io::Read,
+    path: &Path,
+    options: &IngestOptions,
+    chunking: ChunkConfig,
+    chunks_per_task: u32,
+    tx: tokio::sync::mpsc::Sender<Shard>,
+) -> Result<CorpusIndex, IngestFailure> {
+    chunking.validate().map_err(|e| IngestError::Io { path: path.to_owned(), source: std::io::Error::other(e.to_string()) })?;
+    let mut sharder = Sharder::new(chunks_per_task);
+    let reader = std::io::BufReader::with_capacity(1 << 20, reader);
+    for_each_json_document(reader, path, options, |doc| -> Result<(), IngestFailure> {
+        for shard in sharder.push_document(chunk_document(&doc, &chunking))? {
+            tx.blocking_send(shard).map_err(|_| IngestFailure::Stopped)?;
+        }
+        Ok(())
+    })?;
+    let (last, index) = sharder.finish()?;
+    if let Some(shard) = last {
+        tx.blocking_send(shard).map_err(|_| IngestFailure::Stopped)?;
+    }
+    Ok(index)
+}
+
+/// A Tokio channel as a stream.
+fn tokio_stream_of<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A generate task's output, as the assembly reads it (for tests and tools).
+pub async fn task_questions(store: &ArtifactStore, run_id: &RunId, task: u32) -> Result<TaskQuestions, TaskError> {
+    serde_json::from_slice(&store.get(&layout::questions(run_id, task)).await?)
+        .map_err(|e| TaskError::fatal(format!("questions of task {task} of {run_id}: {e}")))
+}
+
 /// Counts runs by state for the dashboard, every few seconds.
 pub async fn export_run_states(bus: Bus) {
-    use futures_lite::StreamExt;
     loop {
         let mut counts = std::collections::HashMap::<&'static str, i64>::new();
         if let Ok(mut keys) = bus.runs.keys().await {
             while let Some(Ok(key)) = keys.next().await {
-                if let Ok((Some(record), _)) = load_record(&bus, &key).await {
-                    *counts.entry(record.state.name()).or_default() += 1;
+                let Ok(run_id) = RunId::new(key) else { continue };
+                if let Ok(Some(state)) = bus.run_state(&run_id).await {
+                    *counts.entry(state.name()).or_default() += 1;
                 }
             }
         }

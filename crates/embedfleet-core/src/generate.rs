@@ -1,16 +1,22 @@
 //! The generate stage: questions for every chunk from a [`QuestionGenerator`], then the dataset.
 //! The CLI, `embedfleet run` and the fleet's coordinator and generator workers all go through here.
 
-use crate::chunk::Chunk;
+use crate::assemble::{AssembleError, StagedDataset, assemble_shards};
+use crate::chunk::{Chunk, ChunkConfigError, chunk_document};
+use crate::config::DatasetConfig;
 use crate::dataset::QaDataset;
 use crate::ids::{ChunkId, QueryId};
+use crate::ingest::{IngestError, IngestOptions, for_each_document};
 use crate::progress::Progress;
+use crate::shard::{CorpusIndex, Shard, ShardKeys, Sharder, TaskQuestions, TooManyTasks};
 use crate::split::{SplitConfig, SplitError, split_chunks};
+use crate::store::{ArtifactStore, StoreError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::path::Path;
 
 /// Something that writes questions a chunk answers: the offline span cropper or an LLM.
 pub trait QuestionGenerator: Send + Sync {
@@ -172,6 +178,116 @@ pub fn assemble_dataset(
         val_queries: val.queries.len(),
     };
     Ok((train, val, summary))
+}
+
+/// Chunks per shard in the local `generate`: big enough that an LLM's concurrency rarely drains
+/// at a shard's end, small enough that a shard's chunks and questions are a few megabytes.
+pub const LOCAL_SHARD_CHUNKS: u32 = 2048;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateDatasetError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Chunk(#[from] ChunkConfigError),
+    #[error(transparent)]
+    TooManyTasks(#[from] TooManyTasks),
+    #[error("question generation stopped: {0}. Answers so far are kept in the resume cache; fix the cause and run again")]
+    Stopped(GenerationStop),
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where [`generate_dataset`] reads and writes.
+pub struct GenerateDatasetOptions<'a> {
+    /// The corpus: a JSON/JSONL file or a directory.
+    pub input: &'a Path,
+    pub config: &'a DatasetConfig,
+    /// Scratch space (a temporary directory): the corpus, chunked, and the questions, a shard at
+    /// a time, and the dataset's files until they are committed.
+    pub work: &'a ArtifactStore,
+}
+
+/// A dataset generated and staged in the scratch space (commit it into the output to put it in
+/// place), and the chunks that got no questions.
+pub struct GeneratedDataset {
+    pub staged: StagedDataset,
+    pub failures: Vec<ChunkFailure>,
+}
+
+/// The whole generate stage in one process, streamed: documents are read and chunked one at a
+/// time on a blocking thread, each shard of [`LOCAL_SHARD_CHUNKS`] chunks gets its questions and
+/// is set aside in `work`, and the dataset is assembled from the shards exactly as the fleet's
+/// coordinator assembles it. Memory holds a few shards, whatever the corpus's size.
+pub async fn generate_dataset<G: QuestionGenerator>(
+    generator: &G,
+    options: &GenerateDatasetOptions<'_>,
+    progress: &dyn Progress,
+) -> Result<GeneratedDataset, GenerateDatasetError> {
+    let config = options.config;
+    let chunk_config = config.chunk_config();
+    chunk_config.validate()?;
+    let (tx, mut shards) = tokio::sync::mpsc::channel::<Shard>(2);
+    let input = options.input.to_owned();
+    let ingest = IngestOptions { text_field: config.text_field.clone() };
+    let reader = tokio::task::spawn_blocking(move || -> Result<CorpusIndex, GenerateDatasetError> {
+        let mut sharder = Sharder::new(LOCAL_SHARD_CHUNKS);
+        for_each_document(&input, &ingest, |doc| -> Result<(), GenerateDatasetError> {
+            for shard in sharder.push_document(chunk_document(&doc, &chunk_config))? {
+                // The receiver is gone only when generation stopped; its reason is the error.
+                let _ = tx.blocking_send(shard);
+            }
+            Ok(())
+        })?;
+        let (last, index) = sharder.finish()?;
+        if let Some(shard) = last {
+            let _ = tx.blocking_send(shard);
+        }
+        Ok(index)
+    });
+    let keys = ShardKeys::new("");
+    let mut failures = Vec::new();
+    progress.start("questions", None);
+    let per_shard = AdvanceOnly(progress);
+    while let Some(shard) = shards.recv().await {
+        let outcome = generate_questions(generator, &shard.chunks, config.questions_per_chunk, &per_shard).await;
+        if let Some(stop) = outcome.stopped {
+            drop(shards);
+            let _ = reader.await;
+            return Err(GenerateDatasetError::Stopped(stop));
+        }
+        let part = TaskQuestions {
+            questions: outcome.questions.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            failures: outcome.failures,
+        };
+        failures.extend(part.failures.iter().cloned());
+        options.work.put(&keys.chunks(shard.task), serde_json::to_vec(&shard.chunks).expect("chunks serialize")).await?;
+        options.work.put(&keys.questions(shard.task), serde_json::to_vec(&part).expect("questions serialize")).await?;
+    }
+    progress.finish();
+    let index = reader.await.map_err(|e| StoreError::Backend {
+        op: "read",
+        location: options.input.display().to_string(),
+        message: e.to_string(),
+    })??;
+    tracing::info!(documents = index.documents.len(), chunks = index.chunks, "chunked");
+    let staged = assemble_shards(options.work, &keys, &index, &config.split_config(), options.work, "dataset").await?;
+    Ok(GeneratedDataset { staged, failures })
+}
+
+/// Passes a shard's progress on to the whole run's bar, without starting a bar per shard.
+struct AdvanceOnly<'a>(&'a dyn Progress);
+
+impl Progress for AdvanceOnly<'_> {
+    fn start(&self, _phase: &str, _total: Option<u64>) {}
+    fn advance(&self, steps: u64) {
+        self.0.advance(steps);
+    }
+    fn message(&self, message: &str) {
+        self.0.message(message);
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use crate::html::html_to_text;
 use crate::ids::DocId;
 use serde_json::Value;
 use std::collections::HashSet;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 /// Field names tried, in order, when the user does not name the text field.
@@ -42,83 +43,226 @@ pub enum IngestError {
     EmptyCorpus { path: PathBuf },
 }
 
+/// Every document of a corpus, in memory. For corpora of any size use [`for_each_document`],
+/// which holds one document at a time.
 pub fn load_documents(path: &Path, options: &IngestOptions) -> Result<Vec<Document>, IngestError> {
+    let mut docs = Vec::new();
+    for_each_document(path, options, |doc| {
+        docs.push(doc);
+        Ok::<(), IngestError>(())
+    })?;
+    Ok(docs)
+}
+
+/// Calls `sink` with each document of a corpus (a JSON array, JSON Lines, or a directory), in
+/// order, with unique ids, reading one document at a time: memory does not grow with the corpus.
+/// Returns how many there were; a corpus without text is an error.
+pub fn for_each_document<E: From<IngestError>>(
+    path: &Path,
+    options: &IngestOptions,
+    mut sink: impl FnMut(Document) -> Result<(), E>,
+) -> Result<u64, E> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => IngestError::NotFound { path: path.to_owned() },
         _ => IngestError::Io { path: path.to_owned(), source: e },
     })?;
-    let docs = if meta.is_dir() { load_dir(path)? } else { load_json_file(path, options)? };
-    let docs = dedupe_ids(docs);
-    if docs.is_empty() {
-        return Err(IngestError::EmptyCorpus { path: path.to_owned() });
+    let count = if meta.is_dir() {
+        let mut ids = UniqueIds::default();
+        let mut count = 0;
+        for doc in load_dir(path)? {
+            count += 1;
+            sink(ids.assign(doc))?;
+        }
+        count
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| IngestError::Io { path: path.to_owned(), source: e })?;
+        for_each_json_document(std::io::BufReader::with_capacity(1 << 20, file), path, options, sink)?
+    };
+    if count == 0 {
+        return Err(IngestError::EmptyCorpus { path: path.to_owned() }.into());
     }
+    Ok(count)
+}
+
+/// Parses JSON documents from bytes already in memory. Ids are unique, as [`load_documents`]
+/// makes them, so every caller chunks a corpus alike.
+pub fn parse_json_documents(path: &Path, raw: &str, options: &IngestOptions) -> Result<Vec<Document>, IngestError> {
+    let mut docs = Vec::new();
+    for_each_json_document(raw.as_bytes(), path, options, |doc| {
+        docs.push(doc);
+        Ok::<(), IngestError>(())
+    })?;
     Ok(docs)
 }
 
-/// Parses JSON documents from bytes already in memory (the fleet reads the corpus from S3). Ids
-/// are unique, as [`load_documents`] makes them, so the fleet chunks a corpus exactly as
-/// `embedfleet generate` does.
-pub fn parse_json_documents(path: &Path, raw: &str, options: &IngestOptions) -> Result<Vec<Document>, IngestError> {
-    let trimmed = raw.trim_start_matches('\u{feff}').trim_start();
-    let records: Vec<Value> = if trimmed.starts_with('[') {
-        serde_json::from_str(trimmed).map_err(|e| json_error(path, raw, trimmed, &e))?
+/// Calls `sink` with each non-empty document of a JSON array of records, or of JSON Lines (one
+/// record a line), read from `reader` one record at a time. `path` names the corpus in errors and
+/// in each document's `source` (`file.json#12`). Returns how many documents there were (none is
+/// not an error here; [`for_each_document`] says so for a file).
+pub fn for_each_json_document<E: From<IngestError>>(
+    mut reader: impl BufRead,
+    path: &Path,
+    options: &IngestOptions,
+    mut sink: impl FnMut(Document) -> Result<(), E>,
+) -> Result<u64, E> {
+    let io = |e: std::io::Error| IngestError::Io { path: path.to_owned(), source: e };
+    // A byte-order mark is not JSON; editors on Windows write one.
+    if reader.fill_buf().map_err(io)?.starts_with(b"\xEF\xBB\xBF") {
+        reader.consume(3);
+    }
+    // Leading white space, kept (it holds newlines the line numbers of errors count), then the
+    // first byte says which form this is.
+    let mut leading = Vec::new();
+    let is_array = loop {
+        let buf = reader.fill_buf().map_err(io)?;
+        let Some(&first) = buf.first() else { break false };
+        if first.is_ascii_whitespace() {
+            leading.push(first);
+            reader.consume(1);
+            continue;
+        }
+        break first == b'[';
+    };
+    let mut records = RecordReader { path, options, file_name: file_name(path), ids: UniqueIds::default(), index: 0, count: 0 };
+    let reader = std::io::Cursor::new(leading).chain(reader);
+    if is_array {
+        records.array(reader, &mut sink)?;
     } else {
-        let mut records = Vec::new();
-        for (line_no, line) in raw.lines().enumerate() {
-            if line.trim().is_empty() {
+        records.lines(reader, &mut sink)?;
+    }
+    Ok(records.count)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Turns the records of one JSON file into documents, one at a time.
+struct RecordReader<'a> {
+    path: &'a Path,
+    options: &'a IngestOptions,
+    file_name: String,
+    ids: UniqueIds,
+    /// The position of the next record in the file.
+    index: usize,
+    /// Documents given to the sink.
+    count: u64,
+}
+
+impl RecordReader<'_> {
+    fn record<E: From<IngestError>>(&mut self, record: Value, sink: &mut impl FnMut(Document) -> Result<(), E>) -> Result<(), E> {
+        let index = self.index;
+        self.index += 1;
+        if let Some(doc) = document_of(record, index, &self.file_name, self.path, self.options)? {
+            self.count += 1;
+            sink(self.ids.assign(doc))?;
+        }
+        Ok(())
+    }
+
+    /// JSON Lines: one record per line; blank lines are skipped.
+    fn lines<E: From<IngestError>>(&mut self, mut reader: impl BufRead, sink: &mut impl FnMut(Document) -> Result<(), E>) -> Result<(), E> {
+        let mut line = Vec::new();
+        let mut line_no = 0;
+        loop {
+            line.clear();
+            let read = reader.read_until(b'\n', &mut line).map_err(|e| IngestError::Io { path: self.path.to_owned(), source: e })?;
+            if read == 0 {
+                return Ok(());
+            }
+            line_no += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let value = serde_json::from_str(line).map_err(|e| IngestError::Json {
-                path: path.to_owned(),
-                line: line_no + 1,
+            let value = serde_json::from_slice(&line).map_err(|e| IngestError::Json {
+                path: self.path.to_owned(),
+                line: line_no,
                 column: e.column(),
                 message: e.to_string(),
             })?;
-            records.push(value);
+            self.record(value, sink)?;
         }
-        records
-    };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut docs = Vec::with_capacity(records.len());
-    for (index, record) in records.into_iter().enumerate() {
-        let source = format!("{file_name}#{index}");
-        let doc = match record {
-            Value::String(text) => Some(Document { id: DocId::from_identity(&source), text, url: None, title: None, source }),
-            Value::Object(map) => {
-                let text = match &options.text_field {
-                    Some(field) => map.get(field).map(value_text),
-                    None => TEXT_FIELDS.iter().find_map(|f| map.get(*f)).map(value_text),
-                };
-                let Some(text) = text else {
-                    let wanted = match &options.text_field {
-                        Some(f) => format!("'{f}'"),
-                        None => format!("(tried {})", TEXT_FIELDS.join(", ")),
-                    };
-                    return Err(IngestError::TextFieldMissing {
-                        path: path.to_owned(),
-                        index,
-                        wanted,
-                        present: map.keys().cloned().collect::<Vec<_>>().join(", "),
-                    });
-                };
-                let url = map.get("url").map(value_text).filter(|s| !s.is_empty());
-                let title = map.get("title").map(value_text).filter(|s| !s.is_empty());
-                let identity =
-                    map.get("id").map(value_text).filter(|s| !s.is_empty()).or_else(|| url.clone()).unwrap_or_else(|| source.clone());
-                // Scraped JSON often carries raw HTML in the text field.
-                let text = if looks_like_html(&text) { html_to_text(&text).text } else { text };
-                Some(Document { id: DocId::from_identity(&identity), text, url, title, source })
-            }
-            _ => return Err(IngestError::NotAnObject { path: path.to_owned(), index }),
-        };
-        docs.extend(doc.filter(|d| !d.text.trim().is_empty()));
     }
-    Ok(dedupe_ids(docs))
+
+    /// A JSON array, parsed element by element: only one record is in memory at a time.
+    fn array<E: From<IngestError>>(
+        &mut self,
+        reader: impl std::io::Read,
+        sink: &mut impl FnMut(Document) -> Result<(), E>,
+    ) -> Result<(), E> {
+        struct Elements<'r, 'a, S, E> {
+            records: &'r mut RecordReader<'a>,
+            sink: &'r mut S,
+            /// The sink's own error, which stopped the parse.
+            stopped: &'r mut Option<E>,
+        }
+        impl<'de, S: FnMut(Document) -> Result<(), E>, E: From<IngestError>> serde::de::Visitor<'de> for Elements<'_, '_, S, E> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of records")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                while let Some(record) = seq.next_element::<Value>()? {
+                    if let Err(e) = self.records.record(record, self.sink) {
+                        *self.stopped = Some(e);
+                        return Err(serde::de::Error::custom("stopped by the sink"));
+                    }
+                }
+                Ok(())
+            }
+        }
+        let mut stopped = None;
+        let mut de = serde_json::Deserializer::from_reader(reader);
+        let parsed =
+            serde::Deserializer::deserialize_seq(&mut de, Elements { records: self, sink, stopped: &mut stopped }).and_then(|()| de.end());
+        if let Some(e) = stopped {
+            return Err(e);
+        }
+        parsed.map_err(|e| {
+            IngestError::Json { path: self.path.to_owned(), line: e.line(), column: e.column(), message: e.to_string() }.into()
+        })
+    }
 }
 
-fn load_json_file(path: &Path, options: &IngestOptions) -> Result<Vec<Document>, IngestError> {
-    let raw = std::fs::read_to_string(path).map_err(|e| IngestError::Io { path: path.to_owned(), source: e })?;
-    parse_json_documents(path, &raw, options)
+/// One record of a JSON corpus as a document; None when it holds no text.
+fn document_of(
+    record: Value,
+    index: usize,
+    file_name: &str,
+    path: &Path,
+    options: &IngestOptions,
+) -> Result<Option<Document>, IngestError> {
+    let source = format!("{file_name}#{index}");
+    let doc = match record {
+        Value::String(text) => Document { id: DocId::from_identity(&source), text, url: None, title: None, source },
+        Value::Object(map) => {
+            let text = match &options.text_field {
+                Some(field) => map.get(field).map(value_text),
+                None => TEXT_FIELDS.iter().find_map(|f| map.get(*f)).map(value_text),
+            };
+            let Some(text) = text else {
+                let wanted = match &options.text_field {
+                    Some(f) => format!("'{f}'"),
+                    None => format!("(tried {})", TEXT_FIELDS.join(", ")),
+                };
+                return Err(IngestError::TextFieldMissing {
+                    path: path.to_owned(),
+                    index,
+                    wanted,
+                    present: map.keys().cloned().collect::<Vec<_>>().join(", "),
+                });
+            };
+            let url = map.get("url").map(value_text).filter(|s| !s.is_empty());
+            let title = map.get("title").map(value_text).filter(|s| !s.is_empty());
+            let identity =
+                map.get("id").map(value_text).filter(|s| !s.is_empty()).or_else(|| url.clone()).unwrap_or_else(|| source.clone());
+            // Scraped JSON often carries raw HTML in the text field.
+            let text = if looks_like_html(&text) { html_to_text(&text).text } else { text };
+            Document { id: DocId::from_identity(&identity), text, url, title, source }
+        }
+        _ => return Err(IngestError::NotAnObject { path: path.to_owned(), index }),
+    };
+    Ok(Some(doc).filter(|d| !d.text.trim().is_empty()))
 }
 
 fn load_dir(root: &Path) -> Result<Vec<Document>, IngestError> {
@@ -211,22 +355,21 @@ pub fn looks_like_html(text: &str) -> bool {
     head.starts_with("<!doctype html") || head.starts_with("<html") || head.contains("<body")
 }
 
-/// Two records with the same id or url would collide; later ones get a positional suffix.
-fn dedupe_ids(mut docs: Vec<Document>) -> Vec<Document> {
-    let mut seen = HashSet::new();
-    for doc in &mut docs {
-        if !seen.insert(doc.id.clone()) {
-            doc.id = DocId::from_identity(&format!("{}#{}", doc.id, doc.source));
-            seen.insert(doc.id.clone());
-        }
-    }
-    docs
+/// Two records with the same id or url would collide; later ones get a positional suffix. Holds
+/// one id per document seen (not their text).
+#[derive(Default)]
+struct UniqueIds {
+    seen: HashSet<DocId>,
 }
 
-fn json_error(path: &Path, raw: &str, trimmed: &str, e: &serde_json::Error) -> IngestError {
-    // serde_json counts lines from the trimmed text; add back the lines trimmed away.
-    let skipped_lines = raw[..raw.len() - trimmed.len()].matches('\n').count();
-    IngestError::Json { path: path.to_owned(), line: e.line() + skipped_lines, column: e.column(), message: e.to_string() }
+impl UniqueIds {
+    fn assign(&mut self, mut doc: Document) -> Document {
+        if !self.seen.insert(doc.id.clone()) {
+            doc.id = DocId::from_identity(&format!("{}#{}", doc.id, doc.source));
+            self.seen.insert(doc.id.clone());
+        }
+        doc
+    }
 }
 
 #[cfg(test)]

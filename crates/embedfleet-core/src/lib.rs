@@ -4,6 +4,7 @@
 //! Stage functions here are plain inputs → outputs so that `embedfleet run` (one process) and the
 //! fleet workers call exactly the same code.
 
+pub mod assemble;
 pub mod chunk;
 pub mod config;
 pub mod dataset;
@@ -16,6 +17,7 @@ pub mod name;
 pub mod negatives;
 pub mod offline;
 pub mod progress;
+pub mod shard;
 pub mod split;
 pub mod store;
 #[cfg(feature = "testing")]

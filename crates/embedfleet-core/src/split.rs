@@ -48,54 +48,85 @@ pub struct SplitIndices {
 }
 
 pub fn split_chunks(chunks: &[Chunk], config: &SplitConfig) -> Result<SplitIndices, SplitError> {
+    // Documents in order of first appearance with their chunk counts: what a streamed corpus's
+    // index holds.
+    let mut documents: Vec<(DocId, u32)> = Vec::new();
+    let mut position: HashMap<&DocId, usize> = HashMap::new();
+    for c in chunks {
+        match position.get(&c.doc_id) {
+            Some(&i) => documents[i].1 += 1,
+            None => {
+                position.insert(&c.doc_id, documents.len());
+                documents.push((c.doc_id.clone(), 1));
+            }
+        }
+    }
+    let train = split_corpus(&documents, chunks.len() as u64, config)?;
+    let (train, val) = (0..chunks.len()).partition(|&i| train.is_train(i as u64, &chunks[i].doc_id));
+    Ok(SplitIndices { train, val })
+}
+
+/// Which chunks go to training, decided from the corpus's documents and size alone (a streamed
+/// corpus's [`crate::shard::CorpusIndex`]), so a corpus of any size is split without holding it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainSelection {
+    /// Whole documents: a chunk trains when its document does.
+    Documents(HashSet<DocId>),
+    /// Chunks by position in the corpus (one flag each).
+    Chunks(Vec<bool>),
+}
+
+impl TrainSelection {
+    /// Whether the chunk at `position` (of document `doc`) is a training chunk.
+    pub fn is_train(&self, position: u64, doc: &DocId) -> bool {
+        match self {
+            TrainSelection::Documents(docs) => docs.contains(doc),
+            TrainSelection::Chunks(flags) => flags.get(position as usize).copied().unwrap_or(false),
+        }
+    }
+}
+
+/// Splits a corpus of `chunks` chunks whose documents, in order, have the given chunk counts.
+pub fn split_corpus(documents: &[(DocId, u32)], chunks: u64, config: &SplitConfig) -> Result<TrainSelection, SplitError> {
     if !(config.train_ratio > 0.0 && config.train_ratio < 1.0) {
         return Err(SplitError::BadRatio(config.train_ratio));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let target = (chunks.len() as f64 * config.train_ratio).round() as usize;
-    let mut train = match config.by {
+    let n = chunks as usize;
+    let target = (n as f64 * config.train_ratio).round() as usize;
+    Ok(match config.by {
         SplitBy::Chunk => {
-            if chunks.len() < 2 {
-                return Err(SplitError::TooFew { what: format!("{} chunk(s)", chunks.len()) });
+            if n < 2 {
+                return Err(SplitError::TooFew { what: format!("{n} chunk(s)") });
             }
-            let mut order: Vec<usize> = (0..chunks.len()).collect();
+            let mut order: Vec<u32> = (0..n as u32).collect();
             order.shuffle(&mut rng);
-            order.truncate(target.clamp(1, chunks.len() - 1));
-            order.into_iter().collect::<HashSet<_>>()
+            let mut flags = vec![false; n];
+            for &i in &order[..target.clamp(1, n - 1)] {
+                flags[i as usize] = true;
+            }
+            TrainSelection::Chunks(flags)
         }
         SplitBy::Document => {
-            let mut docs: Vec<&DocId> = Vec::new();
-            let mut sizes: HashMap<&DocId, usize> = HashMap::new();
-            for c in chunks {
-                let n = sizes.entry(&c.doc_id).or_insert(0);
-                if *n == 0 {
-                    docs.push(&c.doc_id);
-                }
-                *n += 1;
+            if documents.len() < 2 {
+                return Err(SplitError::TooFew { what: format!("{} document(s)", documents.len()) });
             }
-            if docs.len() < 2 {
-                return Err(SplitError::TooFew { what: format!("{} document(s)", docs.len()) });
-            }
-            docs.shuffle(&mut rng);
+            let mut order: Vec<&(DocId, u32)> = documents.iter().collect();
+            order.shuffle(&mut rng);
             // Whole documents go to train until it holds its share of chunks; at least one
             // document stays on each side.
             let mut chosen = HashSet::new();
             let mut count = 0;
-            for (i, doc) in docs.iter().enumerate() {
-                let remaining = docs.len() - i;
+            for (i, (doc, size)) in order.iter().enumerate() {
+                let remaining = order.len() - i;
                 if chosen.is_empty() || (count < target && remaining > 1) {
-                    chosen.insert(*doc);
-                    count += sizes[doc];
+                    chosen.insert(doc.clone());
+                    count += *size as usize;
                 }
             }
-            (0..chunks.len()).filter(|&i| chosen.contains(&chunks[i].doc_id)).collect()
+            TrainSelection::Documents(chosen)
         }
-    };
-    let mut train_idx: Vec<usize> = train.drain().collect();
-    train_idx.sort_unstable();
-    let train_set: HashSet<usize> = train_idx.iter().copied().collect();
-    let val = (0..chunks.len()).filter(|i| !train_set.contains(i)).collect();
-    Ok(SplitIndices { train: train_idx, val })
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! S3-compatible server (AWS, MinIO, R2, SeaweedFS). Keys are `/`-separated and relative to the root.
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -46,6 +46,8 @@ pub struct ArtifactStore {
     prefix: String,
     /// `s3://bucket/prefix` or the absolute directory, for messages.
     base: String,
+    /// The directory of a local store.
+    local_root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ArtifactStore {
@@ -76,7 +78,7 @@ impl ArtifactStore {
         std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create the directory: {e}")))?;
         let abs: PathBuf = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
         let fs = LocalFileSystem::new_with_prefix(&abs).map_err(|e| bad(e.to_string()))?;
-        Ok(Self { inner: Arc::new(fs), observer: None, prefix: String::new(), base: abs.display().to_string() })
+        Ok(Self { inner: Arc::new(fs), observer: None, prefix: String::new(), base: abs.display().to_string(), local_root: Some(abs) })
     }
 
     fn s3(bucket: &str, prefix: &str, options: &StoreOptions) -> Result<Self, StoreError> {
@@ -108,7 +110,7 @@ impl ArtifactStore {
         let store =
             builder.build().map_err(|e| StoreError::BadLocation { location: format!("s3://{bucket}/{prefix}"), reason: e.to_string() })?;
         let base = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
-        Ok(Self { inner: Arc::new(store), observer: None, prefix: prefix.to_owned(), base })
+        Ok(Self { inner: Arc::new(store), observer: None, prefix: prefix.to_owned(), base, local_root: None })
     }
 
     /// The same store rooted at `base/sub`.
@@ -119,6 +121,7 @@ impl ArtifactStore {
             observer: self.observer.clone(),
             prefix: join(&self.prefix, sub),
             base: format!("{}/{}", self.base.trim_end_matches('/'), sub),
+            local_root: self.local_root.clone(),
         }
     }
 
@@ -199,16 +202,122 @@ impl ArtifactStore {
         }
     }
 
-    /// Copies every object under `from` to the same relative key under `to`.
+    /// Copies every object under `from` to the same relative key under `to`, inside the store (an
+    /// S3 server copies without the bytes passing through this process).
     pub async fn copy_prefix(&self, from: &str, to: &str) -> Result<usize, StoreError> {
         let keys = self.list(from).await?;
         let from_root = format!("{}/", from.trim_end_matches('/'));
         for key in &keys {
             let rel = key.strip_prefix(&from_root).unwrap_or(key);
-            let bytes = self.get(key).await?;
-            self.put(&join(to, rel), bytes).await?;
+            self.copy(key, &join(to, rel)).await?;
         }
         Ok(keys.len())
+    }
+
+    /// Copies one object inside the store (server-side on S3).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        match self.inner.copy(&self.path(from), &self.path(to)).await {
+            Ok(()) => {
+                self.observe("copy", 0, started);
+                Ok(())
+            }
+            Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound { location: self.describe(from) }),
+            Err(e) => Err(self.backend("copy", from, e)),
+        }
+    }
+
+    /// The size of an object in bytes (None: no such object).
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.inner.head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.backend("stat", key, e)),
+        }
+    }
+
+    /// A writer for one object of any size: small ones go up in one request, large ones as a
+    /// multipart upload of [`WRITE_PART_BYTES`] parts, so memory stays bounded. Readers see the
+    /// object only once [`ObjectWriter::finish`] returns.
+    pub fn writer(&self, key: &str) -> ObjectWriter {
+        let inner = object_store::buffered::BufWriter::with_capacity(self.inner.clone(), self.path(key), WRITE_PART_BYTES)
+            .with_max_concurrency(WRITE_PARTS_IN_FLIGHT);
+        ObjectWriter { inner, key: key.to_owned(), store: self.clone(), written: 0, started: std::time::Instant::now() }
+    }
+
+    /// The object's bytes as they arrive, for a reader on a blocking thread (a parser that takes
+    /// [`std::io::Read`]): at most a few parts are held at once, whatever the object's size.
+    /// Call from inside a Tokio runtime; read from a blocking thread (`spawn_blocking`).
+    pub async fn blocking_reader(&self, key: &str) -> Result<BlockingReader, StoreError> {
+        let result = match self.inner.get(&self.path(key)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Err(StoreError::NotFound { location: self.describe(key) }),
+            Err(e) => return Err(self.backend("read", key, e)),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Bytes>>(4);
+        let location = self.describe(key);
+        tokio::spawn(async move {
+            let mut parts = result.into_stream();
+            while let Some(part) = parts.next().await {
+                let part = part.map_err(|e| std::io::Error::other(format!("reading {location}: {e}")));
+                let failed = part.is_err();
+                // A blocking send on a runtime thread would stall it: hand it to the blocking pool.
+                let tx = tx.clone();
+                let sent = tokio::task::spawn_blocking(move || tx.send(part).is_ok()).await.unwrap_or(false);
+                if !sent || failed {
+                    break;
+                }
+            }
+        });
+        Ok(BlockingReader { parts: rx, current: Bytes::new() })
+    }
+
+    /// An object's bytes as they arrive, a part at a time.
+    pub async fn get_stream(&self, key: &str) -> Result<futures::stream::BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let result = match self.inner.get(&self.path(key)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Err(StoreError::NotFound { location: self.describe(key) }),
+            Err(e) => return Err(self.backend("read", key, e)),
+        };
+        let location = self.describe(key);
+        Ok(result
+            .into_stream()
+            .map_err(move |e| StoreError::Backend { op: "read", location: location.clone(), message: e.to_string() })
+            .boxed())
+    }
+
+    /// Moves one object (a rename on a local directory; a copy and a delete on S3).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        match self.inner.rename(&self.path(from), &self.path(to)).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound { location: self.describe(from) }),
+            Err(e) => Err(self.backend("rename", from, e)),
+        }
+    }
+
+    /// Removes the directory `prefix` of a local store if it is empty (a local store keeps the
+    /// directories of objects that were moved away); nothing on S3, which has no directories.
+    pub fn remove_empty_dir(&self, prefix: &str) {
+        if let Some(root) = &self.local_root {
+            let _ = std::fs::remove_dir(root.join(join(&self.prefix, prefix)));
+        }
+    }
+
+    /// Uploads a local file of any size, streamed (see [`ArtifactStore::writer`]).
+    pub async fn put_file(&self, file: &Path, key: &str) -> Result<u64, StoreError> {
+        use tokio::io::AsyncReadExt;
+        let mut reader = tokio::fs::File::open(file).await.map_err(|e| self.backend("read", &file.display().to_string(), e))?;
+        let mut writer = self.writer(key);
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = reader.read(&mut buf).await.map_err(|e| self.backend("read", &file.display().to_string(), e))?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            writer.write(buf.into()).await?;
+        }
+        writer.finish().await
     }
 
     /// Uploads a local directory tree under `prefix`.
@@ -220,8 +329,7 @@ impl ArtifactStore {
                 continue;
             }
             let rel = entry.path().strip_prefix(dir).expect("walkdir stays inside").to_string_lossy().replace('\\', "/");
-            let bytes = std::fs::read(entry.path()).map_err(|e| self.backend("read", &rel, e))?;
-            self.put(&join(prefix, &rel), bytes).await?;
+            self.put_file(entry.path(), &join(prefix, &rel)).await?;
             count += 1;
         }
         Ok(count)
@@ -234,17 +342,101 @@ impl ArtifactStore {
         for key in &keys {
             let rel = key.strip_prefix(&root).unwrap_or(key);
             let target = dir.join(rel);
-            let bytes = self.get(key).await?;
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| self.backend("write", rel, e))?;
             }
-            std::fs::write(&target, &bytes).map_err(|e| self.backend("write", rel, e))?;
+            self.get_file(key, &target).await?;
         }
         Ok(keys.len())
     }
 
+    /// Downloads one object of any size into a local file, streamed.
+    pub async fn get_file(&self, key: &str, target: &Path) -> Result<u64, StoreError> {
+        use tokio::io::AsyncWriteExt;
+        let started = std::time::Instant::now();
+        let result = match self.inner.get(&self.path(key)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Err(StoreError::NotFound { location: self.describe(key) }),
+            Err(e) => return Err(self.backend("read", key, e)),
+        };
+        let local = |e: std::io::Error| self.backend("write", &target.display().to_string(), e);
+        let mut file = tokio::fs::File::create(target).await.map_err(local)?;
+        let mut parts = result.into_stream();
+        let mut total = 0u64;
+        while let Some(part) = parts.next().await {
+            let part = part.map_err(|e| self.backend("read", key, e))?;
+            total += part.len() as u64;
+            file.write_all(&part).await.map_err(local)?;
+        }
+        file.flush().await.map_err(local)?;
+        self.observe("get", total as usize, started);
+        Ok(total)
+    }
+
     fn backend(&self, op: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
         StoreError::Backend { op, location: self.describe(key), message: e.to_string() }
+    }
+}
+
+/// Part size of multipart uploads (S3 wants at least 5 MiB for every part but the last).
+pub const WRITE_PART_BYTES: usize = 8 << 20;
+/// Parts of one upload in flight at once: a writer holds at most this many parts in memory.
+const WRITE_PARTS_IN_FLIGHT: usize = 2;
+
+/// One object being written; see [`ArtifactStore::writer`]. Dropped without
+/// [`ObjectWriter::finish`], the object is not written.
+pub struct ObjectWriter {
+    inner: object_store::buffered::BufWriter,
+    key: String,
+    store: ArtifactStore,
+    written: u64,
+    started: std::time::Instant,
+}
+
+impl ObjectWriter {
+    pub async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
+        self.written += bytes.len() as u64;
+        self.inner.put(bytes).await.map_err(|e| self.store.backend("write", &self.key, e))
+    }
+
+    /// Completes the object; returns its size.
+    pub async fn finish(mut self) -> Result<u64, StoreError> {
+        use tokio::io::AsyncWriteExt;
+        self.inner.shutdown().await.map_err(|e| self.store.backend("write", &self.key, e))?;
+        self.store.observe("put", self.written as usize, self.started);
+        Ok(self.written)
+    }
+
+    /// Gives up the object, removing any parts already uploaded.
+    pub async fn abort(mut self) {
+        let _ = self.inner.abort().await;
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+/// An object's bytes for a blocking reader; see [`ArtifactStore::blocking_reader`].
+pub struct BlockingReader {
+    parts: std::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl std::io::Read for BlockingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.parts.recv() {
+                Ok(part) => self.current = part?,
+                // The sender is gone: the whole object was read.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
     }
 }
 

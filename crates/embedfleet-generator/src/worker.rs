@@ -42,8 +42,9 @@ pub struct GenerateWorker {
     pub bus: Bus,
     pub store: ArtifactStore,
     pub llm: Option<Arc<LlmGenerator<FleetLimiter>>>,
-    /// Per run: its spec and chunk list, read once (tasks of one run come in bursts).
-    runs: Mutex<HashMap<String, (RunSpec, Arc<Vec<Chunk>>)>>,
+    /// Per run: its spec, read once (tasks of one run come in bursts). A task reads only its own
+    /// shard of the run's chunks.
+    runs: Mutex<HashMap<String, RunSpec>>,
     exported: Mutex<GeneratorStats>,
     /// Why LLM runs are refused when there is no `llm`.
     no_llm: String,
@@ -82,21 +83,42 @@ impl GenerateWorker {
         self
     }
 
-    async fn run(&self, run_id: &RunId) -> Result<(RunSpec, Arc<Vec<Chunk>>), TaskError> {
-        if let Some(run) = self.runs.lock().expect("not poisoned").get(run_id.as_str()) {
-            return Ok(run.clone());
+    async fn spec(&self, run_id: &RunId) -> Result<RunSpec, TaskError> {
+        if let Some(spec) = self.runs.lock().expect("not poisoned").get(run_id.as_str()) {
+            return Ok(spec.clone());
         }
         let spec: RunSpec = serde_json::from_slice(&self.store.get(&layout::spec(run_id)).await?)
             .map_err(|e| TaskError::fatal(format!("run spec of {run_id}: {e}")))?;
-        let bytes = self.store.get(&layout::chunks(run_id)).await?;
-        let chunks: Arc<Vec<Chunk>> =
-            Arc::new(serde_json::from_slice(&bytes).map_err(|e| TaskError::fatal(format!("chunk list of {run_id}: {e}")))?);
         let mut cache = self.runs.lock().expect("not poisoned");
-        if cache.len() > 4 {
+        if cache.len() > 64 {
             cache.clear();
         }
-        cache.insert(run_id.to_string(), (spec.clone(), chunks.clone()));
-        Ok((spec, chunks))
+        cache.insert(run_id.to_string(), spec.clone());
+        Ok(spec)
+    }
+
+    /// The chunks of one task: its shard, written by the coordinator's ingest stage.
+    async fn shard(&self, run_id: &RunId, task: u32, first: u32, count: u32) -> Result<Vec<Chunk>, TaskError> {
+        let key = layout::shards(run_id).chunks(task);
+        let bytes = match self.store.get(&key).await {
+            Ok(bytes) => bytes,
+            // Shards are written before their tasks are sent: a missing one is a task that never was.
+            Err(embedfleet_core::StoreError::NotFound { location }) => {
+                return Err(TaskError::fatal(format!("run {run_id} has no task {task}: its shard {location} is not in the store")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let chunks: Vec<Chunk> =
+            serde_json::from_slice(&bytes).map_err(|e| TaskError::fatal(format!("{}: {e}", self.store.describe(&key))))?;
+        if chunks.len() != count as usize {
+            return Err(TaskError::fatal(format!(
+                "{} holds {} chunks, but task {task} is chunks {first}..{} ({count})",
+                self.store.describe(&key),
+                chunks.len(),
+                u64::from(first) + u64::from(count)
+            )));
+        }
+        Ok(chunks)
     }
 
     /// Adds what the LLM client counted since the last export to the Prometheus counters.
@@ -134,11 +156,9 @@ impl TaskHandler for GenerateWorker {
             }
             _ => {}
         }
-        let (spec, chunks) = self.run(&run_id).await?;
-        let (first, count) = (first as usize, count as usize);
-        let slice = chunks
-            .get(first..first.saturating_add(count))
-            .ok_or_else(|| TaskError::fatal(format!("chunks {first}..{} out of range", first.saturating_add(count))))?;
+        let spec = self.spec(&run_id).await?;
+        let chunks = self.shard(&run_id, task, first, count).await?;
+        let slice = chunks.as_slice();
         let n = spec.dataset.questions_per_chunk;
         let use_llm = match spec.dataset.generator {
             GeneratorKind::Llm => true,

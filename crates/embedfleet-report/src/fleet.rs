@@ -6,8 +6,8 @@
 use crate::card::{ModelCard, ModelFacts, base_model_name, render};
 use crate::data::{DatasetFacts, LogRow, ModelResult, PRIMARY_METRIC, RunReport, TrainingCurve, TrainingFacts};
 use crate::write::{ReportError, report_files};
-use embedfleet_core::chunk::Chunk;
 use embedfleet_core::dataset::read_dataset;
+use embedfleet_core::generate::DatasetSummary;
 use embedfleet_core::{ArtifactStore, DatasetSplit};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,8 @@ pub struct FleetRun<'a> {
     pub split_by: &'a str,
     pub generator: &'a str,
     pub failed_chunks: usize,
+    /// Documents in the corpus, as ingestion counted them.
+    pub documents: usize,
     /// How the run's training and evaluators saw validation: the run spec's `train`.
     pub train: &'a embedfleet_core::TrainConfig,
     /// `runs/<run>`.
@@ -51,7 +53,9 @@ pub struct FleetRun<'a> {
     pub results_prefix: String,
     pub model_prefix: String,
     pub data_prefix: String,
-    pub chunks_key: String,
+    /// The dataset's counts ([`DatasetSummary`]), written when it was assembled: the report needs
+    /// the training set's size, not the training set.
+    pub summary_key: String,
 }
 
 fn step_of(label: &str) -> Option<u64> {
@@ -85,10 +89,10 @@ pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Resu
     checkpoints.sort_by_key(|m| m.step);
     let training: Option<FleetTraining> = read_json(store, &training_key(&run.run_prefix)).await?;
     let val = read_dataset(store, &run.data_prefix, DatasetSplit::Val).await?;
-    let train = read_dataset(store, &run.data_prefix, DatasetSplit::Train).await?;
-    let documents = read_json::<Vec<Chunk>>(store, &run.chunks_key)
-        .await?
-        .map(|chunks| chunks.iter().map(|c| c.doc_id.clone()).collect::<std::collections::HashSet<_>>().len());
+    let summary: DatasetSummary = read_json(store, &run.summary_key).await?.ok_or_else(|| ReportError::Malformed {
+        location: store.describe(&run.summary_key),
+        message: "missing: the dataset's summary is written when the dataset is assembled".into(),
+    })?;
 
     let base_name = base_model_name(run.base_model, None);
     let base = checkpoints.iter().find(|m| m.step == Some(0)).cloned();
@@ -124,12 +128,12 @@ pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Resu
         best_step,
     };
     let dataset = DatasetFacts {
-        documents,
-        chunks: train.corpus.len() + val.corpus.len(),
-        train_chunks: train.corpus.len(),
-        val_chunks: val.corpus.len(),
-        train_questions: train.queries.len(),
-        val_questions: val.queries.len(),
+        documents: Some(run.documents),
+        chunks: summary.chunks,
+        train_chunks: summary.train_chunks,
+        val_chunks: summary.val_chunks,
+        train_questions: summary.train_queries,
+        val_questions: summary.val_queries,
         split_by: run.split_by.to_owned(),
         generator: run.generator.to_owned(),
         failed_chunks: run.failed_chunks,
@@ -164,7 +168,7 @@ pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Resu
     );
     let card = ModelCard {
         base_model: base_name,
-        training_data: format!("{} (question, passage) pairs", train.queries.len()),
+        training_data: format!("{} (question, passage) pairs", summary.train_queries),
         metrics: Vec::new(),
         // The card describes the folder: the base model itself when nothing beat it.
         evaluation: report

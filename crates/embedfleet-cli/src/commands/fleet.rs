@@ -52,9 +52,10 @@ pub struct SubmitArgs {
     /// Precision of training and evaluation (default: each worker's own --precision).
     #[arg(long, env = "EMBEDFLEET_PRECISION")]
     pub precision: Option<Precision>,
-    /// Chunks per generate task.
-    #[arg(long, env = "EMBEDFLEET_CHUNKS_PER_TASK", default_value_t = 8)]
-    pub chunks_per_task: usize,
+    /// Chunks per generate task (1 to 10,000). Left out, the coordinator chooses from the
+    /// corpus's size: small tasks for an LLM, large ones for the offline generator.
+    #[arg(long, env = "EMBEDFLEET_CHUNKS_PER_TASK")]
+    pub chunks_per_task: Option<usize>,
     /// The run's LLM budget in USD, shared by every generator replica; the run stops asking at it
     /// and keeps what was paid for.
     #[arg(long, env = "EMBEDFLEET_MAX_COST_USD")]
@@ -87,24 +88,31 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     };
     // Validate everything locally first: a bad setting or corpus publishes nothing.
     spec.validate(&run_id)?;
-    let raw = std::fs::read(&args.input).with_context(|| format!("cannot read the corpus {}", args.input.display()))?;
-    let docs = embedfleet_core::ingest::parse_json_documents(
-        &args.input,
-        &String::from_utf8_lossy(&raw),
-        &embedfleet_core::IngestOptions { text_field: args.dataset.text_field.clone() },
-    )?;
-    if docs.is_empty() {
-        bail!("{}: no text found; nothing submitted", args.input.display());
+    if args.input.is_dir() {
+        bail!(
+            "{} is a directory; `submit` takes one JSON or JSON Lines file (`embedfleet run` and `generate` also read directories)",
+            args.input.display()
+        );
     }
+    // The corpus is read one record at a time, so a corpus of any size is checked in little memory.
+    let documents = {
+        let (input, options) = (args.input.clone(), embedfleet_core::IngestOptions { text_field: args.dataset.text_field.clone() });
+        tokio::task::spawn_blocking(move || {
+            embedfleet_core::ingest::for_each_document(&input, &options, |_| Ok::<(), embedfleet_core::IngestError>(()))
+        })
+        .await??
+    };
     let store = args.fleet.storage.open(&args.fleet.store)?;
     let bus = args.fleet.bus().await?;
     if load_record(&bus, &run_id).await?.0.is_some() {
         bail!("run {run_id} already exists; choose another --run-id");
     }
-    store.put(&spec.input_key, raw).await?;
+    // Streamed up (a multipart upload for a large file), never read whole into memory.
+    let bytes =
+        store.put_file(&args.input, &spec.input_key).await.with_context(|| format!("uploading the corpus {}", args.input.display()))?;
     bus.publish(Stage::Coordinate, &Message::RunSubmitted { run_id: run_id.clone(), spec }).await?;
     println!("{run_id}");
-    eprintln!("submitted {} documents; follow with: embedfleet watch {run_id}", docs.len());
+    eprintln!("submitted {documents} documents ({bytes} bytes); follow with: embedfleet watch {run_id}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,11 +146,11 @@ fn describe(r: &RunRecord) -> String {
         None => String::new(),
     };
     format!(
-        "{:<28} {:<14} generate {:>4}/{:<4} questions {:>6}  train {:<5} steps {:>5}  evaluations {}/{}{spend}  {}",
+        "{:<28} {:<14} generate {:>4}/{:<5} questions {:>6}  train {:<5} steps {:>5}  evaluations {}/{}{spend}  {}",
         r.run_id,
         r.state.name(),
-        r.generate_done.len(),
-        r.generate_tasks,
+        r.tasks_done(),
+        format!("{}{}", r.ingest.tasks, if r.ingest.complete { "" } else { "+" }),
         r.questions,
         if r.train_done { "done" } else { "-" },
         r.steps,
@@ -156,7 +164,12 @@ fn describe(r: &RunRecord) -> String {
 fn waiting_for(r: &RunRecord) -> String {
     use RunState::*;
     match r.state {
-        Generating => format!("waiting for {} generate task(s) on the generators", r.generate_tasks as usize - r.generate_done.len()),
+        Generating if !r.ingest.complete => format!(
+            "reading the corpus ({} chunks so far, coordinator); {} generate task(s) out on the generators",
+            r.ingest.chunks,
+            r.outstanding.len()
+        ),
+        Generating => format!("waiting for {} generate task(s) on the generators", r.ingest.tasks - r.tasks_done()),
         Assembling => "writing the dataset (coordinator)".into(),
         Training if !r.train_done => format!("waiting for the trainer (step {} so far)", r.steps),
         Training => {
@@ -214,13 +227,14 @@ pub async fn watch(args: RunArg) -> Result<ExitCode> {
     let mut r = record(&bus, &args.run).await?;
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>10.bold} [{bar:30}] {pos}/{len} {msg}").expect("static").progress_chars("=> ");
-    let generate = bars.add(ProgressBar::new(r.generate_tasks as u64).with_style(style.clone()).with_prefix("generate"));
+    let generate = bars.add(ProgressBar::new(u64::from(r.ingest.tasks)).with_style(style.clone()).with_prefix("generate"));
     let eval = bars.add(ProgressBar::new(0).with_style(style).with_prefix("evaluate"));
     let train = bars.add(ProgressBar::new_spinner().with_prefix("train"));
     loop {
-        generate.set_length(r.generate_tasks as u64);
-        generate.set_position(r.generate_done.len() as u64);
-        generate.set_message(format!("{} questions", r.questions));
+        generate.set_length(u64::from(r.ingest.tasks));
+        generate.set_position(u64::from(r.tasks_done()));
+        let reading = if r.ingest.complete { String::new() } else { format!(", corpus read so far: {} chunks", r.ingest.chunks) };
+        generate.set_message(format!("{} questions{reading}", r.questions));
         train.set_message(format!("{} steps{}", r.steps, if r.train_done { ", done" } else { "" }));
         eval.set_length(r.checkpoints.len() as u64);
         eval.set_position(r.evaluations.len() as u64);

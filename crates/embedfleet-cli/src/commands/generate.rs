@@ -3,13 +3,9 @@
 use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use embedfleet_core::Chunk;
-use embedfleet_core::chunk::chunk_documents;
-use embedfleet_core::dataset::write_dataset;
-use embedfleet_core::generate::{ChunkFailure, GenerationOutcome};
-use embedfleet_core::generate::{DatasetSummary, assemble_dataset, generate_questions};
-use embedfleet_core::ingest::load_documents;
-use embedfleet_core::{DatasetConfig, GeneratorKind, IngestOptions, OfflineGenerator, Progress, QaDataset};
+use embedfleet_core::assemble::AssembleError;
+use embedfleet_core::generate::{ChunkFailure, DatasetSummary, GenerateDatasetError, GenerateDatasetOptions, generate_dataset};
+use embedfleet_core::{ArtifactStore, DatasetConfig, GeneratorKind, OfflineGenerator, Progress};
 use embedfleet_generator::{GeneratorStats, LlmArgs, LlmGenerator, write_failures};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,85 +31,81 @@ pub struct GenerateArgs {
     pub storage: StorageArgs,
 }
 
+/// What `generate` did: the dataset is in the output store.
 pub struct BuiltDataset {
-    pub train: QaDataset,
-    pub val: QaDataset,
     pub summary: DatasetSummary,
     /// Chunks the LLM could not answer; the dataset holds the others.
     pub failures: Vec<ChunkFailure>,
     pub llm_stats: Option<GeneratorStats>,
 }
 
-/// Everything of `generate` short of writing files, so `run` shares it.
-pub async fn build_dataset(input: &Path, args: &DatasetConfig, llm: &LlmArgs, progress: Arc<dyn Progress>) -> Result<BuiltDataset> {
+/// Everything of `generate`, so `run` shares it: the corpus is streamed through chunking,
+/// question generation and the split into the 8 dataset files, a shard at a time (scratch space
+/// in a temporary directory), so memory does not grow with the corpus. Then the output store is
+/// opened (`out`: nothing is created for input that fails) and the files go there; a different
+/// dataset already there is kept unless `overwrite`.
+pub async fn build_dataset(
+    input: &Path,
+    args: &DatasetConfig,
+    llm: &LlmArgs,
+    out: impl FnOnce() -> Result<ArtifactStore>,
+    overwrite: bool,
+    progress: Arc<dyn Progress>,
+) -> Result<(BuiltDataset, ArtifactStore)> {
     args.validate()?;
-    let docs = load_documents(input, &IngestOptions { text_field: args.text_field.clone() })?;
-    let chunks = chunk_documents(&docs, &args.chunk_config())?;
-    tracing::info!(documents = docs.len(), chunks = chunks.len(), "chunked");
+    let scratch =
+        tempfile::Builder::new().prefix("embedfleet-generate-").tempdir().context("creating a scratch directory for the shards")?;
+    let work = ArtifactStore::local(scratch.path())?;
+    let options = GenerateDatasetOptions { input, config: args, work: &work };
     let use_llm = match args.generator {
         GeneratorKind::Llm => true,
         GeneratorKind::Offline => false,
         GeneratorKind::Auto => llm.configured(),
     };
-    let (outcome, llm_stats) = if use_llm {
-        let (outcome, stats) = ask_llm(&chunks, args, llm, progress).await?;
-        (outcome, Some(stats))
+    let (generated, llm_stats) = if use_llm {
+        let generator = Arc::new(LlmGenerator::new(llm.config()?)?);
+        let ticker = llm_ticker(generator.clone(), progress.clone());
+        let generated = generate_dataset(generator.as_ref(), &options, progress.as_ref()).await;
+        ticker.abort();
+        (generated, Some(generator.stats()))
     } else {
-        let offline = OfflineGenerator::new(args.seed);
-        (generate_questions(&offline, &chunks, args.questions_per_chunk, progress.as_ref()).await, None)
+        (generate_dataset(&OfflineGenerator::new(args.seed), &options, progress.as_ref()).await, None)
     };
-    if let Some(reason) = &outcome.stopped {
-        bail!("question generation stopped: {reason}. Answers so far are kept in the resume cache; fix the cause and run again");
-    }
-    let (train, val, summary) = assemble_dataset(&chunks, &outcome.questions, &args.split_config())?;
-    if train.queries.is_empty() || val.queries.is_empty() {
-        bail!(
-            "the split left {} training and {} validation questions; both need some. Add documents or change --train-ratio",
-            train.queries.len(),
-            val.queries.len()
-        );
-    }
-    Ok(BuiltDataset { train, val, summary, failures: outcome.failures, llm_stats })
+    let generated = match generated {
+        Err(GenerateDatasetError::Assemble(AssembleError::OneSided { train, val })) => {
+            bail!("the split left {train} training and {val} validation questions; both need some. Add documents or change --train-ratio")
+        }
+        other => other?,
+    };
+    let summary = generated.staged.summary.clone();
+    // The output is touched only now, with the whole dataset in hand.
+    let out = out()?;
+    generated.staged.commit_into(&out, "", overwrite).await.with_context(|| format!("writing the dataset to {}", out.describe("")))?;
+    Ok((BuiltDataset { summary, failures: generated.failures, llm_stats }, out))
 }
 
-/// Runs the LLM generator with a live line of requests, 429s and cost on the progress bar.
-async fn ask_llm(
-    chunks: &[Chunk],
-    args: &DatasetConfig,
-    llm: &LlmArgs,
-    progress: Arc<dyn Progress>,
-) -> Result<(GenerationOutcome, GeneratorStats)> {
-    let generator = Arc::new(LlmGenerator::new(llm.config()?)?);
-    let ticker = {
-        let (generator, progress) = (generator.clone(), progress.clone());
-        let started = Instant::now();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                let s = generator.stats();
-                progress.message(&format!(
-                    "{:.1} req/s, {} x 429, ${:.4}",
-                    s.requests as f64 / started.elapsed().as_secs_f64().max(1e-3),
-                    s.rate_limited,
-                    s.cost_usd
-                ));
-            }
-        })
-    };
-    let outcome = generate_questions(generator.as_ref(), chunks, args.questions_per_chunk, progress.as_ref()).await;
-    ticker.abort();
-    Ok((outcome, generator.stats()))
+/// A live line of requests, 429s and cost on the progress bar while the LLM works.
+fn llm_ticker(generator: Arc<LlmGenerator>, progress: Arc<dyn Progress>) -> tokio::task::JoinHandle<()> {
+    let started = Instant::now();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let s = generator.stats();
+            progress.message(&format!(
+                "{:.1} req/s, {} x 429, ${:.4}",
+                s.requests as f64 / started.elapsed().as_secs_f64().max(1e-3),
+                s.rate_limited,
+                s.cost_usd
+            ));
+        }
+    })
 }
 
 pub async fn run(args: GenerateArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let progress = crate::progress::for_terminal();
-    let built = build_dataset(&args.input, &args.dataset, &args.llm, progress).await?;
-    // Opened only now, so bad input leaves no empty output directory behind.
-    let store = args.storage.open(&args.output_dir)?;
-    write_dataset(&store, "", &built.train, &built.val, args.overwrite)
-        .await
-        .with_context(|| format!("writing the dataset to {}", args.output_dir))?;
+    let open = || Ok(args.storage.open(&args.output_dir)?);
+    let (built, store) = build_dataset(&args.input, &args.dataset, &args.llm, open, args.overwrite, progress).await?;
     print_summary(&built.summary, &store.describe(""), started.elapsed().as_secs_f64());
     if let Some(stats) = &built.llm_stats {
         print_llm_stats(stats);

@@ -9,7 +9,7 @@ use super::report;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
 use clap::Args;
-use embedfleet_core::dataset::write_dataset;
+use embedfleet_core::dataset::read_dataset;
 use embedfleet_core::{DatasetConfig, TrainConfig};
 use embedfleet_core::{DatasetSplit, HardNegatives};
 use embedfleet_evaluator::{EvalOptions, PreparedDataset};
@@ -57,11 +57,14 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     args.training.validate()?;
     let progress = crate::progress::for_terminal();
     println!("== generate");
-    let built = build_dataset(&args.input, &args.dataset, &args.llm, progress).await?;
     let data_dir = args.output_dir.join("data");
-    let store = args.storage.open(data_dir.to_str().context("output directory is not UTF-8")?)?;
-    write_dataset(&store, "", &built.train, &built.val, args.overwrite).await?;
+    let data_location = data_dir.to_str().context("output directory is not UTF-8")?;
+    let open = || Ok(args.storage.open(data_location)?);
+    let (built, store) = build_dataset(&args.input, &args.dataset, &args.llm, open, args.overwrite, progress).await?;
     print_summary(&built.summary, &store.describe(""), started.elapsed().as_secs_f64());
+    // Training holds its pairs in memory; the dataset is read back from the files just written.
+    let train = read_dataset(&store, "", DatasetSplit::Train).await?;
+    let val = read_dataset(&store, "", DatasetSplit::Val).await?;
     if let Some(stats) = &built.llm_stats {
         print_llm_stats(stats);
     }
@@ -73,7 +76,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             let mined_at = Instant::now();
             let settings = MineSettings::for_training(&args.training, count);
             let (negatives, report) =
-                mine_negatives(&args.model_id, &built.train, &args.training.mining, settings, 32, &args.runtime, &args.storage).await?;
+                mine_negatives(&args.model_id, &train, &args.training.mining, settings, 32, &args.runtime, &args.storage).await?;
             let name = HardNegatives::file_name(DatasetSplit::Train);
             store.put(&name, negatives.to_json()).await?;
             print_report(&report, count, std::path::Path::new(&store.describe(&name)), mined_at.elapsed().as_secs_f64());
@@ -85,8 +88,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let model_dir = args.output_dir.join("model");
     let outcome = finetune(
         &args.model_id,
-        built.train.clone(),
-        built.val.clone(),
+        train,
+        val.clone(),
         model_dir.clone(),
         &args.training,
         &args.runtime,
@@ -100,7 +103,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 
     println!("\n== evaluate");
     // Scored as training's validation scored it (with --inverse-cloze, questions cut out of their passages).
-    let validation = args.training.training_view(&built.val).into_owned();
+    let validation = args.training.training_view(&val).into_owned();
     let data = PreparedDataset::new(&validation)?;
     let models = vec![("base".to_owned(), args.model_id.clone()), ("finetuned".to_owned(), model_dir.display().to_string())];
     let results_dir = args.output_dir.join("results");

@@ -104,6 +104,12 @@ impl Fleet {
         Bus::connect(&BusOptions::new(self.nats.url()).connect_timeout(Duration::from_secs(10))).await.unwrap()
     }
 
+    /// The fleet's settings on a command of the caller's (a wrapper like /usr/bin/time).
+    pub fn command_env<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        self.env(cmd);
+        cmd
+    }
+
     fn env(&self, cmd: &mut Command) {
         cmd.env("EMBEDFLEET_NATS_URL", self.nats.url())
             .env("EMBEDFLEET_STORE", self.store_url())
@@ -198,4 +204,77 @@ pub fn corpus(dir: &Path, n: usize) -> PathBuf {
 
 pub fn store_options(s3: &SeaweedFs) -> StoreOptions {
     s3.store_options()
+}
+
+/// A synthetic scraped site as JSON Lines: `pages` pages of about 8,000 characters each (some
+/// shorter, some longer), in paragraphs of sentences drawn from a fixed vocabulary, with a url and
+/// a title, seeded so the same call writes the same bytes. About 10 chunks a page at the default
+/// chunk size. Written a page at a time.
+pub fn synthetic_site(path: &Path, pages: usize, seed: u64) -> u64 {
+    use rand::{Rng, SeedableRng};
+    use std::io::Write;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    const SYLLABLES: [&str; 24] = [
+        "ka", "lo", "mir", "ten", "sa", "vor", "ul", "dri", "pe", "quo", "an", "zel", "ri", "mon", "ta", "gle", "xi", "bru", "no", "sel",
+        "fa", "hu", "den", "ort",
+    ];
+    let vocabulary: Vec<String> = (0..4000)
+        .map(|_| (0..rng.random_range(1..4)).map(|_| SYLLABLES[rng.random_range(0..SYLLABLES.len())]).collect::<String>())
+        .collect();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut bytes = 0u64;
+    let mut text = String::with_capacity(16_384);
+    for page in 0..pages {
+        text.clear();
+        let target = rng.random_range(4_000..12_000);
+        while text.len() < target {
+            for _ in 0..rng.random_range(2..7) {
+                let words = rng.random_range(6..22);
+                for w in 0..words {
+                    let word = &vocabulary[rng.random_range(0..vocabulary.len())];
+                    if w == 0 {
+                        let mut chars = word.chars();
+                        text.extend(chars.next().map(|c| c.to_ascii_uppercase()));
+                        text.push_str(chars.as_str());
+                    } else {
+                        text.push(' ');
+                        text.push_str(word);
+                    }
+                }
+                text.push_str(". ");
+            }
+            text.push_str("\n\n");
+        }
+        let line = serde_json::json!({
+            "url": format!("https://docs.example.com/section-{}/page-{page}.html", page % 97),
+            "title": format!("Page {page}"),
+            "content": text,
+        });
+        let mut encoded = serde_json::to_vec(&line).unwrap();
+        encoded.push(b'\n');
+        bytes += encoded.len() as u64;
+        out.write_all(&encoded).unwrap();
+    }
+    out.flush().unwrap();
+    bytes
+}
+
+/// Peak resident memory of a running process, from the kernel's high-water mark, in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// SHA-256 of an object, streamed.
+pub async fn object_sha256(store: &ArtifactStore, key: &str) -> String {
+    use futures::TryStreamExt;
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut parts = store.get_stream(key).await.unwrap();
+    while let Some(part) = parts.try_next().await.unwrap() {
+        hasher.update(&part);
+    }
+    hex::encode(hasher.finalize())
 }

@@ -11,8 +11,22 @@ fn label(step: u64) -> CheckpointLabel {
     CheckpointLabel::step(step)
 }
 
-fn submitted(chunks: u32, per_task: usize) -> Event {
-    Event::Submitted { run_id: run(), spec: RunSpec { chunks_per_task: per_task, max_cost_usd: Some(1.0), ..Default::default() }, chunks }
+fn submitted(per_task: u32, in_flight: u32) -> Event {
+    Event::Submitted {
+        run_id: run(),
+        spec: RunSpec { chunks_per_task: Some(per_task as usize), max_cost_usd: Some(1.0), ..Default::default() },
+        chunks_per_task: per_task,
+        tasks_in_flight: in_flight,
+    }
+}
+
+/// The whole corpus read: `chunks` chunks in tasks of `per_task`.
+fn ingested(chunks: u64, per_task: u32) -> Event {
+    Event::ChunksReady { tasks: chunks.div_ceil(u64::from(per_task)) as u32, chunks, documents: 1, complete: true }
+}
+
+fn partly_ingested(tasks: u32, per_task: u32) -> Event {
+    Event::ChunksReady { tasks, chunks: u64::from(tasks * per_task), documents: 1, complete: false }
 }
 
 fn generate_done(task: u32, questions: u32) -> Event {
@@ -41,22 +55,21 @@ fn drain(record: &mut Option<RunRecord>) -> Vec<Command> {
 #[test]
 fn a_run_from_submission_to_done() {
     let mut r = None;
-    let cmds = apply(&mut r, submitted(10, 4));
-    assert_eq!(
-        cmds,
-        vec![
-            Command::PublishGenerate { task: 0, first: 0, count: 4 },
-            Command::PublishGenerate { task: 1, first: 4, count: 4 },
-            Command::PublishGenerate { task: 2, first: 8, count: 2 },
-        ]
-    );
-    assert_eq!(r.as_ref().unwrap().outbox.len(), 3, "persisted before anything is published");
+    assert_eq!(apply(&mut r, submitted(4, 2)), vec![Command::StartIngest]);
+    assert_eq!(r.as_ref().unwrap().outbox.len(), 1, "persisted before anything is sent");
     drain(&mut r);
-    assert!(apply(&mut r, generate_done(0, 8)).is_empty());
+    // Fan-out starts with the first shard, and never has more than two tasks out.
+    assert_eq!(apply(&mut r, partly_ingested(1, 4)), vec![Command::PublishGenerate { first: 0, end: 1 }]);
+    assert_eq!(decide(r.as_ref(), &partly_ingested(1, 4)), Outcome::Duplicate);
+    assert_eq!(apply(&mut r, ingested(10, 4)), vec![Command::PublishGenerate { first: 1, end: 2 }]);
+    drain(&mut r);
+    assert_eq!(apply(&mut r, generate_done(0, 8)), vec![Command::PublishGenerate { first: 2, end: 3 }]);
     assert_eq!(decide(r.as_ref(), &generate_done(0, 8)), Outcome::Duplicate, "a redelivered completion changes nothing");
+    assert!(matches!(decide(r.as_ref(), &generate_done(7, 8)), Outcome::Ignored(_)), "no such task");
     assert!(apply(&mut r, generate_done(2, 4)).is_empty());
     assert_eq!(apply(&mut r, generate_done(1, 8)), vec![Command::Assemble]);
     assert_eq!(r.as_ref().unwrap().state, RunState::Assembling);
+    assert_eq!(r.as_ref().unwrap().tasks_done(), 3);
     drain(&mut r);
     assert_eq!(apply(&mut r, Event::Assembled), vec![Command::PublishTrain]);
     assert_eq!(r.as_ref().unwrap().state, RunState::Training);
@@ -84,11 +97,54 @@ fn a_run_from_submission_to_done() {
 }
 
 #[test]
+fn the_record_stays_small_however_many_tasks_the_run_has() {
+    // A run of a million tasks, driven to the end: the record never holds more than the tasks in
+    // flight, so its size is the same at the first task and the last.
+    let mut r = None;
+    apply(&mut r, submitted(1, 64));
+    drain(&mut r);
+    let tasks = 1_000_000u32;
+    let mut largest = 0;
+    let mut next_shard = 0;
+    for task in 0..tasks {
+        if task == next_shard {
+            next_shard = (next_shard + 50_000).min(tasks);
+            let ready =
+                Event::ChunksReady { tasks: next_shard, chunks: u64::from(next_shard), documents: 7, complete: next_shard == tasks };
+            apply(&mut r, ready);
+        }
+        apply(&mut r, generate_done(task, 2));
+        let record = r.as_mut().unwrap();
+        assert!(record.outstanding.len() <= 64);
+        record.outbox.clear();
+        if task % 10_000 == 0 {
+            largest = largest.max(serde_json::to_vec(record).unwrap().len());
+        }
+    }
+    let r = r.unwrap();
+    assert_eq!(r.state, RunState::Assembling);
+    assert_eq!(r.tasks_done(), tasks);
+    assert_eq!(r.questions, 2 * u64::from(tasks));
+    assert!(largest < 4096, "the record grew to {largest} bytes");
+}
+
+#[test]
+fn a_corpus_without_text_fails_the_run() {
+    let mut r = None;
+    apply(&mut r, submitted(4, 8));
+    apply(&mut r, Event::ChunksReady { tasks: 0, chunks: 0, documents: 0, complete: true });
+    let r = r.unwrap();
+    assert_eq!(r.state, RunState::Failed);
+    assert!(r.error.unwrap().contains("no text"));
+}
+
+#[test]
 fn early_events_wait_and_are_never_dropped() {
     assert_eq!(decide(None, &generate_done(0, 2)), Outcome::TooEarly("the run is not recorded yet"));
     let mut r = None;
-    apply(&mut r, submitted(2, 1));
+    apply(&mut r, submitted(1, 8));
     assert!(matches!(decide(r.as_ref(), &Event::TrainDone { steps: 1, checkpoints: vec![] }), Outcome::TooEarly(_)));
+    apply(&mut r, ingested(2, 1));
     apply(&mut r, generate_done(0, 2));
     apply(&mut r, generate_done(1, 2));
     apply(&mut r, Event::Assembled);
@@ -112,7 +168,8 @@ fn the_base_model_wins_ties() {
 #[test]
 fn cancel_failure_budget_and_bad_input_end_the_run_and_clear_its_outbox() {
     let mut r = None;
-    apply(&mut r, submitted(8, 1));
+    apply(&mut r, submitted(1, 8));
+    apply(&mut r, ingested(8, 1));
     let pending = r.clone();
     let mut c = pending.clone();
     apply(&mut c, Event::Cancel);
@@ -137,9 +194,6 @@ fn cancel_failure_budget_and_bad_input_end_the_run_and_clear_its_outbox() {
     assert_eq!(b.as_ref().unwrap().questions, 5);
     assert!((b.as_ref().unwrap().spent_usd - 0.71).abs() < 1e-9);
 
-    let mut empty = None;
-    apply(&mut empty, submitted(0, 1));
-    assert_eq!(empty.unwrap().state, RunState::Failed);
     let mut rejected = None;
     apply(&mut rejected, Event::Rejected { run_id: run(), spec: RunSpec::default(), reason: "--batch-size 0".into() });
     assert_eq!(rejected.unwrap().error.as_deref(), Some("--batch-size 0"));
@@ -156,6 +210,9 @@ struct World {
     steps: Vec<u64>,
     cancel_at: Option<usize>,
     delivered: usize,
+    chunks: u32,
+    per_task: u32,
+    in_flight_limit: u32,
 }
 
 fn value_of(label: &CheckpointLabel) -> f64 {
@@ -167,13 +224,28 @@ fn value_of(label: &CheckpointLabel) -> f64 {
 }
 
 impl World {
-    fn new(chunks: u32, per_task: usize, cancel_at: Option<usize>, rng: &mut ChaCha8Rng) -> Self {
-        let mut in_flight = vec![submitted(chunks, per_task)];
+    fn new(chunks: u32, per_task: u32, in_flight_limit: u32, cancel_at: Option<usize>, rng: &mut ChaCha8Rng) -> Self {
+        let mut in_flight = vec![submitted(per_task, in_flight_limit)];
         // An early copy of a later event (a redelivery from an earlier life, a racing replica).
         if rng.random_bool(0.5) {
-            in_flight.push(generate_done(0, 2 * per_task.min(chunks as usize) as u32));
+            in_flight.push(generate_done(0, 2 * per_task.min(chunks)));
         }
-        World { record: None, in_flight, issued: Vec::new(), steps: vec![0, 5, 10, 12], cancel_at, delivered: 0 }
+        World {
+            record: None,
+            in_flight,
+            issued: Vec::new(),
+            steps: vec![0, 5, 10, 12],
+            cancel_at,
+            delivered: 0,
+            chunks,
+            per_task,
+            in_flight_limit,
+        }
+    }
+
+    /// Questions a task's chunks get: two each.
+    fn questions_of(&self, task: u32) -> u32 {
+        2 * (self.chunks - task * self.per_task).min(self.per_task)
     }
 
     fn deliver(&mut self, rng: &mut ChaCha8Rng) {
@@ -190,6 +262,8 @@ impl World {
                     self.issued.extend(next.outbox[before..].iter().cloned());
                 }
                 self.record = Some(*next);
+                let r = self.record.as_ref().unwrap();
+                assert!(r.outstanding.len() as u32 <= self.in_flight_limit, "more tasks out than the run's share");
                 // The coordinator may die after writing and before acking: the event comes again.
                 if rng.random_bool(0.8) {
                     self.in_flight.swap_remove(i);
@@ -216,7 +290,19 @@ impl World {
             let times = if rng.random_bool(0.2) { 2 } else { 1 };
             for _ in 0..times {
                 match &command {
-                    Command::PublishGenerate { task, count, .. } => self.in_flight.push(generate_done(*task, 2 * count)),
+                    Command::StartIngest => {
+                        // The corpus is read a shard at a time; progress reports may come twice.
+                        let tasks = self.chunks.div_ceil(self.per_task);
+                        for t in 1..tasks {
+                            self.in_flight.push(partly_ingested(t, self.per_task));
+                        }
+                        self.in_flight.push(ingested(u64::from(self.chunks), self.per_task));
+                    }
+                    Command::PublishGenerate { first, end } => {
+                        for task in *first..*end {
+                            self.in_flight.push(generate_done(task, self.questions_of(task)));
+                        }
+                    }
                     Command::Assemble => self.follow_up(Event::Assembled),
                     Command::PublishTrain => {
                         let labels: Vec<CheckpointLabel> = self.steps.iter().map(|&s| label(s)).collect();
@@ -265,26 +351,35 @@ proptest! {
 
     #[test]
     fn every_order_and_duplication_reaches_the_same_record_and_issues_each_command_once(
-        seed in any::<u64>(), chunks in 1u32..12, per_task in 1usize..4,
+        seed in any::<u64>(), chunks in 1u32..12, per_task in 1u32..4, in_flight in 1u32..4,
     ) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut world = World::new(chunks, per_task, None, &mut rng);
+        let mut world = World::new(chunks, per_task, in_flight, None, &mut rng);
         world.run(&mut rng);
         let r = world.record.clone().unwrap();
         prop_assert_eq!(r.state, RunState::Done);
-        let tasks = chunks.div_ceil(per_task as u32);
-        prop_assert_eq!(r.generate_done.len() as u32, tasks);
+        let tasks = chunks.div_ceil(per_task);
+        prop_assert_eq!(r.tasks_done(), tasks);
         prop_assert_eq!(r.questions, 2 * u64::from(chunks));
         prop_assert_eq!(r.steps, 12);
         prop_assert_eq!(r.best.clone(), Some(label(10)));
         prop_assert_eq!(r.evaluations.len(), 4);
         prop_assert!(r.outbox.is_empty());
-        // Each command was decided exactly once, whatever was redelivered or duplicated.
+        // Each command was decided exactly once, whatever was redelivered or duplicated, and the
+        // generate tasks were sent once each, in order.
         let mut seen = std::collections::HashSet::new();
         for c in &world.issued {
             prop_assert!(seen.insert(format!("{c:?}")), "issued twice: {:?}", c);
         }
-        prop_assert_eq!(world.issued.len() as u32, tasks + 1 + 1 + 4 + 1);
+        let mut sent = Vec::new();
+        for c in &world.issued {
+            if let Command::PublishGenerate { first, end } = c {
+                sent.extend(*first..*end);
+            }
+        }
+        prop_assert_eq!(sent, (0..tasks).collect::<Vec<_>>());
+        let others = world.issued.iter().filter(|c| !matches!(c, Command::PublishGenerate { .. })).count();
+        prop_assert_eq!(others, 1 + 1 + 1 + 4 + 1);
     }
 
     #[test]
@@ -292,7 +387,7 @@ proptest! {
         seed in any::<u64>(), chunks in 1u32..10, at in 1usize..40,
     ) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut world = World::new(chunks, 2, Some(at), &mut rng);
+        let mut world = World::new(chunks, 2, 2, Some(at), &mut rng);
         world.run(&mut rng);
         let r = world.record.clone().unwrap();
         if world.delivered >= at {
@@ -306,7 +401,8 @@ proptest! {
 #[test]
 fn the_record_round_trips_through_json_with_its_outbox() {
     let mut r = None;
-    apply(&mut r, submitted(3, 1));
+    apply(&mut r, submitted(1, 4));
+    apply(&mut r, ingested(3, 1));
     let r = r.unwrap();
     let back: RunRecord = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
     assert_eq!(back, r);
