@@ -87,6 +87,8 @@ impl RunSpec {
     }
 }
 
+// A message is decoded, handled and dropped, never held in numbers: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {

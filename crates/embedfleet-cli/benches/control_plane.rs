@@ -75,7 +75,8 @@ async fn main() {
     let run_id = RunId::new("control-plane").unwrap();
     let input_key = format!("runs/{run_id}/input/corpus.jsonl");
     store.put(&input_key, b"{}".to_vec()).await.unwrap();
-    let connect = || Bus::connect(&BusOptions::new(nats.url()).connect_timeout(Duration::from_secs(10)));
+    let options = BusOptions::new(nats.url()).connect_timeout(Duration::from_secs(10));
+    let connect = || Bus::connect(&options);
     let bus = connect().await.unwrap();
 
     // The coordinator as its binary runs it: the event loop with its group commit.

@@ -42,7 +42,8 @@ fn corpus_part(dir: &Path, name: &str, range: std::ops::Range<usize>) -> PathBuf
 async fn expected_dataset(run: &str, corpus: &Path) -> (QaDataset, QaDataset) {
     let config = DatasetConfig::default();
     let text = std::fs::read_to_string(corpus).unwrap();
-    let key = format!("{}/corpus.json", layout::input_prefix(run));
+    // `submit` keeps the file's name, which names documents without an id or url.
+    let key = format!("{}/{}", layout::input_prefix(run), corpus.file_name().unwrap().to_str().unwrap());
     let docs = parse_json_documents(Path::new(&key), &text, &IngestOptions::default()).unwrap();
     let chunks = chunk_documents(&docs, &config.chunk_config()).unwrap();
     let outcome = generate_questions(&OfflineGenerator::new(config.seed), &chunks, config.questions_per_chunk, &NoProgress).await;
@@ -131,7 +132,7 @@ async fn three_runs_survive_seeded_kills_a_nats_restart_and_an_s3_outage() {
     // 10 s S3 outage, in random order at random moments.
     let mut faults: Vec<(Duration, Fault)> = kinds
         .iter()
-        .map(|k| Fault::Kill(*k))
+        .map(|k| Fault::Kill(k))
         .chain([Fault::RestartNats, Fault::S3Outage])
         .map(|f| (Duration::from_millis(rng.random_range(500..15_000)), f))
         .collect();

@@ -48,10 +48,10 @@ async fn a_trainer_that_dies_at_every_delivery_fails_its_run_with_one_dead_lette
     let started = Instant::now();
     let mut restarts = 0;
     let record = loop {
-        if let Ok((Some(r), _)) = embedfleet_coordinator::worker::load_record(&bus, run).await {
-            if r.state.is_terminal() {
-                break r;
-            }
+        if let Ok((Some(r), _)) = embedfleet_coordinator::worker::load_record(&bus, run).await
+            && r.state.is_terminal()
+        {
+            break r;
         }
         if trainer.exited() {
             restarts += 1;

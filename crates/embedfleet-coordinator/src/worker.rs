@@ -22,7 +22,7 @@ use embedfleet_bus::{Bus, BusError, RunState, Stage};
 use embedfleet_core::assemble::{AssembleError, assemble_shards};
 use embedfleet_core::chunk::{ChunkConfig, chunk_document};
 use embedfleet_core::ingest::{IngestError, for_each_json_document};
-use embedfleet_core::shard::{CorpusIndex, Shard, Sharder, TooManyTasks};
+use embedfleet_core::shard::{CorpusIndex, MAX_TASKS, Shard, Sharder, TooManyTasks};
 use embedfleet_core::{ArtifactStore, GeneratorKind, IngestOptions, RunId, Transient};
 use futures::StreamExt;
 use prometheus::{
@@ -91,6 +91,25 @@ pub fn chunks_per_task(spec: &RunSpec, corpus_bytes: u64) -> u32 {
         GeneratorKind::Llm | GeneratorKind::Auto => (8, 65_536),
     };
     estimate.div_ceil(most_tasks).clamp(floor, 10_000) as u32
+}
+
+/// Refuses a corpus whose run would have more generate tasks than a run may have
+/// ([`MAX_TASKS`]), judged by its size before a byte of it is read, naming the limit and the flag.
+/// Ok(chunks per task) otherwise. Only an explicit, small `--chunks-per-task` can pass the limit:
+/// the coordinator's own choice never does.
+pub fn check_task_limit(spec: &RunSpec, corpus_bytes: u64) -> Result<u32, String> {
+    let per = chunks_per_task(spec, corpus_bytes);
+    let chunk = spec.dataset.chunk_config();
+    let chunks = corpus_bytes / (chunk.size.saturating_sub(chunk.overlap).max(1) as u64) + 1;
+    let tasks = chunks.div_ceil(u64::from(per));
+    if tasks > u64::from(MAX_TASKS) {
+        return Err(format!(
+            "the corpus ({corpus_bytes} bytes) makes about {chunks} chunks, {tasks} generate tasks of {per}: more than the {MAX_TASKS} \
+             a run may have. Pass a larger --chunks-per-task (at least {}), or leave it out and the coordinator chooses",
+            chunks.div_ceil(u64::from(MAX_TASKS))
+        ));
+    }
+    Ok(per)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,7 +341,7 @@ impl Coordinator {
         }
         match self.store.size(&spec.input_key).await? {
             None => Ok(Err(format!("corpus {} not found", self.store.describe(&spec.input_key)))),
-            Some(bytes) => Ok(Ok(chunks_per_task(spec, bytes))),
+            Some(bytes) => Ok(check_task_limit(spec, bytes)),
         }
     }
 

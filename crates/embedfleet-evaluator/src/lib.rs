@@ -79,10 +79,10 @@ impl EvalOptions {
     /// The defaults, plus the score function `metric` (`dot-NDCG@10`) needs.
     pub fn for_metric(metric: &str) -> Self {
         let mut options = Self::default();
-        if let Some(f) = metric.split_once('-').and_then(|(f, _)| f.parse::<ScoreFunction>().ok()) {
-            if !options.functions.contains(&f) {
-                options.functions.push(f);
-            }
+        if let Some(f) = metric.split_once('-').and_then(|(f, _)| f.parse::<ScoreFunction>().ok())
+            && !options.functions.contains(&f)
+        {
+            options.functions.push(f);
         }
         options
     }

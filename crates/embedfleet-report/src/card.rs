@@ -83,10 +83,11 @@ pub fn base_model_name(spec: &str, folder_card: Option<&str>) -> String {
     }
     if let Some(card) = folder_card.filter(|c| !c.contains("- embedfleet\n")) {
         for open in ["SentenceTransformer('", "SentenceTransformer(\""] {
-            if let Some(id) = card.split(open).nth(1).and_then(|rest| rest.split(['\'', '"']).next()) {
-                if is_hub_id(id) && id.contains('/') {
-                    return id.to_owned();
-                }
+            if let Some(id) = card.split(open).nth(1).and_then(|rest| rest.split(['\'', '"']).next())
+                && is_hub_id(id)
+                && id.contains('/')
+            {
+                return id.to_owned();
             }
         }
     }

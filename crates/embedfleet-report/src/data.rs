@@ -88,10 +88,10 @@ impl ModelResult {
     pub fn functions(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for key in self.metrics.keys() {
-            if let Some((f, _)) = key.split_once('-') {
-                if !out.contains(&f) {
-                    out.push(f);
-                }
+            if let Some((f, _)) = key.split_once('-')
+                && !out.contains(&f)
+            {
+                out.push(f);
             }
         }
         out

@@ -405,7 +405,7 @@ pub fn render(report: &RunReport) -> String {
         }
         out.push_str("</ul>");
     }
-    let _ = write!(out, "Written by embedfleet {}.</footer></main><script>{SCRIPT}</script></body></html>\n", crate::EMBEDFLEET_VERSION);
+    let _ = writeln!(out, "Written by embedfleet {}.</footer></main><script>{SCRIPT}</script></body></html>", crate::EMBEDFLEET_VERSION);
     out
 }
 

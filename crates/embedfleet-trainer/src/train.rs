@@ -689,7 +689,7 @@ fn evaluate(model: &SentenceEncoder, val: &PreparedDataset, job: &TrainJob, epoc
 fn write_eval_csv(output: &Path, job: &TrainJob, rows: &[EvalRow]) -> Result<(), TrainError> {
     let dir = output.join("eval");
     let write = |name: &str, metrics: &dyn Fn(&EvalRow) -> Option<&[(ScoreFunction, RetrievalMetrics)]>| {
-        let functions: Vec<_> = rows.iter().find_map(|r| metrics(r)).map(|m| m.iter().map(|(f, _)| *f).collect()).unwrap_or_default();
+        let functions: Vec<_> = rows.iter().find_map(metrics).map(|m| m.iter().map(|(f, _)| *f).collect()).unwrap_or_default();
         let mut text = csv_header(&functions, &job.eval.metrics);
         text.push_str("\r\n");
         for row in rows {

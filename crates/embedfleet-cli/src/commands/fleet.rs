@@ -72,11 +72,21 @@ fn new_run_id() -> RunId {
 
 pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
-    let ext = match args.input.extension().and_then(|e| e.to_str()) {
-        Some(ext @ ("json" | "jsonl" | "ndjson")) => ext.to_owned(),
-        _ => "json".to_owned(),
+    // The corpus keeps its file name: a document without an id or url is named after it
+    // (`site.jsonl#12`), so the fleet names documents as a local run of the same file does.
+    let name = args
+        .input
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.starts_with('.') && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+    let name = match name {
+        Some(name) => name.to_owned(),
+        None => match args.input.extension().and_then(|e| e.to_str()) {
+            Some(ext @ ("json" | "jsonl" | "ndjson")) => format!("corpus.{ext}"),
+            _ => "corpus.json".to_owned(),
+        },
     };
-    let input_key = format!("{}/corpus.{ext}", layout::input_prefix(&run_id));
+    let input_key = format!("{}/{name}", layout::input_prefix(&run_id));
     let spec = RunSpec {
         input_key,
         model_id: args.model_id.clone(),
@@ -93,6 +103,16 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
             "{} is a directory; `submit` takes one JSON or JSON Lines file (`embedfleet run` and `generate` also read directories)",
             args.input.display()
         );
+    }
+    let bytes = match std::fs::metadata(&args.input) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(embedfleet_core::IngestError::NotFound { path: args.input.clone() }.into());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read the corpus {}", args.input.display())),
+    };
+    if let Err(reason) = embedfleet_coordinator::worker::check_task_limit(&spec, bytes) {
+        bail!("{reason}; nothing submitted");
     }
     // The corpus is read one record at a time, so a corpus of any size is checked in little memory.
     let documents = {

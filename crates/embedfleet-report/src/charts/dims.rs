@@ -50,7 +50,7 @@ pub fn dims_chart(models: &[ModelResult], title: &str) -> Option<String> {
             x = MARGIN;
             y += 18.0;
         }
-        svg.line(x, y - 4.0, x + 20.0, y - 4.0, model_color(i, models.len()), 2.5, None);
+        svg.line((x, y - 4.0), (x + 20.0, y - 4.0), model_color(i, models.len()), 2.5, None);
         svg.text(x + 26.0, y, &m.name, TextStyle { size: LEGEND_SIZE, fill: MUTED_COLOR, ..Default::default() });
         x += w + 18.0;
     }
@@ -68,7 +68,7 @@ pub fn dims_chart(models: &[ModelResult], title: &str) -> Option<String> {
     let x_of = |i: usize| left + column * (i as f64 + 0.5);
     for (t, label) in ticks.iter().zip(&labels) {
         let ty = y_of(*t);
-        svg.line(left, ty, right, ty, GRID_COLOR, 1.0, None);
+        svg.line((left, ty), (right, ty), GRID_COLOR, 1.0, None);
         svg.text(
             left - 6.0,
             ty + 0.35 * TICK_SIZE,
@@ -76,10 +76,10 @@ pub fn dims_chart(models: &[ModelResult], title: &str) -> Option<String> {
             TextStyle { size: TICK_SIZE, anchor: Anchor::End, fill: MUTED_COLOR, ..Default::default() },
         );
     }
-    svg.line(left, bottom, right, bottom, MUTED_COLOR, 1.0, None);
+    svg.line((left, bottom), (right, bottom), MUTED_COLOR, 1.0, None);
     for (i, dim) in dims.iter().enumerate() {
         let dx = x_of(i);
-        svg.line(dx, bottom, dx, bottom + 4.0, MUTED_COLOR, 1.0, None);
+        svg.line((dx, bottom), (dx, bottom + 4.0), MUTED_COLOR, 1.0, None);
         svg.text(
             dx,
             bottom + 16.0,

@@ -78,7 +78,7 @@ pub fn metrics_chart(models: &[ModelResult], title: &str) -> Option<String> {
 
     let ticks = nice_ticks(0.0, 1.0, 5);
     for t in &ticks {
-        svg.line(scale(*t), top - 4.0, scale(*t), top + plot_h + 4.0, GRID_COLOR, 1.0, None);
+        svg.line((scale(*t), top - 4.0), (scale(*t), top + plot_h + 4.0), GRID_COLOR, 1.0, None);
     }
     for (r, (label, values)) in rows.iter().enumerate() {
         let gy = top + r as f64 * (group_h + GROUP_GAP);
@@ -106,7 +106,7 @@ pub fn metrics_chart(models: &[ModelResult], title: &str) -> Option<String> {
         }
     }
     let axis_y = top + plot_h + 6.0;
-    svg.line(left, axis_y, left + plot_w, axis_y, MUTED_COLOR, 1.0, None);
+    svg.line((left, axis_y), (left + plot_w, axis_y), MUTED_COLOR, 1.0, None);
     for t in &ticks {
         svg.text(
             scale(*t),

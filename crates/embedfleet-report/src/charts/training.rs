@@ -75,7 +75,7 @@ impl Layout<'_> {
                 x = MARGIN;
                 y += 18.0;
             }
-            self.svg.line(x, y - 4.0, x + 20.0, y - 4.0, color, if *dashed { 1.5 } else { 2.5 }, dashed.then_some("4 3"));
+            self.svg.line((x, y - 4.0), (x + 20.0, y - 4.0), color, if *dashed { 1.5 } else { 2.5 }, dashed.then_some("4 3"));
             self.svg.text(x + 26.0, y, label, TextStyle { size: LEGEND_SIZE, fill: MUTED_COLOR, ..Default::default() });
             x += w + 18.0;
         }
@@ -101,7 +101,7 @@ impl Layout<'_> {
         };
         for (t, label) in ticks.iter().zip(&labels) {
             let y = panel.y(*t);
-            self.svg.line(panel.left, y, panel.right, y, GRID_COLOR, 1.0, None);
+            self.svg.line((panel.left, y), (panel.right, y), GRID_COLOR, 1.0, None);
             self.svg.text(
                 panel.left - 6.0,
                 y + 0.35 * TICK_SIZE,
@@ -111,7 +111,7 @@ impl Layout<'_> {
         }
         for s in self.steps {
             let x = panel.x(*s as f64);
-            self.svg.line(x, panel.bottom, x, panel.bottom + 4.0, MUTED_COLOR, 1.0, None);
+            self.svg.line((x, panel.bottom), (x, panel.bottom + 4.0), MUTED_COLOR, 1.0, None);
             self.svg.text(
                 x,
                 panel.bottom + 16.0,
@@ -119,7 +119,7 @@ impl Layout<'_> {
                 TextStyle { size: TICK_SIZE, anchor: Anchor::Middle, fill: MUTED_COLOR, ..Default::default() },
             );
         }
-        self.svg.line(panel.left, panel.bottom, panel.right, panel.bottom, MUTED_COLOR, 1.0, None);
+        self.svg.line((panel.left, panel.bottom), (panel.right, panel.bottom), MUTED_COLOR, 1.0, None);
         self.y = panel.bottom + 34.0;
         panel
     }
@@ -182,7 +182,7 @@ pub fn training_chart(curve: &TrainingCurve) -> Option<String> {
         let pad = ((hi - lo) * 0.25).max(0.01);
         let p = layout.panel(150.0, lo - pad * 0.4, hi + pad);
         if let Some(b) = base {
-            layout.svg.line(p.left, p.y(b), p.right, p.y(b), MUTED_COLOR, 1.5, Some("4 3"));
+            layout.svg.line((p.left, p.y(b)), (p.right, p.y(b)), MUTED_COLOR, 1.5, Some("4 3"));
         }
         let points: Vec<(f64, f64)> = curve.evaluations.iter().map(|(s, v)| (p.x(*s as f64), p.y(*v))).collect();
         layout.svg.polyline(&points, METRIC_COLOR, 2.0, 1.0);

@@ -104,10 +104,10 @@ impl Chrome {
                 if buf.last() == Some(&0) {
                     buf.pop();
                 }
-                if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
+                if let Ok(v) = serde_json::from_slice::<Value>(&buf)
+                    && tx.send(v).is_err()
+                {
+                    break;
                 }
                 buf.clear();
             }
