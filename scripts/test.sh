@@ -14,6 +14,9 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
   "$nats" -a 127.0.0.1 -p 4222 -js -sd "${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}/nats" >/dev/null 2>&1 &
 fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${EMBEDFLEET_CACHE:-$HOME/.cache/embedfleet}/target}
+# The lint gate: formatting, clippy with warnings as errors, the MSRV, file names, Markdown links.
+phase "lint"
+scripts/lint.sh
 # Static checks of the Dockerfiles, compose, Prometheus, Grafana and the Helm chart.
 phase "deploy checks"
 deploy/check.sh

@@ -87,7 +87,8 @@ async fn workers_start_with_the_deploy_files_environment() {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             // And it stops cleanly on SIGTERM, as a pod does.
-            // SAFETY: signalling our own child process.
+            // SAFETY: kill takes no pointers. `child` is our own child and has not been reaped (only `try_wait`, which
+            // panics above when it sees an exit, and `wait` below reap it), so its pid cannot have passed to another process.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let status = child.wait().unwrap();
             assert!(status.success(), "{source} {role} did not exit cleanly on SIGTERM: {status}");

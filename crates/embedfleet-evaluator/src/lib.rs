@@ -273,13 +273,16 @@ pub fn evaluate_embeddings(data: &PreparedDataset, queries: &Tensor, corpus: &Te
     evaluation
 }
 
+/// Each query's ranked corpus ids and the hits behind them, for one score function.
+type Ranking<'a> = (Vec<Vec<&'a str>>, Vec<Vec<rank::Hit>>);
+
 fn score(data: &PreparedDataset, queries: &Tensor, corpus: &Tensor, options: &EvalOptions) -> Evaluation {
     let ids: Vec<&str> = data.corpus_ids.iter().map(String::as_str).collect();
     let relevant: Vec<HashSet<&str>> = data.relevant.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
     let max_k = options.metrics.max_k().max(options.hit_rate_k);
     let mut metrics = Vec::new();
     let mut timings = Timings::default();
-    let mut primary: Option<(Vec<Vec<&str>>, Vec<Vec<rank::Hit>>)> = None;
+    let mut primary: Option<Ranking> = None;
     // The reference orders score functions by name (CSV columns, and which one leads).
     let mut functions = options.functions.clone();
     functions.sort_by_key(|f| f.name());

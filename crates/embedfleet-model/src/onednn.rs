@@ -55,6 +55,10 @@ impl OneDnnError {
 pub fn pack_weight(weight: &Tensor, rows: i64) -> Result<Tensor, OneDnnError> {
     #[cfg(onednn_linear)]
     {
+        // SAFETY: the shim reads `*weight` as an `at::Tensor`: tch's `C_tensor` is one, owned by `weight`, which the
+        // borrow keeps alive through the call (the shim copies it, taking its own reference, before it returns). `call`
+        // passes its zeroed 512-byte buffer and that length, and the shim writes at most that many bytes, NUL included.
+        // The shim catches `std::exception` (c10::Error is one) and returns null instead of unwinding into Rust.
         call(|error, len| unsafe { ffi::embedfleet_pack_linear_weight(weight.as_ptr(), rows, error, len) })
     }
     #[cfg(not(onednn_linear))]
@@ -75,6 +79,10 @@ pub fn linear(x: &Tensor, packed: &Tensor, bias: Option<&Tensor>, activation: Ac
             Activation::Relu => (b"relu\0", None),
         };
         let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
+        // SAFETY: as in `pack_weight`: `x` and `packed` are live tensors borrowed for the call, and `bias` is null
+        // (the shim checks) or a tensor borrowed the same way. `attr`, and `algorithm` when not null (the shim checks),
+        // are NUL-terminated static strings, which the shim copies into `std::string`s. `call` passes its error buffer
+        // and its length.
         call(|error, len| unsafe {
             ffi::embedfleet_packed_linear(
                 x.as_ptr(),
@@ -99,6 +107,8 @@ pub fn linear_add(x: &Tensor, residual: &Tensor, packed: &Tensor, bias: Option<&
     #[cfg(onednn_linear)]
     {
         let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
+        // SAFETY: as in `pack_weight`: `x`, `residual` and `packed` are live tensors borrowed for the call, and `bias`
+        // is null (the shim checks) or a tensor borrowed the same way; `call` passes its error buffer and its length.
         call(|error, len| unsafe { ffi::embedfleet_packed_linear_add(x.as_ptr(), residual.as_ptr(), packed.as_ptr(), bias, error, len) })
     }
     #[cfg(not(onednn_linear))]
@@ -113,11 +123,15 @@ fn call(f: impl FnOnce(*mut std::ffi::c_char, usize) -> *mut torch_sys::C_tensor
     let mut error = [0 as std::ffi::c_char; 512];
     let tensor = f(error.as_mut_ptr(), error.len());
     if tensor.is_null() {
-        // SAFETY: the shim wrote a NUL-terminated message into the buffer.
+        // SAFETY: `error` lives until the end of this function and holds a NUL within its 512 bytes: it starts zeroed,
+        // and the shim's `write_error` copies at most `error_len − 1` bytes and puts a NUL in the last one. The message
+        // is copied out before the buffer goes.
         let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) }.to_string_lossy().into_owned();
         return Err(OneDnnError(message));
     }
-    // SAFETY: the shim returns a tensor it allocated with `new`, which tch now owns and frees.
+    // SAFETY: `f` is one of the shim's functions (the only callers pass those) and `tensor` is not null (checked
+    // above), so the shim made it with `new at::Tensor(…)` and handed it over: nothing else frees it or keeps it.
+    // tch's `Tensor` now owns it and frees it with `delete` (`at_free`) on drop.
     Ok(unsafe { Tensor::from_ptr(tensor) })
 }
 
@@ -126,6 +140,10 @@ mod ffi {
     use std::ffi::c_char;
     use torch_sys::C_tensor;
 
+    // SAFETY: these are the signatures of the `extern "C"` definitions in csrc/onednn_linear.cpp: `at::Tensor*` is
+    // tch's `C_tensor` pointer, `int64_t` is `i64`, `size_t` is `usize`, `char*` is `c_char`'s pointer. Each catches
+    // `std::exception`, which libtorch's errors (c10::Error) and the standard library's derive from, so none unwinds
+    // into Rust (through `extern "C"`, that would be undefined behaviour).
     unsafe extern "C" {
         pub fn embedfleet_pack_linear_weight(weight: *const C_tensor, rows: i64, error: *mut c_char, error_len: usize) -> *mut C_tensor;
         pub fn embedfleet_packed_linear(

@@ -17,6 +17,9 @@ pub struct TextTokenizer {
     special_ids: HashSet<u32>,
 }
 
+/// One text's token ids and token types, special tokens included ([`TextTokenizer::encode_ids`]).
+pub type EncodedText = (Vec<u32>, Vec<u32>);
+
 /// Token ids, token types and attention mask, `[batch, longest]`, on one device.
 pub struct TokenBatch {
     pub input_ids: Tensor,
@@ -102,7 +105,7 @@ impl TextTokenizer {
     }
 
     /// Token ids and types after truncation, with special tokens.
-    pub fn encode_ids(&self, texts: &[&str]) -> Result<Vec<(Vec<u32>, Vec<u32>)>, ModelError> {
+    pub fn encode_ids(&self, texts: &[&str]) -> Result<Vec<EncodedText>, ModelError> {
         let encodings = self.inner.encode_batch(texts.to_vec(), true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(encodings.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect())
     }
@@ -116,7 +119,7 @@ impl TextTokenizer {
     }
 
     /// Pads already-encoded texts into one batch.
-    pub fn pad(&self, encoded: &[&(Vec<u32>, Vec<u32>)], device: Device) -> TokenBatch {
+    pub fn pad(&self, encoded: &[&EncodedText], device: Device) -> TokenBatch {
         let longest = encoded.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0).max(1);
         let n = encoded.len();
         let mut ids = vec![self.pad_id; n * longest];

@@ -39,23 +39,19 @@ fn parse(svg: &str) -> Parsed {
                 open = Some((num("x"), num("y"), num("font-size"), attr("text-anchor").unwrap_or_default(), attr("font-weight")));
                 text.clear();
             }
-            Event::Text(t) => {
-                if open.is_some() {
-                    text.push_str(&t.decode().unwrap());
-                }
+            Event::Text(t) if open.is_some() => {
+                text.push_str(&t.decode().unwrap());
             }
-            Event::GeneralRef(r) => {
-                if open.is_some() {
-                    let name = String::from_utf8(r.to_vec()).unwrap();
-                    text.push(match name.as_str() {
-                        "amp" => '&',
-                        "lt" => '<',
-                        "gt" => '>',
-                        "quot" => '"',
-                        "#39" => '\'',
-                        other => panic!("unexpected entity {other}"),
-                    });
-                }
+            Event::GeneralRef(r) if open.is_some() => {
+                let name = String::from_utf8(r.to_vec()).unwrap();
+                text.push(match name.as_str() {
+                    "amp" => '&',
+                    "lt" => '<',
+                    "gt" => '>',
+                    "quot" => '"',
+                    "#39" => '\'',
+                    other => panic!("unexpected entity {other}"),
+                });
             }
             Event::End(e) if e.name().as_ref() == b"text" => {
                 let (x, y, size, anchor, weight) = open.take().expect("a text was open");

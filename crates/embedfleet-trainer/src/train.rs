@@ -552,10 +552,13 @@ fn prepare_output(output: &Path, resume: bool, overwrite: bool) -> Result<(), Tr
     Ok(())
 }
 
+/// The (question, positive) pairs, each pair's negatives, and the inverse cloze cuts.
+type TrainingPairs = (Vec<TrainPair>, Vec<Vec<Negative>>, ClozeCuts);
+
 /// The (question, positive) pairs in the dataset's order, and each pair's first
 /// `--hard-negatives` mined negatives (empty lists when none are asked for).
 /// Also what inverse cloze cut out of the passages.
-fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<(Vec<TrainPair>, Vec<Vec<Negative>>, ClozeCuts), TrainError> {
+fn training_pairs(train_set: &QaDataset, job: &TrainJob) -> Result<TrainingPairs, TrainError> {
     let wanted = job.hard_negatives();
     let mined = match (&job.negatives, wanted) {
         (_, 0) => None,
@@ -688,7 +691,9 @@ fn evaluate(model: &SentenceEncoder, val: &PreparedDataset, job: &TrainJob, epoc
 /// Matryoshka dimension.
 fn write_eval_csv(output: &Path, job: &TrainJob, rows: &[EvalRow]) -> Result<(), TrainError> {
     let dir = output.join("eval");
-    let write = |name: &str, metrics: &dyn Fn(&EvalRow) -> Option<&[(ScoreFunction, RetrievalMetrics)]>| {
+    /// One evaluation's metrics per score function, for one CSV.
+    type MetricsOf<'a> = dyn Fn(&EvalRow) -> Option<&[(ScoreFunction, RetrievalMetrics)]> + 'a;
+    let write = |name: &str, metrics: &MetricsOf| {
         let functions: Vec<_> = rows.iter().find_map(metrics).map(|m| m.iter().map(|(f, _)| *f).collect()).unwrap_or_default();
         let mut text = csv_header(&functions, &job.eval.metrics);
         text.push_str("\r\n");

@@ -135,8 +135,16 @@ pub fn attend(qkv: &Tensor, spans: &[Span], heads: usize, head_dim: usize, bias:
                 break;
             }
             let (span, head) = (spans[item / heads], item % heads);
-            // SAFETY: cpu_supported() was checked above; every item writes only its own span's
-            // rows in its own head's columns, and `qkv` and `out` outlive the scope.
+            // SAFETY: attend_head's contract holds. `cpu_supported()` was asserted on entry. `qkv` is a contiguous
+            // [rows, 3 × hidden] bf16 matrix and `out` a fresh [rows, hidden] one (asserted, made above), both alive until
+            // after the scoped threads end; every span ends by `rows` (asserted) and `head < heads`; `head_dim` is a
+            // multiple of 32 (asserted); `scratch` was made for the longest span and this head width; a bias covers the
+            // longest span and every head (asserted), and `DistanceBias::new` made its table `2 × reach − 1 + 64` wide.
+            // Not checked here: the spans do not overlap (true of `TokenLayout::spans`, the only caller's), so the one
+            // worker that takes an item (`fetch_add`) is the only one to touch its rows in its head's columns; no empty
+            // span starts at `rows` (`TokenLayout::spans` makes one only for a batch row without any real token, last
+            // in a packed batch); `qkv`'s data is 4-byte aligned (a libtorch allocation is 64-byte aligned, and the
+            // caller passes a fresh product; a view at an odd bf16 offset would not be).
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 avx512::attend_head(&work, span, head, &mut scratch)
@@ -170,8 +178,9 @@ struct Work {
     bias: Option<(*const f32, usize, usize)>,
 }
 
-// SAFETY: the pointers are read (src, bias) or written at disjoint places (dst) by the workers, and
-// the tensors behind them outlive the scoped threads.
+// SAFETY: a `Work` is shared only by `attend`'s scoped workers. Through it they only read `src` and the bias table,
+// which nothing writes meanwhile, and write `dst` at disjoint places (each (span, head) item its own rows and columns,
+// given spans that do not overlap); the tensors behind the pointers outlive the scoped threads.
 unsafe impl Sync for Work {}
 
 /// A worker's buffers, sized for the longest span.
@@ -214,18 +223,43 @@ fn padded_keys(len: usize) -> usize {
 mod avx512 {
     use super::{KEY_BLOCKS, ROWS, Scratch, Span, Work, padded_keys};
     use std::arch::x86_64::*;
+    use std::mem::transmute;
 
     /// One head of one span.
     ///
+    /// Every pointer it forms follows from what the `SAFETY` comments call the span bounds: token
+    /// rows are addressed as `row(i)` only for `i < len` (and `i = 0`), so inside the span's rows;
+    /// columns only inside this head's `d` query, key or value columns (`head × d + d ≤ hidden`);
+    /// the scratch buffers are sized for [`padded_keys`]`(longest) ≥ keys_padded` keys.
+    ///
     /// # Safety
-    /// The CPU has AVX-512F, BW and BF16; `work`'s pointers cover `span` in both matrices.
+    /// - The CPU has AVX-512F, BW and BF16 ([`super::cpu_supported`]).
+    /// - `work.src` points to a live, contiguous `[rows, 3 × work.hidden]` bf16 matrix whose address
+    ///   is a multiple of 4 bytes, with `span.start + span.len ≤ rows` and `span.start < rows` (an
+    ///   empty span too: the address of its first key row is formed).
+    /// - `work.dst` points to a live, contiguous `[rows, work.hidden]` bf16 matrix, and nothing else
+    ///   reads or writes its rows `span.start..span.start + span.len` in columns
+    ///   `head × work.head_dim..(head + 1) × work.head_dim` during the call.
+    /// - `work.head_dim` is a positive multiple of 32 and `(head + 1) × work.head_dim ≤ work.hidden`.
+    /// - `scratch` was made by `Scratch::new(longest, work.head_dim)` with `longest ≥ span.len`.
+    /// - If `work.bias` is `Some((table, width, reach))`: `span.len ≤ reach`, and `table` points to a
+    ///   live, contiguous fp32 matrix of at least `head + 1` rows of
+    ///   `width = 2 × reach − 1 + 16 × KEY_BLOCKS` values (what [`super::DistanceBias::new`] makes).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn attend_head(work: &Work, span: Span, head: usize, scratch: &mut Scratch) {
         let (d, len) = (work.head_dim, span.len);
         let stride = 3 * work.hidden;
         let keys_padded = padded_keys(len);
+        // SAFETY: called only with `i < len` or `i = 0`, so `span.start + i < rows` (span bounds and the contract):
+        // the result is the start of a row of `src`.
         let row = |i: usize| unsafe { work.src.add((span.start + i) * stride) };
         let (q_col, k_col, v_col) = (head * d, work.hidden + head * d, 2 * work.hidden + head * d);
+        // SAFETY: the CPU has AVX-512F and BW (the contract). Key and value `j` are `d` values at `k_col` and `v_col` of
+        // row `j`, and `v_col + d ≤ 3 × hidden = stride`, so they lie in row `j`, which is in `src` for `j < len` (and
+        // `row(0)` is, for `len = 0`); the rows are `stride` values apart, `6 × hidden` bytes: a multiple of 4, and
+        // `15 × 6 × hidden / 4` fits an i32 (unchecked: it would not past 95 million columns). `d` is a multiple of 32,
+        // `keys_padded` of 64, and `scratch` holds `d / 2 × padded_keys(longest)` keys and as many values, with
+        // `padded_keys(longest) ≥ keys_padded` (the contract).
         unsafe {
             pack_keys(scratch, len, keys_padded, d, |j| row(j).add(k_col));
             pack_values(scratch, len, keys_padded, d, |j| row(j).add(v_col));
@@ -233,10 +267,21 @@ mod avx512 {
         let mut i = 0;
         while i < len {
             let n = (len - i).min(ROWS);
+            // SAFETY: called only with `r < n ≤ len − i`, so `i + r < len`: the query's `d` columns at `q_col` lie in the
+            // span's row `i + r` (span bounds). The address is a multiple of 4 bytes, as `score_rows` needs: `src` is
+            // (the contract) and `(span.start + i + r) × stride + q_col` is an even number of bf16 values.
             let q = |r: usize| unsafe { row(i + r).add(q_col) } as *const u32;
             // Query i + r's biases start at distance −(i + r): its key j reads entry j.
+            // SAFETY: called only with `r < n`, so `i + r < len ≤ reach` (the contract) and `reach − 1 − (i + r) ≥ 0`:
+            // the result lies in row `head` of the table.
             let bias = |r: usize| work.bias.map(|(table, width, reach)| unsafe { table.add(head * width + reach - 1 - (i + r)) });
             let scores = &mut scratch.scores[..n * keys_padded];
+            // SAFETY: score_rows' contract holds. The CPU has AVX-512F and BF16 (ours). Each `q(r)`, `r < n`, starts `d / 2`
+            // readable query pairs, 4-byte aligned (above). Each `bias(r)` starts `keys_padded` readable values: they end
+            // at entry `reach − 2 − (i + r) + keys_padded ≤ reach + len + 61 ≤ 2 × reach + 61 < width` of row `head`
+            // (`keys_padded ≤ len + 63`); with a bias the `n = ROWS` path passes only non-null `bias(r)`. `keys_padded`
+            // is a multiple of 64, `scratch.keys` holds `d / 2 × padded_keys(longest) ≥ d / 2 × keys_padded` values,
+            // and `scores` holds `n × keys_padded`: `ROWS` rows, or one chunk of `keys_padded` per single row.
             unsafe {
                 if n == ROWS {
                     let bias = work.bias.is_some().then(|| std::array::from_fn(|r| bias(r).unwrap_or(std::ptr::null())));
@@ -248,12 +293,23 @@ mod avx512 {
                 }
             }
             let mut inverse_sums = [0f32; ROWS];
-            for r in 0..n {
+            for (r, inverse_sum) in inverse_sums.iter_mut().enumerate().take(n) {
                 let scores = &scratch.scores[r * keys_padded..(r + 1) * keys_padded];
                 let weights = &mut scratch.weights[r * keys_padded..(r + 1) * keys_padded];
-                inverse_sums[r] = unsafe { softmax_weights(scores, len, weights) }.recip();
+                // SAFETY: the CPU has AVX-512F and BF16 (ours); `len ≤ keys_padded = scores.len() = weights.len()`, a
+                // multiple of 16.
+                *inverse_sum = unsafe { softmax_weights(scores, len, weights) }.recip();
             }
+            // SAFETY: called only with `r < n`, so output row `span.start + i + r < span.start + len ≤ rows`, and the
+            // head's columns start at `head × d < hidden`: the result lies in `dst`.
             let dst = |r: usize| unsafe { work.dst.add((span.start + i + r) * work.hidden + head * d) };
+            // SAFETY: weighted_values' contract holds. The CPU has AVX-512F and BF16 (ours); `keys_padded` is a multiple of
+            // 64 and `d` of 32; `scratch.values` holds `padded_keys(longest) / 2 × d ≥ keys_padded / 2 × d` values and
+            // `scratch.weights` `ROWS × padded_keys(longest)`, rows `row0..row0 + R` with `row0 + R ≤ n ≤ ROWS`. The
+            // weights buffer, a `Vec<u16>` of at least 512 bytes, is 4-byte aligned only because Rust's default allocator
+            // takes it from malloc, which aligns blocks of 16 bytes or more to 16 on x86_64 (glibc and jemalloc alike):
+            // Rust promises 2. `dst(row0 + r)` starts `d` writable values of an output row of this span (above), which
+            // only this call touches (the contract).
             unsafe {
                 if n == ROWS {
                     weighted_values::<ROWS>(scratch, 0, keys_padded, d, &inverse_sums, dst);
@@ -268,6 +324,14 @@ mod avx512 {
     }
 
     /// `keys[p][j]` = dimensions 2p and 2p + 1 of key j (zero past `len`).
+    ///
+    /// # Safety
+    /// - The CPU has AVX-512F.
+    /// - `key(0)`, and `key(1)` when `len > 1`, may be called (they are, even for `len = 0`); for
+    ///   `j < len`, `key(j)` points to `d` readable bf16 values, and the keys are equally spaced:
+    ///   `key(j) = key(0) + j × s` bytes, with `s` a multiple of 4 and `15 × s / 4 ≤ i32::MAX`.
+    /// - `d` is even, `keys_padded` is a multiple of 16, and `scratch.keys` holds at least
+    ///   `d / 2 × keys_padded` values.
     #[target_feature(enable = "avx512f")]
     unsafe fn pack_keys(scratch: &mut Scratch, len: usize, keys_padded: usize, d: usize, key: impl Fn(usize) -> *const u16) {
         let keys = scratch.keys.as_mut_ptr();
@@ -279,26 +343,43 @@ mod avx512 {
             let live = lanes_before(len, block);
             let rows = first.wrapping_add(block * stride as usize);
             for p in 0..d / 2 {
+                // SAFETY: the CPU has AVX-512F (the contract). Lane `l` reads 4 bytes at `rows + p + l × stride` i32s, which
+                // is `key(block + l) + 4p` bytes by the equal spacing: dimensions `2p, 2p + 1 < d` of key `block + l`.
+                // Only the `live` lanes, `block + l < len`, read; masked-off lanes touch no memory, and a gather needs no
+                // alignment. (`wrapping_add` above: `rows` may lie past the keys; it is only dereferenced for live lanes.)
                 let pairs = unsafe { _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), live, offsets, rows.wrapping_add(p)) };
+                // SAFETY: 16 values at `p × keys_padded + block`, with `p < d / 2` and `block + 16 ≤ keys_padded` (both
+                // multiples of 16): inside the `d / 2 × keys_padded` values of `scratch.keys` (the contract). Unaligned store.
                 unsafe { _mm512_storeu_si512(keys.add(p * keys_padded + block) as *mut _, pairs) };
             }
         }
     }
 
     /// `values[jp][x]` = dimension x of keys 2jp (low half) and 2jp + 1 (high half), zero past `len`.
+    ///
+    /// # Safety
+    /// - The CPU has AVX-512F and BW.
+    /// - For `j < len`, `value(j)` points to `d` readable bf16 values.
+    /// - `d` is a multiple of 32, and `scratch.values` holds at least `keys_padded / 2 × d` values.
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn pack_values(scratch: &mut Scratch, len: usize, keys_padded: usize, d: usize, value: impl Fn(usize) -> *const u16) {
         // Lane 2x takes element x of the first row, lane 2x + 1 element x of the second (32 + x).
         let low: [i16; 32] = std::array::from_fn(|l| (l / 2 + 32 * (l % 2)) as i16);
         let high: [i16; 32] = std::array::from_fn(|l| (16 + l / 2 + 32 * (l % 2)) as i16);
+        // SAFETY: each array is 32 × 2 = 64 bytes, what a 512-bit load reads; an unaligned load needs no alignment.
         let (low, high) = unsafe { (_mm512_loadu_si512(low.as_ptr() as *const _), _mm512_loadu_si512(high.as_ptr() as *const _)) };
         let load = |j: usize, col: usize| {
+            // SAFETY: `j < len` is checked here, so `value(j)` starts `d` readable values (the contract), and `load` is
+            // called only with `col` a multiple of 32 below `d`, a multiple of 32: the 32 values read lie in them.
             if j < len { unsafe { _mm512_loadu_si512(value(j).add(col) as *const _) } } else { _mm512_setzero_si512() }
         };
         let values = scratch.values.as_mut_ptr();
         for jp in 0..keys_padded / 2 {
             for col in (0..d).step_by(32) {
                 let (a, b) = (load(2 * jp, col), load(2 * jp + 1, col));
+                // SAFETY: the CPU has AVX-512BW for the permutes (the contract). The stores write 16 values each at
+                // `jp × d + col` and `jp × d + col + 16`, ending by `jp × d + col + 32 ≤ (jp + 1) × d ≤ keys_padded / 2 × d`:
+                // inside `scratch.values` (the contract). Unaligned stores.
                 unsafe {
                     _mm512_storeu_si512(values.add(jp * d + col) as *mut _, _mm512_permutex2var_epi16(a, low, b));
                     _mm512_storeu_si512(values.add(jp * d + col + 16) as *mut _, _mm512_permutex2var_epi16(a, high, b));
@@ -310,6 +391,15 @@ mod avx512 {
     /// `scores[r × keys_padded + j]` = scale × (q_r · key j) + `bias[r][j]` for every padded key, in
     /// fp32. `R` rows and [`KEY_BLOCKS`] blocks of 16 keys at a time: each loaded key block serves
     /// `R` rows, and the `R` × [`KEY_BLOCKS`] independent sums hide the latency of `vdpbf16ps`.
+    ///
+    /// # Safety
+    /// - The CPU has AVX-512F and BF16.
+    /// - Each `q[r]` points to `pairs` readable bf16 pairs and is 4-byte aligned (see [`broadcast_pair`]).
+    /// - With `bias`, each `bias[r]` points to `keys_padded` readable fp32 values.
+    /// - `keys_padded` is a multiple of `16 × KEY_BLOCKS`, `keys.len() ≥ pairs × keys_padded`, and
+    ///   `scores.len() ≥ R × keys_padded`.
+    // The indices address several arrays in lock step (accumulators, key blocks, rows): clearer than iterators.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn score_rows<const R: usize>(
         q: [*const u32; R],
@@ -323,27 +413,40 @@ mod avx512 {
         let scale = _mm512_set1_ps(scale);
         for block in (0..keys_padded).step_by(16 * KEY_BLOCKS) {
             let mut acc = [[_mm512_setzero_ps(); KEY_BLOCKS]; R];
+            // SAFETY: `block < keys_padded ≤ keys.len()` (the contract).
             let mut base = unsafe { keys.as_ptr().add(block) };
             for p in 0..pairs {
-                let mut k = [_mm512_setzero_ps(); KEY_BLOCKS].map(|z| -> __m512bh { unsafe { std::mem::transmute(z) } });
+                // SAFETY: `__m512` and `__m512bh` are both 64-byte vectors of plain bits: every bit pattern is valid.
+                let mut k = [_mm512_setzero_ps(); KEY_BLOCKS].map(|z| -> __m512bh { unsafe { transmute::<__m512, __m512bh>(z) } });
                 for b in 0..KEY_BLOCKS {
-                    k[b] = unsafe { std::mem::transmute(_mm512_loadu_si512(base.add(16 * b) as *const _)) };
+                    // SAFETY: `base` is `keys + p × keys_padded + block`; the 16 values at `16 × b` end by
+                    // `p × keys_padded + block + 16 × KEY_BLOCKS ≤ (p + 1) × keys_padded ≤ keys.len()` (the contract).
+                    // Unaligned load; `__m512i` → `__m512bh`: 64-byte vectors of plain bits.
+                    k[b] = unsafe { transmute::<__m512i, __m512bh>(_mm512_loadu_si512(base.add(16 * b) as *const _)) };
                 }
                 for r in 0..R {
+                    // SAFETY: `p < pairs`: a pair of query `r`, readable and 4-byte aligned (the contract).
                     let qp = unsafe { broadcast_pair(q[r].add(p)) };
                     for b in 0..KEY_BLOCKS {
                         acc[r][b] = _mm512_dpbf16_ps(acc[r][b], k[b], qp);
                     }
                 }
+                // SAFETY: for `p + 1 < pairs`, the next pair's block, inside `keys` (above). NOT MET after the last pair:
+                // `base` then lands `block` values past `pairs × keys_padded`, which is past the end of `keys` for the
+                // longest span (`keys.len() = pairs × keys_padded`) when `block > 0`. It is never read, but `add` requires
+                // the result in bounds: `wrapping_add` would not (left as is, reported).
                 base = unsafe { base.add(keys_padded) };
             }
             for r in 0..R {
                 for b in 0..KEY_BLOCKS {
                     let at = block + 16 * b;
                     let score = match bias {
+                        // SAFETY: `at + 16 ≤ keys_padded`: inside the `keys_padded` values at `bias[r]` (the contract). Unaligned.
                         Some(bias) => _mm512_fmadd_ps(acc[r][b], scale, unsafe { _mm512_loadu_ps(bias[r].add(at)) }),
                         None => _mm512_mul_ps(acc[r][b], scale),
                     };
+                    // SAFETY: `r < R` and `at + 16 ≤ keys_padded`: inside `scores`, `R × keys_padded` values (the
+                    // contract). Unaligned store.
                     unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(r * keys_padded + at), score) };
                 }
             }
@@ -360,32 +463,46 @@ mod avx512 {
 
     /// A pair of bf16 values in all 16 lanes, loaded straight into the vector register (through a
     /// general register it costs a second, slower instruction per broadcast).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and BF16, and `pair` points to 4 readable bytes at an address that is a
+    /// multiple of 4: `_mm_load_ss` reads them as an `f32` (a plain Rust read, which needs the
+    /// alignment although `vmovss` does not).
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[inline]
     unsafe fn broadcast_pair(pair: *const u32) -> __m512bh {
-        unsafe { std::mem::transmute(_mm512_broadcastss_ps(_mm_load_ss(pair as *const f32))) }
+        // SAFETY: `pair` is readable and 4-byte aligned (the contract); `__m512` → `__m512bh`: 64-byte vectors of plain bits.
+        unsafe { transmute::<__m512, __m512bh>(_mm512_broadcastss_ps(_mm_load_ss(pair as *const f32))) }
     }
 
     /// exp(score − max) of the first `len` scores, rounded to bf16 into `weights` (zeros after
     /// them); returns their fp32 sum.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and BF16; `len ≤ scores.len()`, and `weights.len()` is a multiple of 16.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn softmax_weights(scores: &[f32], len: usize, weights: &mut [u16]) -> f32 {
         let tail = |j: usize| lanes_before(len, j);
         let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
         for j in (0..len).step_by(16) {
+            // SAFETY: `j < len ≤ scores.len()` (the contract), and the mask `tail(j)` loads only the lanes before `len`
+            // (masked-off lanes touch no memory). Unaligned load.
             max = _mm512_max_ps(max, unsafe { _mm512_mask_loadu_ps(max, tail(j), scores.as_ptr().add(j)) });
         }
         let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
         let mut sum = _mm512_setzero_ps();
         for j in (0..weights.len()).step_by(16) {
             let e = if j < len {
+                // SAFETY: as above: `j < len ≤ scores.len()`, and only the lanes before `len` load.
                 let s = unsafe { _mm512_maskz_loadu_ps(tail(j), scores.as_ptr().add(j)) };
                 _mm512_maskz_mov_ps(tail(j), exp(_mm512_sub_ps(s, max)))
             } else {
                 _mm512_setzero_ps()
             };
             sum = _mm512_add_ps(sum, e);
-            let bf: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(e)) };
+            // SAFETY: `__m256bh` → `__m256i`: 32-byte vectors of plain bits, every bit pattern valid.
+            let bf: __m256i = unsafe { transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(e)) };
+            // SAFETY: `j + 16 ≤ weights.len()`, a multiple of 16 (the contract): the 16 bf16 lie in `weights`. Unaligned store.
             unsafe { _mm256_storeu_si256(weights.as_mut_ptr().add(j) as *mut __m256i, bf) };
         }
         _mm512_reduce_add_ps(sum)
@@ -411,6 +528,14 @@ mod avx512 {
     }
 
     /// Output rows = (weights · values) × inverse sum, in bf16, 32 columns at a time.
+    ///
+    /// # Safety
+    /// - The CPU has AVX-512F and BF16.
+    /// - `keys_padded` is a multiple of 4 and `d` a multiple of 32; `scratch.values` holds at least
+    ///   `keys_padded / 2 × d` values, and `scratch.weights` at least `(row0 + R) × keys_padded`, in
+    ///   a buffer whose address is a multiple of 4 (its pairs go through [`broadcast_pair`]).
+    /// - For `r < R`, `dst(row0 + r)` points to `d` writable bf16 values that nothing else reads or
+    ///   writes during the call.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn weighted_values<const R: usize>(
         scratch: &Scratch,
@@ -420,30 +545,46 @@ mod avx512 {
         inverse_sums: &[f32],
         dst: impl Fn(usize) -> *mut u16,
     ) {
+        // SAFETY: `(row0 + r) × keys_padded < (row0 + R) × keys_padded ≤ scratch.weights.len()` (the contract).
         let weights: [*const u32; R] =
             std::array::from_fn(|r| unsafe { scratch.weights.as_ptr().add((row0 + r) * keys_padded) as *const u32 });
         for col in (0..d).step_by(32) {
             // Even and odd key pairs go to separate sums, so that 4 × R chains hide the latency.
             let (mut even_lo, mut even_hi) = ([_mm512_setzero_ps(); R], [_mm512_setzero_ps(); R]);
             let (mut odd_lo, mut odd_hi) = ([_mm512_setzero_ps(); R], [_mm512_setzero_ps(); R]);
+            // SAFETY: `col < d ≤ keys_padded / 2 × d ≤ scratch.values.len()` (the contract).
             let mut v = unsafe { scratch.values.as_ptr().add(col) };
             // keys_padded is a multiple of 64: pairs come in twos.
             for jp in (0..keys_padded / 2).step_by(2) {
-                let load = |at: *const u32| -> __m512bh { unsafe { std::mem::transmute(_mm512_loadu_si512(at as *const _)) } };
+                // SAFETY: called only with the four pointers below, each the start of 16 values inside `scratch.values`.
+                // Unaligned load; `__m512i` → `__m512bh`: 64-byte vectors of plain bits.
+                let load = |at: *const u32| -> __m512bh { unsafe { transmute::<__m512i, __m512bh>(_mm512_loadu_si512(at as *const _)) } };
+                // SAFETY: `v` is `scratch.values + jp × d + col` (it moves `2 × d` per two pairs), so the loads read values
+                // `jp × d + col..+ 32` and `(jp + 1) × d + col..+ 32`, which end by `(jp + 2) × d ≤ keys_padded / 2 × d`
+                // (`col + 32 ≤ d`; `jp` and `keys_padded / 2` are even): inside `scratch.values` (the contract).
                 let (v0, v1, v2, v3) = unsafe { (load(v), load(v.add(16)), load(v.add(d)), load(v.add(d + 16))) };
                 for r in 0..R {
+                    // SAFETY: `jp + 1 < keys_padded / 2`: pairs within row `row0 + r`'s `keys_padded` weights (above),
+                    // 4-byte aligned as the contract's buffer is and `(row0 + r) × keys_padded` is even.
                     let (a, b) = unsafe { (broadcast_pair(weights[r].add(jp)), broadcast_pair(weights[r].add(jp + 1))) };
                     even_lo[r] = _mm512_dpbf16_ps(even_lo[r], v0, a);
                     even_hi[r] = _mm512_dpbf16_ps(even_hi[r], v1, a);
                     odd_lo[r] = _mm512_dpbf16_ps(odd_lo[r], v2, b);
                     odd_hi[r] = _mm512_dpbf16_ps(odd_hi[r], v3, b);
                 }
+                // SAFETY: for `jp + 2 < keys_padded / 2`, the next two pairs' row, inside `scratch.values`. NOT MET after
+                // the last two: `v` then lands `col` values past `keys_padded / 2 × d`, which is past the end of
+                // `scratch.values` for the longest span when `col > 0` (`d ≥ 64`). It is never read, but `add` requires the
+                // result in bounds: `wrapping_add` would not (left as is, reported).
                 v = unsafe { v.add(2 * d) };
             }
             for r in 0..R {
                 let inv = _mm512_set1_ps(inverse_sums[row0 + r]);
                 for (half, sum) in [_mm512_add_ps(even_lo[r], odd_lo[r]), _mm512_add_ps(even_hi[r], odd_hi[r])].into_iter().enumerate() {
-                    let bf: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(_mm512_mul_ps(sum, inv))) };
+                    // SAFETY: `__m256bh` → `__m256i`: 32-byte vectors of plain bits, every bit pattern valid.
+                    let bf: __m256i = unsafe { transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_mul_ps(sum, inv))) };
+                    // SAFETY: columns `col + 16 × half..+ 16`, which end by `col + 32 ≤ d`, of the `d` values at
+                    // `dst(row0 + r)`, `r < R`: writable and ours alone (the contract). Unaligned store.
                     unsafe { _mm256_storeu_si256(dst(row0 + r).add(col + 16 * half) as *mut __m256i, bf) };
                 }
             }

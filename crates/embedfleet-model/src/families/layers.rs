@@ -332,7 +332,7 @@ impl TokenLayout {
                 for (b, row) in mask.chunks(seq.max(1)).enumerate() {
                     let first = row.iter().position(|&m| m != 0).unwrap_or(0);
                     let len = row.iter().filter(|&&m| m != 0).count();
-                    if row[first..first + len].iter().any(|&m| m == 0) {
+                    if row[first..first + len].contains(&0) {
                         return None;
                     }
                     let start = if self.real.is_some() { packed_start } else { b * seq + first };

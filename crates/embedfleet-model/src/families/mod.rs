@@ -52,8 +52,11 @@ pub struct Family {
     /// Checkpoint tensors the encoder does not use but saving writes back (the pooler), so transformers
     /// loads a saved folder without "newly initialized" warnings.
     pub passthrough: &'static [&'static str],
-    pub build: fn(&nn::Path, &ModelConfig) -> Result<Box<dyn Encoder>, ModelError>,
+    pub build: BuildEncoder,
 }
+
+/// How a family makes its network: its variables registered under the path, its shape read from the config.
+pub type BuildEncoder = fn(&nn::Path, &ModelConfig) -> Result<Box<dyn Encoder>, ModelError>;
 
 pub const FAMILIES: &[Family] = &[bert::FAMILY, mpnet::FAMILY, xlm_roberta::FAMILY, modernbert::FAMILY, qwen3::FAMILY];
 

@@ -144,7 +144,7 @@ impl ModernBertConfig {
         let legacy =
             if layer_type == GLOBAL { self.global_rope_theta.unwrap_or(160_000.0) } else { self.local_rope_theta.unwrap_or(10_000.0) };
         let theta = params.and_then(|p| p.rope_theta).unwrap_or(legacy);
-        if !(theta > 0.0) {
+        if theta.is_nan() || theta <= 0.0 {
             return Err(ModelError::InvalidConfig(format!("rope_theta of {layer_type} is {theta}")));
         }
         Ok(theta)

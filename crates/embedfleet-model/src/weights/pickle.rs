@@ -427,7 +427,7 @@ impl<'a> Unpickler<'a> {
 }
 
 fn set_items(dict: &mut Pairs, items: Vec<Value>) -> Result<(), PickleError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(pk("odd number of dict items"));
     }
     let mut it = items.into_iter();

@@ -29,7 +29,7 @@ pub fn chromium_binary() -> PathBuf {
 
 fn pipe() -> (RawFd, RawFd) {
     let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
+    // SAFETY: pipe2 writes two `c_int`s through the pointer, and `fds` is a writable array of exactly two.
     let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
     assert_eq!(rc, 0, "pipe2 failed: {}", std::io::Error::last_os_error());
     (fds[0], fds[1])
@@ -75,7 +75,9 @@ impl Chrome {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+        // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe work is allowed: it
+        // calls fcntl and dup2 (both async-signal-safe) on the pipe ends the child inherited (open until exec), and
+        // allocates nothing and takes no lock (`last_os_error` only reads errno).
         unsafe {
             command.pre_exec(move || {
                 // Moved out of the way first, in case a pipe end already sits on 3 or 4.
@@ -87,7 +89,8 @@ impl Chrome {
             });
         }
         let child = command.spawn().unwrap_or_else(|e| panic!("cannot start chromium: {e}"));
-        // SAFETY: each fd came from pipe2 above and is owned by exactly one of these.
+        // SAFETY: the four fds came from pipe2 above, are open, and nothing else owns them: the parent closes the
+        // browser's two ends once (the child has its own copies), and each `File` takes sole ownership of one of ours.
         let (to_browser, reader) = unsafe {
             libc::close(browser_in);
             libc::close(browser_out);
