@@ -35,6 +35,10 @@ at::Tensor* embedfleet_pack_linear_weight(const at::Tensor* weight, int64_t rows
   } catch (const std::exception& e) {
     write_error(e.what(), error, error_len);
     return nullptr;
+  } catch (...) {
+    // Nothing may unwind into Rust through extern "C".
+    write_error("a C++ exception that is not a std::exception", error, error_len);
+    return nullptr;
   }
 }
 
@@ -55,6 +59,10 @@ at::Tensor* embedfleet_packed_linear(const at::Tensor* x, const at::Tensor* pack
   } catch (const std::exception& e) {
     write_error(e.what(), error, error_len);
     return nullptr;
+  } catch (...) {
+    // Nothing may unwind into Rust through extern "C".
+    write_error("a C++ exception that is not a std::exception", error, error_len);
+    return nullptr;
   }
 }
 
@@ -68,6 +76,10 @@ at::Tensor* embedfleet_packed_linear_add(const at::Tensor* x, const at::Tensor* 
     return new at::Tensor(stack.at(0).toTensor());
   } catch (const std::exception& e) {
     write_error(e.what(), error, error_len);
+    return nullptr;
+  } catch (...) {
+    // Nothing may unwind into Rust through extern "C".
+    write_error("a C++ exception that is not a std::exception", error, error_len);
     return nullptr;
   }
 }

@@ -18,16 +18,16 @@
 use tikv_jemalloc_sys as _;
 
 /// jemalloc reads its options from this symbol as it starts (before `main`), so they hold for
-/// every allocation, the first ones included.
+/// every allocation, the first ones included. C declares it `const char *malloc_conf`: an
+/// `Option<&c_char>` has exactly a C pointer's layout (the language promises it).
 #[cfg(not(target_env = "msvc"))]
 #[used]
 // SAFETY: jemalloc (unprefixed here: `override_allocator_on_supported_platforms` turns on
-// `unprefixed_malloc_on_supported_platforms`) declares `const char *malloc_conf` and reads it once, as it
-// initialises (before `main`), as a pointer to a NUL-terminated options string. This static is never written,
-// its bytes end with a NUL, and its first word is the pointer to them: a slice reference is laid out (pointer,
-// length), which every Rust version does but the language does not promise (tikv-jemalloc-sys's own test exports
-// a thin `Option<&c_char>` instead). No other object in the process defines `malloc_conf` (glibc does not; a
-// second definition in the binary would fail to link). Where jemalloc stays prefixed (it then reads
-// `_rjem_malloc_conf`), nothing reads this symbol.
+// `unprefixed_malloc_on_supported_platforms`) reads this symbol once, as it initialises, as a pointer to a
+// NUL-terminated options string; the static is never written, and a C string literal ends with its NUL. No other
+// object in the process defines `malloc_conf` (glibc does not; a second definition in the binary would fail to
+// link). Where jemalloc stays prefixed (it then reads `_rjem_malloc_conf`), nothing reads this symbol.
 #[unsafe(export_name = "malloc_conf")]
-static MALLOC_CONF: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0\0";
+static MALLOC_CONF: Option<&std::ffi::c_char> =
+    // SAFETY: the pointer is the first byte of a `'static` C string literal: valid, aligned, never freed.
+    Some(unsafe { &*c"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0".as_ptr() });

@@ -104,6 +104,11 @@ pub fn attend(qkv: &Tensor, spans: &[Span], heads: usize, head_dim: usize, bias:
     let hidden = heads * head_dim;
     assert_eq!(width as usize, 3 * hidden, "qkv width");
     assert!(spans.iter().all(|s| s.start + s.len <= rows as usize), "a span runs past the rows");
+    // Each (span, head) is one worker's alone: spans must not overlap (in order, each starting where
+    // or after the one before ends). An empty span has nothing to do and is left out.
+    let spans: Vec<Span> = spans.iter().copied().filter(|s| s.len > 0).collect();
+    assert!(spans.windows(2).all(|w| w[0].start + w[0].len <= w[1].start), "spans are out of order or overlap");
+    assert_eq!(qkv.data_ptr() as usize % 4, 0, "qkv is 4-byte aligned (bf16 pairs are read as one 32-bit word)");
     let covered: usize = spans.iter().map(|s| s.len).sum();
     let out = if covered == rows as usize {
         Tensor::empty([rows, hidden as i64], (Kind::BFloat16, Device::Cpu))
@@ -140,11 +145,9 @@ pub fn attend(qkv: &Tensor, spans: &[Span], heads: usize, head_dim: usize, bias:
             // after the scoped threads end; every span ends by `rows` (asserted) and `head < heads`; `head_dim` is a
             // multiple of 32 (asserted); `scratch` was made for the longest span and this head width; a bias covers the
             // longest span and every head (asserted), and `DistanceBias::new` made its table `2 × reach − 1 + 64` wide.
-            // Not checked here: the spans do not overlap (true of `TokenLayout::spans`, the only caller's), so the one
-            // worker that takes an item (`fetch_add`) is the only one to touch its rows in its head's columns; no empty
-            // span starts at `rows` (`TokenLayout::spans` makes one only for a batch row without any real token, last
-            // in a packed batch); `qkv`'s data is 4-byte aligned (a libtorch allocation is 64-byte aligned, and the
-            // caller passes a fresh product; a view at an odd bf16 offset would not be).
+            // The spans are non-empty and do not overlap (asserted above), so the one worker that takes an item
+            // (`fetch_add`) is the only one to touch its rows in its head's columns; `qkv`'s data is 4-byte aligned
+            // (asserted).
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 avx512::attend_head(&work, span, head, &mut scratch)
@@ -431,11 +434,9 @@ mod avx512 {
                         acc[r][b] = _mm512_dpbf16_ps(acc[r][b], k[b], qp);
                     }
                 }
-                // SAFETY: for `p + 1 < pairs`, the next pair's block, inside `keys` (above). NOT MET after the last pair:
-                // `base` then lands `block` values past `pairs × keys_padded`, which is past the end of `keys` for the
-                // longest span (`keys.len() = pairs × keys_padded`) when `block > 0`. It is never read, but `add` requires
-                // the result in bounds: `wrapping_add` would not (left as is, reported).
-                base = unsafe { base.add(keys_padded) };
+                // The next pair's block. After the last pair this points past `keys` and is never read: `wrapping_add`,
+                // since `add` would require the result in bounds.
+                base = base.wrapping_add(keys_padded);
             }
             for r in 0..R {
                 for b in 0..KEY_BLOCKS {
@@ -465,14 +466,15 @@ mod avx512 {
     /// general register it costs a second, slower instruction per broadcast).
     ///
     /// # Safety
-    /// The CPU has AVX-512F and BF16, and `pair` points to 4 readable bytes at an address that is a
-    /// multiple of 4: `_mm_load_ss` reads them as an `f32` (a plain Rust read, which needs the
-    /// alignment although `vmovss` does not).
+    /// The CPU has AVX-512F and BF16, and `pair` points to 4 readable bytes (any alignment: the
+    /// read is unaligned, which the compiler still folds into one `vpbroadcastd` from memory).
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[inline]
     unsafe fn broadcast_pair(pair: *const u32) -> __m512bh {
-        // SAFETY: `pair` is readable and 4-byte aligned (the contract); `__m512` → `__m512bh`: 64-byte vectors of plain bits.
-        unsafe { transmute::<__m512, __m512bh>(_mm512_broadcastss_ps(_mm_load_ss(pair as *const f32))) }
+        // SAFETY: `pair` points to 4 readable bytes (the contract); `read_unaligned` needs no alignment.
+        let bits = unsafe { std::ptr::read_unaligned(pair) };
+        // SAFETY: `__m512i` → `__m512bh`: 64-byte vectors of plain bits, every pattern valid.
+        unsafe { transmute::<__m512i, __m512bh>(_mm512_set1_epi32(bits as i32)) }
     }
 
     /// exp(score − max) of the first `len` scores, rounded to bf16 into `weights` (zeros after
@@ -572,11 +574,9 @@ mod avx512 {
                     odd_lo[r] = _mm512_dpbf16_ps(odd_lo[r], v2, b);
                     odd_hi[r] = _mm512_dpbf16_ps(odd_hi[r], v3, b);
                 }
-                // SAFETY: for `jp + 2 < keys_padded / 2`, the next two pairs' row, inside `scratch.values`. NOT MET after
-                // the last two: `v` then lands `col` values past `keys_padded / 2 × d`, which is past the end of
-                // `scratch.values` for the longest span when `col > 0` (`d ≥ 64`). It is never read, but `add` requires the
-                // result in bounds: `wrapping_add` would not (left as is, reported).
-                v = unsafe { v.add(2 * d) };
+                // The next two pairs' row. After the last two this points past `scratch.values` and is never read:
+                // `wrapping_add`, since `add` would require the result in bounds.
+                v = v.wrapping_add(2 * d);
             }
             for r in 0..R {
                 let inv = _mm512_set1_ps(inverse_sums[row0 + r]);
@@ -626,18 +626,32 @@ mod tests {
         reference_in(qkv, spans, heads, head_dim, Kind::Float, None)
     }
 
+    const NEEDS_AVX512_BF16: &str = "needs a CPU with AVX-512F, BW and BF16, which the machine that built the tests lacks";
+
     #[test]
+    fn only_heads_a_multiple_of_32_wide_are_served() {
+        assert!(!head_dim_supported(8) && !head_dim_supported(0) && head_dim_supported(32) && head_dim_supported(64));
+    }
+
+    /// Where the kernel cannot run the layers use libtorch's kernel (`layers::tests` covers that
+    /// path); this says which one this machine takes.
+    #[test]
+    fn the_kernel_is_used_exactly_where_the_cpu_has_the_instructions() {
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            cpu_supported(),
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512bf16")
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        assert!(!cpu_supported());
+    }
+
+    #[test]
+    #[cfg_attr(not(host_avx512_bf16), ignore = "needs a CPU with AVX-512F, BW and BF16; this one lacks them")]
     fn matches_libtorch_attention_span_by_span() {
-        if !cpu_supported() {
-            // The layers fall back to libtorch's kernel here; `layers::tests` covers that path.
-            #[cfg(target_arch = "x86_64")]
-            assert!(
-                !(std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bw")
-                    && std::is_x86_feature_detected!("avx512bf16"))
-            );
-            return;
-        }
+        assert!(cpu_supported(), "{NEEDS_AVX512_BF16}");
         tch::manual_seed(3);
         for ((heads, head_dim), biased) in [(2i64, 32i64), (3, 64)].into_iter().flat_map(|shape| [(shape, false), (shape, true)]) {
             // Lengths around the 16-key blocks and the 4-row tiles; a gap of unused rows between
@@ -678,11 +692,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(host_avx512_bf16), ignore = "needs a CPU with AVX-512F, BW and BF16; this one lacks them")]
     fn extreme_scores_give_finite_weights() {
-        if !cpu_supported() {
-            assert!(!head_dim_supported(8) && head_dim_supported(32));
-            return;
-        }
+        assert!(cpu_supported(), "{NEEDS_AVX512_BF16}");
         // Scores of ±1e4 underflow e^x for all but the largest; a row must still sum to one.
         let (heads, head_dim, len) = (1i64, 32i64, 40i64);
         let qkv = (Tensor::randn([len, 3 * heads * head_dim], (Kind::Float, Device::Cpu)) * 100.0).to_kind(Kind::BFloat16);
