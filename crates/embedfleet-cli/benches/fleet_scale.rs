@@ -48,9 +48,16 @@ struct Stages {
     record: Option<RunRecord>,
 }
 
-/// Polls the record (and its raw size in the KV bucket) until `until` holds.
-async fn follow(bus: &embedfleet_bus::Bus, run: &str, started: Instant, timeout: Duration, until: impl Fn(&RunRecord) -> bool) -> Stages {
-    let mut s = Stages::default();
+/// Polls the record (and its raw size in the KV bucket) until `until` holds, adding what it sees
+/// to `s`.
+async fn follow(
+    s: &mut Stages,
+    bus: &embedfleet_bus::Bus,
+    run: &str,
+    started: Instant,
+    timeout: Duration,
+    until: impl Fn(&RunRecord) -> bool,
+) {
     loop {
         if let Ok(Some(entry)) = bus.runs.entry(run).await {
             s.largest_record = s.largest_record.max(entry.value.len());
@@ -73,7 +80,7 @@ async fn follow(bus: &embedfleet_bus::Bus, run: &str, started: Instant, timeout:
                 let done = until(&r);
                 s.record = Some(r);
                 if done {
-                    return s;
+                    return;
                 }
             }
         }
@@ -93,8 +100,9 @@ async fn small_run(fleet: &Fleet, bus: &embedfleet_bus::Bus, run: &str, model: &
     let started = Instant::now();
     let o = fleet.cli(&submit_args(corpus.to_str().unwrap(), run, model));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let s =
-        follow(bus, run, started, Duration::from_secs(600), |r| r.state != RunState::Generating && r.state != RunState::Assembling).await;
+    let mut s = Stages::default();
+    let past_assembly = |r: &RunRecord| r.state != RunState::Generating && r.state != RunState::Assembling;
+    follow(&mut s, bus, run, started, Duration::from_secs(600), past_assembly).await;
     (s.first_task_done.unwrap(), s.assembled.unwrap())
 }
 
@@ -124,14 +132,15 @@ async fn one_size(chunks: u64, train: bool, fairness: bool) {
     let run = "scale";
     let started = Instant::now();
     let (submit_s, submit_rss, _) = timed(&fleet, &submit_args(&input, run, &model));
+    let mut s = Stages::default();
     let fair = if fairness {
         // Submitted once the big run's generators are busy.
-        follow(&bus, run, started, Duration::from_secs(3600), |r| r.tasks_done() > 0).await;
+        follow(&mut s, &bus, run, started, Duration::from_secs(3600), |r| r.tasks_done() > 0).await;
         Some(small_run(&fleet, &bus, "small-busy", &model).await)
     } else {
         None
     };
-    let s = follow(&bus, run, started, Duration::from_secs(7200), |r| r.state == RunState::Training).await;
+    follow(&mut s, &bus, run, started, Duration::from_secs(7200), |r| r.state == RunState::Training).await;
     let r = s.record.as_ref().unwrap();
     let assembled = s.assembled.unwrap();
 

@@ -22,8 +22,9 @@ struct Args {
     /// batch, so more in hand means fewer writes on a busy run.
     #[arg(long, env = "EMBEDFLEET_EVENTS_IN_HAND", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
     events_in_hand: u32,
-    /// Corpora read at once by this replica's ingest stage.
-    #[arg(long, env = "EMBEDFLEET_INGESTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Corpora read at once by this replica's ingest stage. More than one, so that a small run's
+    /// corpus is read while a large one's still is.
+    #[arg(long, env = "EMBEDFLEET_INGESTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     ingests: u32,
 }
 

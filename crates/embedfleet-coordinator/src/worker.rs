@@ -102,6 +102,12 @@ pub fn check_task_limit(spec: &RunSpec, corpus_bytes: u64) -> Result<u32, String
     let chunk = spec.dataset.chunk_config();
     let chunks = corpus_bytes / (chunk.size.saturating_sub(chunk.overlap).max(1) as u64) + 1;
     let tasks = chunks.div_ceil(u64::from(per));
+    if chunks > u64::from(u32::MAX) {
+        return Err(format!(
+            "the corpus ({corpus_bytes} bytes) makes about {chunks} chunks, more than the {} a run may have; split it into several runs",
+            u32::MAX
+        ));
+    }
     if tasks > u64::from(MAX_TASKS) {
         return Err(format!(
             "the corpus ({corpus_bytes} bytes) makes about {chunks} chunks, {tasks} generate tasks of {per}: more than the {MAX_TASKS} \

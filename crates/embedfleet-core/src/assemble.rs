@@ -175,12 +175,19 @@ impl DatasetWriter {
     /// summary as given (the writer sees chunks, not documents).
     pub async fn finish(self, documents: usize) -> Result<StagedDataset, StoreError> {
         let staging = join(&self.prefix, ".partial");
-        for (split, files) in [(DatasetSplit::Train, self.train), (DatasetSplit::Val, self.val)] {
-            files.corpus.finish().await?;
-            files.queries.finish().await?;
-            files.relevant_docs.finish().await?;
-            compose_dataset_file(&self.store, &staging, split).await?;
-        }
+        // The two splits are completed side by side: composing a dataset file re-reads its parts.
+        let finish = |split: DatasetSplit, files: SplitFiles| {
+            let (store, staging) = (&self.store, &staging);
+            async move {
+                files.corpus.finish().await?;
+                files.queries.finish().await?;
+                files.relevant_docs.finish().await?;
+                compose_dataset_file(store, staging, split).await
+            }
+        };
+        let (train, val) = futures::join!(finish(DatasetSplit::Train, self.train), finish(DatasetSplit::Val, self.val));
+        train?;
+        val?;
         Ok(StagedDataset { store: self.store, prefix: self.prefix, summary: DatasetSummary { documents, ..self.summary } })
     }
 }

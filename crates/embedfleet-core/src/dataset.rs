@@ -153,14 +153,30 @@ pub async fn write_dataset(
     Ok(written)
 }
 
-/// Reads one split's `_dataset.json` from a store and validates it.
+/// Reads one split's `_dataset.json` from a store and validates it. The file is parsed as it
+/// arrives, so memory holds the dataset, not the dataset and its file too (a million-chunk
+/// training set's file is a gigabyte).
 pub async fn read_dataset(store: &ArtifactStore, prefix: &str, split: DatasetSplit) -> Result<QaDataset, DatasetError> {
     let name = format!("{}_dataset.json", split.name());
     let key = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-    let bytes = store.get(&key).await?;
-    let dataset = QaDataset::from_json(&store.describe(&key), &bytes)?;
-    dataset.validate(&store.describe(&key))?;
-    Ok(dataset)
+    let source_name = store.describe(&key);
+    let reader = store.blocking_reader(&key).await?;
+    let parse = move || -> Result<QaDataset, DatasetError> {
+        let reader = std::io::BufReader::with_capacity(1 << 20, reader);
+        let dataset: QaDataset = serde_json::from_reader(reader).map_err(|e| {
+            if e.is_io() {
+                // The store went away mid-read: an outage, not a malformed file.
+                DatasetError::Store(StoreError::Backend { op: "read", location: source_name.clone(), message: e.to_string() })
+            } else {
+                DatasetError::Malformed { source_name: source_name.clone(), message: e.to_string() }
+            }
+        })?;
+        dataset.validate(&source_name)?;
+        Ok(dataset)
+    };
+    tokio::task::spawn_blocking(parse)
+        .await
+        .map_err(|e| DatasetError::Malformed { source_name: key, message: format!("reading it stopped: {e}") })?
 }
 
 #[cfg(test)]

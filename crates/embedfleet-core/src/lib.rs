@@ -5,6 +5,7 @@
 //! fleet workers call exactly the same code.
 
 pub mod assemble;
+pub mod cache;
 pub mod chunk;
 pub mod config;
 pub mod dataset;

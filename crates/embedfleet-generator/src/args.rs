@@ -63,8 +63,7 @@ impl LlmArgs {
             Some(path) => PromptTemplate::from_file(path)?,
             None => PromptTemplate::default(),
         };
-        let cache_dir =
-            self.llm_cache_dir.clone().or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/embedfleet/llm-answers")));
+        let cache_dir = Some(self.llm_cache_dir.clone().unwrap_or_else(|| embedfleet_core::cache::cache_subdir("llm-answers")));
         Ok(LlmConfig {
             base_url: self.llm_base_url.clone().unwrap_or(defaults.base_url),
             model: self.llm_model.clone(),

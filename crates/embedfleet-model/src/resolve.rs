@@ -46,11 +46,7 @@ pub async fn resolve_model(spec: &str, store: &StoreOptions) -> Result<PathBuf, 
 }
 
 fn cache_dir() -> PathBuf {
-    std::env::var_os("EMBEDFLEET_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/embedfleet")))
-        .unwrap_or_else(|| PathBuf::from(".embedfleet-cache"))
-        .join("models")
+    embedfleet_core::cache::cache_subdir("models")
 }
 
 fn from_hub(id: &str) -> Result<PathBuf, ModelError> {

@@ -81,11 +81,7 @@ pub async fn results(args: ResultsArgs) -> Result<ExitCode> {
 }
 
 fn cache_dir() -> PathBuf {
-    std::env::var_os("EMBEDFLEET_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/embedfleet")))
-        .unwrap_or_else(|| PathBuf::from(".embedfleet-cache"))
-        .join("results")
+    embedfleet_core::cache::cache_subdir("results")
 }
 
 /// Progress over every file of some prefixes.
