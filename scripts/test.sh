@@ -25,6 +25,11 @@ deploy/check.sh
 # target directory must pass too.
 phase "build"
 cargo build --workspace --bins --locked
+# The images compose and the chart use, made here with no registry (debootstrap base, binaries built
+# above); the compose tests (crates/embedfleet-cli/tests/compose.rs) start them. Starts the Docker
+# engine if it does not answer.
+phase "images"
+scripts/images.sh
 phase "tests"
 # Every test binary runs even after one fails, so a red run shows all that failed, not the first.
 cargo test --workspace --locked --no-fail-fast "$@"

@@ -21,6 +21,7 @@ value sets: the defaults, values-gpu.yaml, and ci/all-on-values.yaml (every opti
 from __future__ import annotations
 
 import argparse
+import re
 import copy
 import json
 import sys
@@ -62,6 +63,12 @@ def render(values: dict | None) -> dict[str, list[dict]]:
             continue
         docs[path] = [d for d in yaml.safe_load_all(text) if d]
     return docs
+
+
+def cargo_version() -> str:
+    """The workspace's version: the tag of the images scripts/images.sh builds."""
+    text = (CHART.parent.parent / "Cargo.toml").read_text()
+    return re.search(r'^version = "([^"]+)"', text, re.M).group(1)
 
 
 def env_of(container: dict) -> dict[str, dict]:
@@ -117,6 +124,10 @@ def check_workers(c: Checker, name: str, objs: list[dict], values: dict) -> None
         c.check("emptyDir" in vols.get(mounts.get("/tmp", ""), {}), f"{where}: /tmp is not an emptyDir")
         image = ctr["image"]
         c.check(image.endswith(f"-{cfg['imageFlavor']}"), f"{where}: image {image} is not {cfg['imageFlavor']}")
+        # The default values name exactly the images scripts/images.sh builds (and compose runs).
+        if not values.get("image"):
+            wanted = f"ghcr.io/embedfleet/embedfleet:{cargo_version()}-{cfg['imageFlavor']}"
+            c.check(image == wanted, f"{where}: image {image} is not {wanted}, which scripts/images.sh builds")
         if role in ("trainer", "evaluator"):
             c.check(not image.endswith("-small"), f"{where}: the small image has no {role}")
         env = env_of(ctr)

@@ -107,8 +107,13 @@ def main(argv: list[str]) -> int:
             if replicas is not None and not str(replicas).isdigit():
                 err(f"{path.name}: {name}: replicas {replicas!r} is not a number")
             for port in full.get("ports", []):
-                if not re.fullmatch(r"\d+(:\d+)?(/(tcp|udp))?", str(port)):
-                    err(f"{path.name}: {name}: port {port!r} is not HOST:CONTAINER")
+                # ADDRESS:HOST:CONTAINER, and the address said: a port published on every interface
+                # is open to the network (the default must be 127.0.0.1).
+                m = re.fullmatch(r"(?:(\d{1,3}(?:\.\d{1,3}){3}):)?\d+(:\d+)?(/(tcp|udp))?", str(port))
+                if not m:
+                    err(f"{path.name}: {name}: port {port!r} is not ADDRESS:HOST:CONTAINER")
+                elif path == BASE and m.group(1) != "127.0.0.1":
+                    err(f"{path.name}: {name}: port {port!r} is published on every interface; bind it to 127.0.0.1 by default")
             for vol in full.get("volumes", []):
                 src = str(vol).split(":", 1)[0]
                 if src.startswith((".", "/")) and not (DEPLOY / src).exists():

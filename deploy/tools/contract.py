@@ -38,8 +38,9 @@ ROLE_ENV = {
 # Variables that are not flags: the image entrypoint's role, credentials read by libraries.
 OTHER_ENV = {"ROLE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "OPENAI_API_KEY"}
 
-# The CLI (`embedfleet`) talks to NATS and the store like a worker, and encodes/evaluates locally.
-CLI_ENV = (COMMON_ENV - {"EMBEDFLEET_METRICS_ADDR", "EMBEDFLEET_LOG_FORMAT"}) | {
+# The CLI (`embedfleet`) talks to NATS and the store like a worker, and encodes/evaluates locally;
+# its global --log-format is EMBEDFLEET_LOG_FORMAT too.
+CLI_ENV = (COMMON_ENV - {"EMBEDFLEET_METRICS_ADDR"}) | {
     "EMBEDFLEET_DEVICE",
     "EMBEDFLEET_PRECISION",
 }
