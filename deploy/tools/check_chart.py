@@ -259,6 +259,11 @@ def main() -> int:
         "trainer on the small image": {"trainer": {"imageFlavor": "small"}},
         "GPU without the gpu image": {"evaluator": {"gpu": 1}},
         "unknown log format": {"logFormat": "xml"},
+        # values.schema.json
+        "a misspelt top-level key": {"networkPolicies": {"enabled": False}},
+        "a negative budget cap": {"coordinator": {"defaultMaxCostUsd": -1}},
+        "a local folder as a model source": {"allowedModelSources": "hub,/models"},
+        "seven stream replicas": {"bus": {"streams": {"replicas": 7}}},
     }
     for what, values in bad.items():
         try:

@@ -38,7 +38,10 @@ IMAGE_ROLES = {"small": {"generator", "coordinator"}, "runtime": set(contract.RO
 
 def interpolate(value):
     if isinstance(value, str):
-        return INTERP.sub(lambda m: m.group(3) or "", value).replace("$$", "$")
+        # ${VAR:?message}: a value the user must give (a secret); it stands in as `required-VAR`.
+        return INTERP.sub(lambda m: f"required-{m.group(1)}" if "?" in (m.group(2) or "") else (m.group(3) or ""), value).replace(
+            "$$", "$"
+        )
     if isinstance(value, dict):
         return {k: interpolate(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -60,9 +63,13 @@ def dockerfile_targets(path: Path) -> set[str]:
 def env_vars(files: list[Path]) -> set[str]:
     names: set[str] = set()
     for f in files:
-        for svc in (yaml.safe_load(f.read_text()).get("services") or {}).values():
+        for name, svc in (yaml.safe_load(f.read_text()).get("services") or {}).items():
             env = svc.get("environment") or {}
             keys = env.keys() if isinstance(env, dict) else [e.split("=", 1)[0] for e in env]
+            # The NATS server's own variables (the roles' passwords it checks) are not settings
+            # of an embedfleet binary.
+            if name == "nats":
+                continue
             names |= {k for k in keys if k.startswith("EMBEDFLEET_")}
     return names
 

@@ -111,10 +111,10 @@ fn jetstream_code(error: &jetstream::context::CreateStreamError) -> Option<Error
 /// Creates or updates a KV bucket through its backing stream. async-nats' own helper first asks for
 /// the account's info, whose shape older servers (Debian's 2.9) answer differently; the stream
 /// settings are the KV convention, so any JetStream server takes them.
-async fn key_value(js: &jetstream::Context, bucket: &str, history: i64) -> Result<kv::Store, SetupFailure> {
+async fn key_value(js: &jetstream::Context, bucket: &str, history: i64, limits: StreamLimits) -> Result<kv::Store, SetupFailure> {
     ensure_stream(
         js,
-        stream::Config {
+        limits.apply(stream::Config {
             name: format!("KV_{bucket}"),
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: history,
@@ -123,7 +123,7 @@ async fn key_value(js: &jetstream::Context, bucket: &str, history: i64) -> Resul
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
             ..Default::default()
-        },
+        }),
     )
     .await?;
     // The stream exists by now, so a failed lookup is a late or lost answer.
@@ -141,8 +141,35 @@ fn kept_for_days(name: &str, subjects: &str, days: u64) -> stream::Config {
     }
 }
 
+/// Replicas and size of every stream and bucket the layout makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Copies of each stream in a NATS cluster (1 to 5; 1 on a single server).
+    pub replicas: usize,
+    /// Most bytes each stream keeps (None: no limit). Past it a publish is refused, never a
+    /// stored message dropped: a lost task would stall its run.
+    pub max_bytes: Option<i64>,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self { replicas: 1, max_bytes: None }
+    }
+}
+
+impl StreamLimits {
+    fn apply(self, mut config: stream::Config) -> stream::Config {
+        config.num_replicas = self.replicas.max(1);
+        if let Some(max) = self.max_bytes {
+            config.max_bytes = max;
+            config.discard = stream::DiscardPolicy::New;
+        }
+        config
+    }
+}
+
 /// The streams and buckets every worker needs: the run state, the fleet-wide rate limit and budgets.
-async fn set_up_layout(js: &jetstream::Context) -> Result<(kv::Store, kv::Store, kv::Store), SetupFailure> {
+async fn set_up_layout(js: &jetstream::Context, limits: StreamLimits) -> Result<(kv::Store, kv::Store, kv::Store), SetupFailure> {
     let work = stream::Config {
         name: WORK_STREAM.into(),
         subjects: vec![WORK_SUBJECTS.into()],
@@ -156,19 +183,43 @@ async fn set_up_layout(js: &jetstream::Context) -> Result<(kv::Store, kv::Store,
         kept_for_days(DEAD_STREAM, DEAD_SUBJECTS, 30),
         kept_for_days(ADVISORY_STREAM, MAX_DELIVERIES_SUBJECTS, 7),
     ] {
-        ensure_stream(js, config).await?;
+        ensure_stream(js, limits.apply(config)).await?;
     }
-    let runs = key_value(js, RUNS_BUCKET, 5).await?;
-    let rate = key_value(js, RATE_BUCKET, 1).await?;
-    let budgets = key_value(js, BUDGET_BUCKET, 1).await?;
+    let runs = key_value(js, RUNS_BUCKET, 5, limits).await?;
+    let rate = key_value(js, RATE_BUCKET, 1, limits).await?;
+    let budgets = key_value(js, BUDGET_BUCKET, 1, limits).await?;
     Ok((runs, rate, budgets))
+}
+
+/// The layout as it is, when every stream and bucket exists; None otherwise.
+async fn bind_layout(js: &jetstream::Context) -> Option<(kv::Store, kv::Store, kv::Store)> {
+    for name in [WORK_STREAM, EVENTS_STREAM, DEAD_STREAM, ADVISORY_STREAM] {
+        js.get_stream(name).await.ok()?;
+    }
+    Some((
+        js.get_key_value(RUNS_BUCKET).await.ok()?,
+        js.get_key_value(RATE_BUCKET).await.ok()?,
+        js.get_key_value(BUDGET_BUCKET).await.ok()?,
+    ))
 }
 
 impl Bus {
     /// Connects (retrying with back-off until `options.connect_timeout`), then creates or updates
     /// the streams and buckets, so any worker can start first.
     pub async fn connect(options: &BusOptions) -> Result<Bus, BusError> {
-        let urls = options.urls.join(",");
+        let urls = options.shown_urls();
+        options.check_urls().map_err(|message| BusError::Connect { urls: urls.clone(), message })?;
+        if let Some(ca) = options.ca.iter().chain(options.client_cert.iter().flat_map(|(c, k)| [c, k])).find(|p| !p.is_file()) {
+            return Err(BusError::Connect { urls, message: format!("{} does not exist or is not a file", ca.display()) });
+        }
+        let nkey_seed = match &options.nkey {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map(|s| s.trim().to_owned())
+                    .map_err(|e| BusError::Connect { urls: urls.clone(), message: format!("NKey seed file {}: {e}", path.display()) })?,
+            ),
+            None => None,
+        };
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(200);
         let client = loop {
@@ -183,6 +234,18 @@ impl Bus {
                 .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
             if let Some((user, password)) = &options.user_password {
                 connect = connect.user_and_password(user.clone(), password.clone());
+            }
+            if let Some(token) = &options.token {
+                connect = connect.token(token.clone());
+            }
+            if let Some(seed) = &nkey_seed {
+                connect = connect.nkey(seed.clone());
+            }
+            if let Some(ca) = &options.ca {
+                connect = connect.add_root_certificates(ca.clone());
+            }
+            if let Some((cert, key)) = &options.client_cert {
+                connect = connect.add_client_certificate(cert.clone(), key.clone());
             }
             if let Some(creds) = &options.creds {
                 connect = connect
@@ -214,7 +277,14 @@ impl Bus {
         let js = jetstream::new(client.clone());
         let mut delay = Duration::from_millis(200);
         let (runs, rate, budgets) = loop {
-            match set_up_layout(&js).await {
+            // A worker that does not own the layout binds to it when it is there: with NATS
+            // permissions (deploy/nats/auth.conf) only the coordinator may create streams.
+            if !options.owns_layout
+                && let Some(layout) = bind_layout(&js).await
+            {
+                break layout;
+            }
+            match set_up_layout(&js, options.stream_limits).await {
                 Ok(layout) => break layout,
                 Err(f) if f.transient && options.connect_timeout.is_none_or(|t| started.elapsed() < t) => {
                     tracing::warn!(what = f.what, error = f.message, retry_in = ?delay, "JetStream not answering yet (starting, recovering, or not enabled with -js); setting the layout up again");
@@ -230,7 +300,7 @@ impl Bus {
     /// Publishes a message to the stage that acts on it, with its dedup id, and waits for the
     /// stream's acknowledgement (the message is durable when this returns).
     pub async fn publish(&self, stage: Stage, message: &Message) -> Result<(), BusError> {
-        let subject = stage.subject();
+        let subject = stage.subject_for(message.kind());
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", message.dedup_id().as_str());
         let err = |e: &dyn std::fmt::Display| BusError::Publish { subject: subject.clone(), message: e.to_string() };
@@ -260,7 +330,7 @@ impl Bus {
         stream
             .create_consumer(consumer::pull::Config {
                 durable_name: Some(stage.consumer()),
-                filter_subject: stage.subject(),
+                filter_subject: stage.subjects(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait,
                 max_deliver: stage.max_deliver(),

@@ -149,6 +149,24 @@ impl Message {
         }
     }
 
+    /// The message's type as its JSON names it (`generate_done`): the last token of its subject.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::RunSubmitted { .. } => "run_submitted",
+            Message::IngestTask { .. } => "ingest_task",
+            Message::ChunksReady { .. } => "chunks_ready",
+            Message::GenerateTask { .. } => "generate_task",
+            Message::GenerateDone { .. } => "generate_done",
+            Message::TrainTask { .. } => "train_task",
+            Message::CheckpointSaved { .. } => "checkpoint_saved",
+            Message::TrainDone { .. } => "train_done",
+            Message::EvaluateTask { .. } => "evaluate_task",
+            Message::EvaluateDone { .. } => "evaluate_done",
+            Message::CancelRun { .. } => "cancel_run",
+            Message::StageFailed { .. } => "stage_failed",
+        }
+    }
+
     /// A stable id for JetStream's duplicate detection: publishing the same logical message twice
     /// (a retried coordinator step, a racing replica) stores it once.
     pub fn dedup_id(&self) -> String {
@@ -212,6 +230,28 @@ mod tests {
 
     fn run(s: &str) -> RunId {
         RunId::new(s).unwrap()
+    }
+
+    #[test]
+    fn each_kind_is_the_name_its_json_carries() {
+        let spec = RunSpec::default();
+        for m in [
+            Message::RunSubmitted { run_id: run("r"), spec },
+            Message::IngestTask { run_id: run("r") },
+            Message::ChunksReady { run_id: run("r"), tasks: 1, chunks: 1, documents: 1, complete: true },
+            Message::GenerateTask { run_id: run("r"), task: 0, first: 0, count: 1 },
+            Message::GenerateDone { run_id: run("r"), task: 0, questions: 0, failed_chunks: 0, spent_usd: 0.0, budget_reached: false },
+            Message::TrainTask { run_id: run("r") },
+            Message::CheckpointSaved { run_id: run("r"), label: CheckpointLabel::step(0), step: 0 },
+            Message::TrainDone { run_id: run("r"), steps: 0, checkpoints: vec![] },
+            Message::EvaluateTask { run_id: run("r"), label: CheckpointLabel::step(0) },
+            Message::EvaluateDone { run_id: run("r"), label: CheckpointLabel::step(0), value: 0.5 },
+            Message::CancelRun { run_id: run("r") },
+            Message::StageFailed { run_id: run("r"), stage: "s".into(), reason: "x".into() },
+        ] {
+            let json: serde_json::Value = serde_json::from_slice(&encode(&m)).unwrap();
+            assert_eq!(json["type"], m.kind());
+        }
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct WorkerArgs {
     pub s3_endpoint: Option<String>,
     #[arg(long, env = "EMBEDFLEET_S3_REGION")]
     pub s3_region: Option<String>,
+    /// A PEM file of the CA that signed the S3 endpoint's certificate. Plain HTTP is used only
+    /// when the endpoint says `http://`.
+    #[arg(long, env = "EMBEDFLEET_S3_CA")]
+    pub s3_ca: Option<std::path::PathBuf>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "EMBEDFLEET_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
@@ -33,12 +37,26 @@ pub struct WorkerArgs {
     /// Seconds without an in-progress ack before a message goes to another worker.
     #[arg(long, env = "EMBEDFLEET_ACK_WAIT", default_value_t = 30)]
     pub ack_wait: u64,
+    /// Where the fleet may load base and mining models from: `hub` (Hugging Face hub ids) and
+    /// `s3://bucket/prefix/` prefixes, comma-separated. Local folders are never allowed. Default:
+    /// hub ids and the store's own `models/` folder.
+    #[arg(long, env = "EMBEDFLEET_ALLOWED_MODEL_SOURCES")]
+    pub allowed_model_sources: Option<String>,
+    /// The longest one task may take, in seconds (0: no limit). Past it the task is stopped and
+    /// retried. Default per stage: 1 h for events and generate tasks, 6 h for ingest and
+    /// evaluation, 72 h for training.
+    #[arg(long, env = "EMBEDFLEET_MAX_TASK_SECONDS")]
+    pub max_task_seconds: Option<u64>,
 }
 
 impl WorkerArgs {
     /// The loop's settings for `stage`; `grace` is how long shutdown waits for messages in hand.
     pub fn worker_config(&self, stage: crate::Stage, grace: Duration) -> crate::worker::WorkerConfig {
-        crate::worker::WorkerConfig { stage, ack_wait: Duration::from_secs(self.ack_wait), parallel: self.parallel, grace }
+        let mut config = crate::worker::WorkerConfig::new(stage, Duration::from_secs(self.ack_wait), self.parallel, grace);
+        if let Some(seconds) = self.max_task_seconds {
+            config.max_task_time = (seconds > 0).then(|| Duration::from_secs(seconds));
+        }
+        config
     }
 }
 
@@ -76,14 +94,27 @@ pub enum StartError {
 }
 
 impl WorkerArgs {
+    /// The model sources this fleet allows (see `--allowed-model-sources`).
+    pub fn model_sources(&self) -> Result<embedfleet_core::model_source::ModelSources, String> {
+        match &self.allowed_model_sources {
+            Some(list) => embedfleet_core::model_source::ModelSources::parse(list).map_err(|e| format!("--allowed-model-sources: {e}")),
+            None => Ok(embedfleet_core::model_source::ModelSources::default_for_store(&self.store)),
+        }
+    }
+
     pub fn store_options(&self) -> StoreOptions {
-        StoreOptions { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone(), ..Default::default() }
+        StoreOptions { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone(), ca: self.s3_ca.clone(), ..Default::default() }
     }
 }
 
 /// Serves health at once (not ready), then connects to the store and NATS, retrying with back-off
 /// and saying what is wrong, so an orchestrator sees a live but unready pod rather than a crash loop.
 pub async fn start(args: &WorkerArgs, name: &str) -> Result<Started, StartError> {
+    start_with_limits(args, name, crate::bus::StreamLimits::default()).await
+}
+
+/// [`start`], setting the streams up with `limits` (the coordinator, which owns the layout).
+pub async fn start_with_limits(args: &WorkerArgs, name: &str, limits: crate::bus::StreamLimits) -> Result<Started, StartError> {
     let health = Arc::new(Health::default());
     let metrics_addr =
         health::serve(args.metrics_addr, health.clone()).await.map_err(|source| StartError::Metrics { addr: args.metrics_addr, source })?;
@@ -99,7 +130,11 @@ pub async fn start(args: &WorkerArgs, name: &str) -> Result<Started, StartError>
             }
         }
     }
-    let bus = Bus::connect(&BusOptions::from(&args.nats).client_name(name)).await?;
+    // The coordinator owns the JetStream layout; the other workers bind to it.
+    let owns_layout = name == "embedfleet-coordinator";
+    let mut options = BusOptions::from(&args.nats).client_name(name).owns_layout(owns_layout);
+    options.stream_limits = limits;
+    let bus = Bus::connect(&options).await?;
     tracing::info!(%metrics_addr, store = %args.store, "worker started");
     Ok(Started { bus, store, health, metrics_addr })
 }

@@ -45,8 +45,16 @@ impl Stage {
         }
     }
 
-    pub fn subject(self) -> String {
-        format!("embedfleet.work.{}", self.name())
+    /// Every subject of this stage's work: its consumer's filter, `embedfleet.work.<stage>.>`.
+    pub fn subjects(self) -> String {
+        format!("embedfleet.work.{}.>", self.name())
+    }
+
+    /// The subject messages of `kind` (a [`crate::Message::kind`]) go to in this stage. Each kind
+    /// has its own, so that NATS permissions can say which role may send which message (a
+    /// generator may report `generate_done` to the coordinator, never `run_submitted`).
+    pub fn subject_for(self, kind: &str) -> String {
+        format!("embedfleet.work.{}.{kind}", self.name())
     }
 
     pub fn consumer(self) -> String {
@@ -60,6 +68,19 @@ impl Stage {
     /// The stage whose consumer is `name` (`embedfleet-train`).
     pub fn from_consumer(name: &str) -> Option<Stage> {
         Stage::ALL.into_iter().find(|s| s.consumer() == name)
+    }
+
+    /// The longest one task of this stage may take by default (`--max-task-seconds` changes it):
+    /// an event or a generate task takes seconds; ingesting a corpus, scoring a checkpoint and
+    /// training take longer.
+    pub fn max_task_time(self) -> std::time::Duration {
+        let hours = |h: u64| std::time::Duration::from_secs(h * 3600);
+        match self {
+            Stage::Coordinate => hours(1),
+            Stage::Generate => hours(1),
+            Stage::Ingest | Stage::Evaluate => hours(6),
+            Stage::Train => hours(72),
+        }
     }
 
     /// Deliveries before a message goes to the dead letters. The coordinator's are many and short:

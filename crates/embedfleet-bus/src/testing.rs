@@ -14,6 +14,8 @@ pub struct NatsServer {
     pub port: u16,
     jetstream: bool,
     name: String,
+    /// A configuration file (authorization, TLS) and the environment its `$VARIABLES` come from.
+    config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 fn binary() -> PathBuf {
@@ -52,13 +54,30 @@ impl NatsServer {
         Self::start_with(false)
     }
 
+    /// A server with JetStream and the configuration `config` (nats-server's format: an
+    /// `authorization` or a `tls` block; it may `include` files copied next to it with `files`),
+    /// whose `$VARIABLES` are read from `env`.
+    pub fn start_with_config(config: &str, files: &[(&str, &std::path::Path)], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, config).expect("write nats.conf");
+        for (name, from) in files {
+            std::fs::copy(from, dir.path().join(name)).expect("copy a file the configuration includes");
+        }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_in(dir, true, Some((path, env)))
+    }
+
     fn start_with(jetstream: bool) -> Self {
-        let mut dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), jetstream, None)
+    }
+
+    fn start_in(mut dir: tempfile::TempDir, jetstream: bool, config: Option<(PathBuf, Vec<(String, String)>)>) -> Self {
         // The port is free when chosen but not held until nats-server binds it; if something takes
         // it in between, the server exits and another port is tried.
         for _ in 0..5 {
             let port = embedfleet_core::testing::free_port();
-            let mut server = NatsServer { child: None, dir, port, jetstream, name: unique_name() };
+            let mut server = NatsServer { child: None, dir, port, jetstream, name: unique_name(), config: config.clone() };
             if server.launch().is_ok() {
                 return server;
             }
@@ -72,7 +91,13 @@ impl NatsServer {
 
     fn launch(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("nats.log")).expect("nats log");
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Some((path, env)) = &self.config {
+            // nats-server reads the files a configuration names (certificates) from its working
+            // directory: the folder the configuration is in.
+            command.arg("-c").arg(path).envs(env.iter().map(|(k, v)| (k, v))).current_dir(self.dir.path());
+        }
+        let mut child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-n", &self.name])
             .args(if self.jetstream { &["-js", "-sd"][..] } else { &[] })
             .args(self.jetstream.then(|| self.dir.path().join("store")))

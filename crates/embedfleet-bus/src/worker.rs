@@ -85,6 +85,16 @@ pub struct WorkerConfig {
     pub parallel: usize,
     /// How long shutdown waits for messages in hand.
     pub grace: Duration,
+    /// The longest one task may take: past it the handler is stopped, its heartbeat ends, and the
+    /// task is retried (and dead-lettered once its deliveries are spent). None: no limit.
+    pub max_task_time: Option<Duration>,
+}
+
+impl WorkerConfig {
+    /// The stage's settings with its default task time limit ([`Stage::max_task_time`]).
+    pub fn new(stage: Stage, ack_wait: Duration, parallel: usize, grace: Duration) -> Self {
+        Self { stage, ack_wait, parallel, grace, max_task_time: Some(stage.max_task_time()) }
+    }
 }
 
 /// Runs until `shutdown` resolves, then stops pulling, lets messages in hand finish (or naks them
@@ -145,9 +155,9 @@ pub async fn run_worker<H: TaskHandler>(
             };
             match next {
                 Some(Ok(msg)) => {
-                    let (bus, handler, ack_wait) = (bus.clone(), handler.clone(), config.ack_wait);
+                    let (bus, handler, limits) = (bus.clone(), handler.clone(), Limits::of(&config));
                     tasks.spawn(async move {
-                        handle_one(&bus, handler.as_ref(), stage, ack_wait, msg).await;
+                        handle_one(&bus, handler.as_ref(), stage, limits, msg).await;
                         drop(permit);
                     });
                 }
@@ -172,7 +182,50 @@ pub async fn run_worker<H: TaskHandler>(
     Ok(())
 }
 
-async fn handle_one<H: TaskHandler>(bus: &Bus, handler: &H, stage: Stage, ack_wait: Duration, msg: async_nats::jetstream::Message) {
+/// The time settings one message is handled under.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    ack_wait: Duration,
+    max_task_time: Option<Duration>,
+}
+
+impl Limits {
+    fn of(config: &WorkerConfig) -> Self {
+        Self { ack_wait: config.ack_wait, max_task_time: config.max_task_time }
+    }
+}
+
+/// Runs the handler on one message, catching a panic and stopping it at the time limit, so that
+/// neither leaves the heartbeat running (which would keep the message from every other worker).
+async fn guarded<H: TaskHandler>(handler: &H, message: Message, deliveries: i64, stage: Stage, limits: Limits) -> Result<(), TaskError> {
+    use futures::FutureExt;
+    let run = std::panic::AssertUnwindSafe(handler.handle(message, deliveries)).catch_unwind();
+    let outcome = match limits.max_task_time {
+        Some(limit) => match tokio::time::timeout(limit, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Err(TaskError::transient(format!(
+                    "the {} task ran past its time limit of {} s (--max-task-seconds); stopped",
+                    stage.name(),
+                    limit.as_secs()
+                )));
+            }
+        },
+        None => run.await,
+    };
+    outcome.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        // A panic is a bug met on this input: the same input would meet it again.
+        Err(TaskError::fatal(format!("the {} worker panicked on this task: {what}", stage.name())))
+    })
+}
+
+async fn handle_one<H: TaskHandler>(bus: &Bus, handler: &H, stage: Stage, limits: Limits, msg: async_nats::jetstream::Message) {
+    let ack_wait = limits.ack_wait;
     let name = stage.name();
     let deliveries = msg.info().map(|i| i.delivered).unwrap_or(1);
     if deliveries > 1 {
@@ -188,6 +241,17 @@ async fn handle_one<H: TaskHandler>(bus: &Bus, handler: &H, stage: Stage, ack_wa
             return;
         }
     };
+    // Each kind of message has its own subject, which is what NATS permissions let a role send
+    // to: a message whose type is not its subject's came around them.
+    let expected = stage.subject_for(message.kind());
+    if msg.subject.as_str() != expected {
+        let reason = format!("a {} message on {}: refused (it belongs on {expected})", message.kind(), msg.subject);
+        tracing::error!(reason, "message on the wrong subject; dead-lettering it");
+        if dead_letter(bus, stage, &msg.payload, &reason, deliveries, None).await {
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+        return;
+    }
     let started = Instant::now();
     // Long work (training, a slow LLM) keeps the message with in-progress acks.
     let heartbeat = {
@@ -202,7 +266,7 @@ async fn handle_one<H: TaskHandler>(bus: &Bus, handler: &H, stage: Stage, ack_wa
         })
     };
     let run_id = message.run_id().clone();
-    let result = handler.handle(message, deliveries).await;
+    let result = guarded(handler, message, deliveries, stage, limits).await;
     heartbeat.abort();
     metrics::PROCESSING.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
     let last_try = deliveries >= stage.max_deliver();

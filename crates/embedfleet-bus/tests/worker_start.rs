@@ -23,7 +23,7 @@ async fn a_worker_whose_server_restarts_before_its_consumer_exists_becomes_ready
     server.stop();
     let health = Arc::new(Health::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = WorkerConfig { stage: Stage::ALL[0], ack_wait: Duration::from_secs(30), parallel: 1, grace: Duration::from_secs(1) };
+    let config = WorkerConfig::new(Stage::ALL[0], Duration::from_secs(30), 1, Duration::from_secs(1));
     let worker = tokio::spawn(run_worker(bus, Arc::new(Idle), config, health.clone(), async {
         let _ = stopped.await;
     }));

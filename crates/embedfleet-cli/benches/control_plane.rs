@@ -80,8 +80,9 @@ async fn main() {
     let bus = connect().await.unwrap();
 
     // The coordinator as its binary runs it: the event loop with its group commit.
-    let coordinator = Arc::new(Coordinator::new(bus.clone(), store.clone(), CoordinatorConfig { tasks_in_flight: in_flight }));
-    let config = WorkerConfig { stage: Stage::Coordinate, ack_wait: Duration::from_secs(30), parallel: 256, grace: Duration::from_secs(5) };
+    let coordinator =
+        Arc::new(Coordinator::new(bus.clone(), store.clone(), CoordinatorConfig { tasks_in_flight: in_flight, ..Default::default() }));
+    let config = WorkerConfig::new(Stage::Coordinate, Duration::from_secs(30), 256, Duration::from_secs(5));
     tokio::spawn(run_worker(connect().await.unwrap(), coordinator, config, Arc::new(Health::default()), std::future::pending()));
     tokio::spawn(fake_ingest(connect().await.unwrap(), run_id.clone(), chunks, per_task));
     tokio::spawn(fake_generator(connect().await.unwrap()));

@@ -41,6 +41,11 @@ pub struct Compose {
 const ACCESS_KEY: &str = "compose-test";
 const SECRET_KEY: &str = "compose-test-secret";
 pub const WORKERS: [&str; 4] = ["coordinator", "generator", "trainer", "evaluator"];
+const ROLES_WITH_NATS_USERS: [&str; 5] = ["coordinator", "generator", "trainer", "evaluator", "cli"];
+
+fn nats_password(role: &str) -> String {
+    format!("compose-test-{role}-password")
+}
 
 impl Compose {
     pub fn new(name: &str) -> Self {
@@ -65,8 +70,14 @@ impl Compose {
             ("EMBEDFLEET_GRAFANA_PORT".into(), free_port().to_string()),
             ("MINIO_ROOT_USER".into(), ACCESS_KEY.into()),
             ("MINIO_ROOT_PASSWORD".into(), SECRET_KEY.into()),
+            ("GRAFANA_ADMIN_PASSWORD".into(), "compose-test-grafana".into()),
             ("EMBEDFLEET_COMPOSE_OUT".into(), out.path().display().to_string()),
         ];
+        // The fleet runs with NATS authorization on: one password per role, as deploy/.env holds them.
+        let mut env = env;
+        for role in ROLES_WITH_NATS_USERS {
+            env.push((format!("EMBEDFLEET_NATS_{}_PASSWORD", role.to_uppercase()), nats_password(role)));
+        }
         let project = format!("{name}-{}", std::process::id());
         let compose = Compose { project, env, s3_port, nats_port, prometheus_port, out, started: Instant::now() };
         compose.run_ok(&["down", "-v", "--remove-orphans"]);
@@ -145,6 +156,7 @@ impl Compose {
             region: Some("us-east-1".into()),
             access_key_id: Some(ACCESS_KEY.into()),
             secret_access_key: Some(SECRET_KEY.into()),
+            ca: None,
         };
         ArtifactStore::open("s3://embedfleet", &options).unwrap()
     }
@@ -224,6 +236,12 @@ async fn a_run_goes_from_submit_to_results_across_containers() {
         }
     }
     assert_eq!(compose.containers("generator").len(), 2, "two generator replicas");
+    // NATS takes only the roles' users (deploy/nats/auth.conf).
+    let anonymous = embedfleet_bus::Bus::connect(
+        &embedfleet_bus::BusOptions::new(format!("nats://127.0.0.1:{}", compose.nats_port)).connect_timeout(Duration::from_secs(3)),
+    )
+    .await;
+    assert!(anonymous.is_err(), "the fleet's NATS let an unauthenticated client in");
 
     let model = compose.upload_minilm().await;
     let run = "compose-e2e";
@@ -354,11 +372,12 @@ async fn runs_survive_faults_between_containers() {
         assert!(started.elapsed() < Duration::from_secs(60), "S3 never took the model\n{}", compose.logs());
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let bus = embedfleet_bus::Bus::connect(
-        &embedfleet_bus::BusOptions::new(format!("nats://127.0.0.1:{}", compose.nats_port)).connect_timeout(Duration::from_secs(30)),
-    )
-    .await
-    .unwrap();
+    // The test follows the runs as the CLI's user: NATS lets it read run records and nothing more.
+    let mut options = embedfleet_bus::BusOptions::new(format!("nats://127.0.0.1:{}", compose.nats_port))
+        .connect_timeout(Duration::from_secs(30))
+        .owns_layout(false);
+    options.user_password = Some(("cli".into(), nats_password("cli")));
+    let bus = embedfleet_bus::Bus::connect(&options).await.unwrap();
 
     let submit = |run: &str| {
         let o = compose.cli(&[

@@ -18,7 +18,7 @@ use embedfleet_core::ingest::parse_json_documents;
 use embedfleet_core::progress::NoProgress;
 use embedfleet_core::{DatasetConfig, DatasetSplit, IngestOptions, OfflineGenerator, QaDataset};
 use embedfleet_trainer::batching::{TrainPair, epoch_batches};
-use fleet::{Fleet, Worker, dead_letters, tiny_model};
+use fleet::{Fleet, Worker, dead_letters};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
@@ -83,7 +83,7 @@ async fn three_runs_survive_seeded_kills_a_nats_restart_and_an_s3_outage() {
     let seed: u64 = std::env::var("EMBEDFLEET_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261201);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut fleet = Fleet::start();
-    let model = tiny_model(fleet.dir.path());
+    let model = fleet.tiny_model_in_store().await;
     let fast = [("EMBEDFLEET_ACK_WAIT", "3".to_string()), ("EMBEDFLEET_PARALLEL", "2".to_string())];
     let kinds = ["embedfleet-coordinator", "embedfleet-generator", "embedfleet-trainer", "embedfleet-evaluator"];
     let mut workers: Vec<(&str, Worker)> = Vec::new();
@@ -111,7 +111,7 @@ async fn three_runs_survive_seeded_kills_a_nats_restart_and_an_s3_outage() {
             "--generator",
             "offline",
             "--model-id",
-            model.to_str().unwrap(),
+            model.as_str(),
             "--chunks-per-task",
             "2",
             "--batch-size",

@@ -10,14 +10,14 @@ use embedfleet_core::dataset::read_dataset;
 use embedfleet_core::{DatasetSplit, QaDataset};
 use embedfleet_generator::testing::{ServerBehavior, TestServer};
 use embedfleet_model::{LoadOptions, SentenceEncoder};
-use fleet::{Fleet, corpus, sample, tiny_model};
+use fleet::{Fleet, corpus, sample};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_survives_a_killed_generator_a_nats_restart_and_two_coordinators() {
     let llm = TestServer::start(ServerBehavior { latency: Duration::from_millis(150), ..Default::default() }).await.unwrap();
     let mut fleet = Fleet::start();
-    let model = tiny_model(fleet.dir.path());
+    let model = fleet.tiny_model_in_store().await;
     let corpus = corpus(fleet.dir.path(), 16);
     // 120 requests a minute for the whole fleet, two a second: three generators must share it.
     let rpm = 120u32;
@@ -48,7 +48,7 @@ async fn a_run_survives_a_killed_generator_a_nats_restart_and_two_coordinators()
         "--generator",
         "llm",
         "--model-id",
-        model.to_str().unwrap(),
+        model.as_str(),
         "--chunks-per-task",
         "2",
         "--batch-size",

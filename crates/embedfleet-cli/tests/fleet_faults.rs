@@ -8,13 +8,13 @@ use embedfleet_bus::layout;
 use embedfleet_bus::messages::Message;
 use embedfleet_bus::subjects::{DEAD_STREAM, Stage};
 use embedfleet_coordinator::RunState;
-use fleet::{Fleet, corpus, sample, tiny_model};
+use fleet::{Fleet, corpus, sample};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_trainer_killed_mid_training_resumes_from_its_last_checkpoint() {
     let mut fleet = Fleet::start();
-    let model = tiny_model(fleet.dir.path());
+    let model = fleet.tiny_model_in_store().await;
     let corpus = corpus(fleet.dir.path(), 40);
     let short_ack = [("EMBEDFLEET_ACK_WAIT", "4".to_string())];
     let _coordinator = fleet.spawn("embedfleet-coordinator", &[]);
@@ -30,7 +30,7 @@ async fn a_trainer_killed_mid_training_resumes_from_its_last_checkpoint() {
         "--run-id",
         run,
         "--model-id",
-        model.to_str().unwrap(),
+        model.as_str(),
         "--batch-size",
         "4",
         "--evaluation-steps",
@@ -78,8 +78,13 @@ async fn malformed_unknown_and_poison_messages_are_dead_lettered_and_the_worker_
     let bus = fleet.bus().await;
 
     // Not JSON; a schema this worker does not speak; a task for chunks that do not exist.
-    bus.js.publish(Stage::Generate.subject(), "garbage{".into()).await.unwrap().await.unwrap();
-    bus.js.publish(Stage::Generate.subject(), br#"{"schema": 99, "type": "generate_task"}"#.to_vec().into()).await.unwrap().await.unwrap();
+    bus.js.publish(Stage::Generate.subject_for("generate_task"), "garbage{".into()).await.unwrap().await.unwrap();
+    bus.js
+        .publish(Stage::Generate.subject_for("generate_task"), br#"{"schema": 99, "type": "generate_task"}"#.to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     // A poison task of a real run: a task past the end of its corpus, which has no shard.
     let small = corpus(fleet.dir.path(), 3);
     let o = fleet.cli(&["submit", "--input", small.to_str().unwrap(), "--run-id", "run-poison", "--model-id", "unused"]);

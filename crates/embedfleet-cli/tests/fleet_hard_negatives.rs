@@ -8,7 +8,7 @@ use embedfleet_bus::layout;
 use embedfleet_coordinator::RunState;
 use embedfleet_core::DatasetSplit;
 use embedfleet_core::dataset::read_dataset;
-use fleet::{Fleet, corpus, dead_letters, tiny_model};
+use fleet::{Fleet, corpus, dead_letters};
 use indexmap::IndexMap;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ fn document(chunk_id: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_trainer_mines_once_and_a_replacement_reuses_the_negatives() {
     let mut fleet = Fleet::start();
-    let model = tiny_model(fleet.dir.path());
+    let model = fleet.tiny_model_in_store().await;
     let corpus = corpus(fleet.dir.path(), 10);
     let fast = [("EMBEDFLEET_ACK_WAIT", "3".to_string())];
     let _coordinator = fleet.spawn("embedfleet-coordinator", &fast);
@@ -37,7 +37,7 @@ async fn the_trainer_mines_once_and_a_replacement_reuses_the_negatives() {
         "--generator",
         "offline",
         "--model-id",
-        model.to_str().unwrap(),
+        model.as_str(),
         "--batch-size",
         "8",
         "--epochs",

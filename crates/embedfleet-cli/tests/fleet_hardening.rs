@@ -10,7 +10,7 @@ use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::subjects::Stage;
 use embedfleet_coordinator::RunState;
 use embedfleet_generator::testing::{ServerBehavior, TestServer};
-use fleet::{Fleet, corpus, dead_letters, sample, tiny_model};
+use fleet::{Fleet, corpus, dead_letters, sample};
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ fn stderr(o: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_trainer_that_dies_at_every_delivery_fails_its_run_with_one_dead_letter() {
     let mut fleet = Fleet::start();
-    let model = tiny_model(fleet.dir.path());
+    let model = fleet.tiny_model_in_store().await;
     let corpus = corpus(fleet.dir.path(), 6);
     let _coordinator = fleet.spawn("embedfleet-coordinator", &[]);
     let _generator = fleet.spawn("embedfleet-generator", &[]);
@@ -31,17 +31,7 @@ async fn a_trainer_that_dies_at_every_delivery_fails_its_run_with_one_dead_lette
     let mut trainer = fleet.spawn("embedfleet-trainer", &crashing);
 
     let run = "run-crash";
-    let o = fleet.cli(&[
-        "submit",
-        "--input",
-        corpus.to_str().unwrap(),
-        "--run-id",
-        run,
-        "--model-id",
-        model.to_str().unwrap(),
-        "--batch-size",
-        "4",
-    ]);
+    let o = fleet.cli(&["submit", "--input", corpus.to_str().unwrap(), "--run-id", run, "--model-id", model.as_str(), "--batch-size", "4"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let bus = fleet.bus().await;
     // Kubernetes restarts a crashed pod; so does this loop.
@@ -84,7 +74,7 @@ async fn cancel_during_generation_stops_publishing_and_generators_skip_the_rest(
     ];
     let generator = fleet.spawn("embedfleet-generator", &llm_env);
     let bus = fleet.bus().await;
-    let mut tasks = bus.client.subscribe(Stage::Generate.subject()).await.unwrap();
+    let mut tasks = bus.client.subscribe(Stage::Generate.subjects()).await.unwrap();
 
     let run = "run-cancel-generate";
     let o = fleet.cli(&[
@@ -142,7 +132,7 @@ async fn cancel_during_generation_stops_publishing_and_generators_skip_the_rest(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_during_training_stops_the_trainer_within_a_step_and_keeps_its_checkpoint() {
     let mut fleet = Fleet::start();
-    let model = tiny_model(fleet.dir.path());
+    let model = fleet.tiny_model_in_store().await;
     let corpus = corpus(fleet.dir.path(), 30);
     let _coordinator = fleet.spawn("embedfleet-coordinator", &[]);
     let _generator = fleet.spawn("embedfleet-generator", &[]);
@@ -156,7 +146,7 @@ async fn cancel_during_training_stops_the_trainer_within_a_step_and_keeps_its_ch
         "--run-id",
         run,
         "--model-id",
-        model.to_str().unwrap(),
+        model.as_str(),
         "--batch-size",
         "4",
         "--epochs",
@@ -334,7 +324,10 @@ async fn hostile_ids_bad_settings_and_oversized_messages_are_refused_and_workers
         (Stage::Generate, vec![b' '; 70 * 1024]),
     ];
     for (stage, payload) in &hostile {
-        bus.js.publish(stage.subject(), payload.clone().into()).await.unwrap().await.unwrap();
+        // On the subject of the type the message claims (the task type of its stage when it has none).
+        let claimed = serde_json::from_slice::<serde_json::Value>(payload).ok().and_then(|v| v["type"].as_str().map(str::to_owned));
+        let kind = claimed.unwrap_or_else(|| format!("{}_task", stage.name()));
+        bus.js.publish(stage.subject_for(&kind), payload.clone().into()).await.unwrap().await.unwrap();
     }
     let spec = RunSpec { input_key: "runs/someone-else/input/corpus.json".into(), ..Default::default() };
     bus.publish(Stage::Coordinate, &Message::RunSubmitted { run_id: "run-foreign".parse().unwrap(), spec }).await.unwrap();

@@ -7,13 +7,13 @@ mod fleet;
 use embedfleet_bus::layout;
 use embedfleet_coordinator::RunState;
 use embedfleet_evaluator::Evaluation;
-use fleet::{Fleet, corpus, dead_letters, tiny_model};
+use fleet::{Fleet, corpus, dead_letters};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dimensions_reach_the_trainer_and_every_evaluation() {
     let mut fleet = Fleet::start();
-    let model = tiny_model(fleet.dir.path());
+    let model = fleet.tiny_model_in_store().await;
     let corpus = corpus(fleet.dir.path(), 10);
     let _coordinator = fleet.spawn("embedfleet-coordinator", &[]);
     let _generator = fleet.spawn("embedfleet-generator", &[]);
@@ -30,7 +30,7 @@ async fn the_dimensions_reach_the_trainer_and_every_evaluation() {
         "--generator",
         "offline",
         "--model-id",
-        model.to_str().unwrap(),
+        model.as_str(),
         "--batch-size",
         "8",
         "--epochs",
@@ -79,7 +79,7 @@ async fn the_dimensions_reach_the_trainer_and_every_evaluation() {
         "--generator",
         "offline",
         "--model-id",
-        model.to_str().unwrap(),
+        model.as_str(),
         "--batch-size",
         "8",
         "--epochs",

@@ -11,7 +11,7 @@ use embedfleet_bus::layout;
 use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::{Bus, Stage};
 use embedfleet_coordinator::{RunRecord, RunState};
-use fleet::{Fleet, Worker, corpus, object_sha256, synthetic_site, tiny_model};
+use fleet::{Fleet, Worker, corpus, object_sha256, synthetic_site};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -79,7 +79,7 @@ async fn a_run_of_twenty_thousand_tasks_fans_out_at_once_and_shares_the_fleet() 
     let local = fleet.dir.path().join("local");
     local_generate(&fleet, &site, &local);
 
-    let model = tiny_model(fleet.dir.path());
+    let model = fleet.tiny_model_in_store().await;
     let generator_env = [("EMBEDFLEET_PARALLEL", "8".to_string())];
     let coordinators = [fleet.spawn("embedfleet-coordinator", &[]), fleet.spawn("embedfleet-coordinator", &[])];
     let generators = [fleet.spawn("embedfleet-generator", &generator_env), fleet.spawn("embedfleet-generator", &generator_env)];
@@ -112,7 +112,7 @@ async fn a_run_of_twenty_thousand_tasks_fans_out_at_once_and_shares_the_fleet() 
     // A small run submitted now gets its first task done within seconds and goes all the way
     // while the big run is still generating.
     let small = corpus(fleet.dir.path(), 6);
-    let small_args = ["submit", "--input", small.to_str().unwrap(), "--run-id", "small", "--model-id", model.to_str().unwrap()];
+    let small_args = ["submit", "--input", small.to_str().unwrap(), "--run-id", "small", "--model-id", model.as_str()];
     let o = fleet.cli(&[&small_args[..], &["--batch-size", "4", "--epochs", "1", "--evaluation-steps", "5"]].concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let small_submitted = Instant::now();

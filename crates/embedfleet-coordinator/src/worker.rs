@@ -22,6 +22,7 @@ use embedfleet_bus::{Bus, BusError, RunState, Stage};
 use embedfleet_core::assemble::{AssembleError, assemble_shards};
 use embedfleet_core::chunk::{ChunkConfig, chunk_document};
 use embedfleet_core::ingest::{IngestError, for_each_json_document};
+use embedfleet_core::model_source::ModelSources;
 use embedfleet_core::shard::{CorpusIndex, MAX_TASKS, Shard, Sharder, TooManyTasks};
 use embedfleet_core::{ArtifactStore, GeneratorKind, IngestOptions, RunId, Transient};
 use futures::StreamExt;
@@ -62,15 +63,20 @@ const SHARD_WRITES_IN_FLIGHT: usize = 4;
 const INGEST_REPORT_EVERY: Duration = Duration::from_millis(500);
 
 /// Settings every coordinator replica of a fleet should share.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     /// Generate tasks of one run out at once (see [`RunRecord::tasks_in_flight`]).
     pub tasks_in_flight: u32,
+    /// Where a run's base and mining models may come from: a run naming another source is
+    /// refused before anything is done for it.
+    pub model_sources: ModelSources,
+    /// The LLM budget of a run submitted without one.
+    pub default_max_cost_usd: Option<f64>,
 }
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
-        Self { tasks_in_flight: 32 }
+        Self { tasks_in_flight: 32, model_sources: ModelSources { hub: true, s3_prefixes: Vec::new() }, default_max_cost_usd: None }
     }
 }
 
@@ -310,14 +316,19 @@ impl Coordinator {
                     // Already decided: a duplicate, whatever the facts.
                     return Ok(Event::Submitted { run_id: run_id.clone(), spec: spec.clone(), chunks_per_task: 1, tasks_in_flight: 1 });
                 }
-                match self.admit(run_id, spec).await? {
+                // The fleet's default budget caps a run that names none.
+                let mut spec = spec.clone();
+                if spec.max_cost_usd.is_none() {
+                    spec.max_cost_usd = self.config.default_max_cost_usd;
+                }
+                match self.admit(run_id, &spec).await? {
                     Ok(chunks_per_task) => Event::Submitted {
                         run_id: run_id.clone(),
                         spec: spec.clone(),
                         chunks_per_task,
                         tasks_in_flight: self.config.tasks_in_flight,
                     },
-                    Err(reason) => Event::Rejected { run_id: run_id.clone(), spec: spec.clone(), reason },
+                    Err(reason) => Event::Rejected { run_id: run_id.clone(), spec, reason },
                 }
             }
             Message::ChunksReady { tasks, chunks, documents, complete, .. } => {
@@ -344,6 +355,11 @@ impl Coordinator {
     async fn admit(&self, run_id: &RunId, spec: &RunSpec) -> Result<Result<u32, String>, TaskError> {
         if let Err(e) = spec.validate(run_id) {
             return Ok(Err(e.to_string()));
+        }
+        for model in std::iter::once(&spec.model_id).chain(spec.train.mining.mining_model.as_ref()) {
+            if let Err(refused) = self.config.model_sources.check(model) {
+                return Ok(Err(refused.to_string()));
+            }
         }
         match self.store.size(&spec.input_key).await? {
             None => Ok(Err(format!("corpus {} not found", self.store.describe(&spec.input_key)))),
@@ -472,6 +488,16 @@ impl Coordinator {
     async fn finalize(&self, record: &RunRecord, best: &embedfleet_core::CheckpointLabel) -> Result<(), TaskError> {
         let run_id = &record.run_id;
         self.store.copy_prefix(&layout::checkpoint(run_id, best), &layout::model(run_id)).await?;
+        // A checksum of every model file, for report.json and the card: a download is checked
+        // against them. The card itself is written after, and is not among them.
+        let model_root = format!("{}/", layout::model(run_id));
+        let mut model_sha256 = std::collections::BTreeMap::new();
+        for key in self.store.list(&layout::model(run_id)).await? {
+            let file = key.strip_prefix(&model_root).unwrap_or(&key).to_owned();
+            if file != "README.md" {
+                model_sha256.insert(file, self.store.sha256(&key).await?);
+            }
+        }
         let base = record.evaluations.iter().find(|(l, _)| l.step_number() == Some(0)).map(|(_, v)| *v);
         let best_value = record.evaluations.get(best).copied();
         let improved = best.step_number() != Some(0);
@@ -492,6 +518,7 @@ impl Coordinator {
             "failed_chunks": record.failed_chunks,
             "spent_usd": record.spent_usd,
             "steps": record.steps,
+            "model_sha256": model_sha256,
         });
         self.store.put(&layout::report(run_id), serde_json::to_vec_pretty(&report).expect("json")).await?;
         let split_by = serde_json::to_value(record.spec.dataset.split_by).expect("json");
@@ -510,6 +537,7 @@ impl Coordinator {
             model_prefix: layout::model(run_id),
             data_prefix: layout::data(run_id),
             summary_key: layout::dataset_summary(run_id),
+            model_sha256: &model_sha256,
         };
         embedfleet_report::fleet::write_run_report(&self.store, &run).await.map_err(TaskError::classify)?;
         Ok(())

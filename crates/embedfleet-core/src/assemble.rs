@@ -106,12 +106,14 @@ struct SplitFiles {
     relevant_docs: JsonObjectWriter,
 }
 
-/// The eight dataset files, written as chunks arrive. They are staged under `<prefix>/.partial/`
-/// and moved into place by [`StagedDataset::commit`], so a failure or a refused overwrite leaves
-/// any dataset already there untouched.
+/// The eight dataset files, written as chunks arrive. They are staged under
+/// `<prefix>/.partial-<nonce>/`, a folder of this writer's own (two coordinator replicas may
+/// assemble the same run at once), and moved into place by [`StagedDataset::commit`], so a
+/// failure or a refused overwrite leaves any dataset already there untouched.
 pub struct DatasetWriter {
     store: ArtifactStore,
     prefix: String,
+    staging: String,
     train: SplitFiles,
     val: SplitFiles,
     summary: DatasetSummary,
@@ -134,7 +136,7 @@ fn file_names() -> Vec<String> {
 
 impl DatasetWriter {
     pub fn new(store: &ArtifactStore, prefix: &str) -> Self {
-        let staging = join(prefix, ".partial");
+        let staging = join(prefix, &format!(".partial-{:016x}", rand::random::<u64>()));
         let files = |split: DatasetSplit| {
             let open = |part: &str| JsonObjectWriter::new(store.writer(&join(&staging, &format!("{}_{part}.json", split.name()))));
             SplitFiles { corpus: open("corpus"), queries: open("queries"), relevant_docs: open("relevant_docs") }
@@ -144,6 +146,7 @@ impl DatasetWriter {
             prefix: prefix.to_owned(),
             train: files(DatasetSplit::Train),
             val: files(DatasetSplit::Val),
+            staging: staging.clone(),
             summary: DatasetSummary::default(),
         }
     }
@@ -174,7 +177,7 @@ impl DatasetWriter {
     /// Completes the staged files, `<split>_dataset.json` included. `documents` goes into the
     /// summary as given (the writer sees chunks, not documents).
     pub async fn finish(self, documents: usize) -> Result<StagedDataset, StoreError> {
-        let staging = join(&self.prefix, ".partial");
+        let staging = self.staging.clone();
         // The two splits are completed side by side: composing a dataset file re-reads its parts.
         let finish = |split: DatasetSplit, files: SplitFiles| {
             let (store, staging) = (&self.store, &staging);
@@ -188,7 +191,7 @@ impl DatasetWriter {
         let (train, val) = futures::join!(finish(DatasetSplit::Train, self.train), finish(DatasetSplit::Val, self.val));
         train?;
         val?;
-        Ok(StagedDataset { store: self.store, prefix: self.prefix, summary: DatasetSummary { documents, ..self.summary } })
+        Ok(StagedDataset { store: self.store, prefix: self.prefix, staging, summary: DatasetSummary { documents, ..self.summary } })
     }
 }
 
@@ -229,6 +232,7 @@ async fn compose_dataset_file(store: &ArtifactStore, staging: &str, split: Datas
 pub struct StagedDataset {
     store: ArtifactStore,
     prefix: String,
+    staging: String,
     pub summary: DatasetSummary,
 }
 
@@ -236,7 +240,7 @@ impl StagedDataset {
     /// Moves the files into place and returns their keys. An existing, different dataset is kept
     /// (and the staged one removed) unless `overwrite`; the same one again is fine.
     pub async fn commit(self, overwrite: bool) -> Result<Vec<String>, DatasetError> {
-        let staging = join(&self.prefix, ".partial");
+        let staging = self.staging.clone();
         let names = file_names();
         if !overwrite {
             for name in &names {
@@ -262,7 +266,7 @@ impl StagedDataset {
     /// dataset staged in scratch space, so the output is touched only once the dataset is whole.
     /// The same rule as [`StagedDataset::commit`] for a different dataset already there.
     pub async fn commit_into(self, out: &ArtifactStore, prefix: &str, overwrite: bool) -> Result<Vec<String>, DatasetError> {
-        let staging = join(&self.prefix, ".partial");
+        let staging = self.staging.clone();
         let names = file_names();
         if !overwrite {
             for name in &names {
@@ -290,7 +294,7 @@ impl StagedDataset {
 
     /// Removes the staged files.
     pub async fn discard(self) {
-        let staging = join(&self.prefix, ".partial");
+        let staging = self.staging.clone();
         for name in file_names() {
             let _ = self.store.delete(&join(&staging, &name)).await;
         }
@@ -453,7 +457,12 @@ mod tests {
             let (x, y) = (std::fs::read(a.join("data").join(&name)).unwrap(), std::fs::read(b.join("data").join(&name)).unwrap());
             assert!(x == y, "{name} differs:\n{}\n---\n{}", String::from_utf8_lossy(&x), String::from_utf8_lossy(&y));
         }
-        assert!(!a.join("data/.partial/train_corpus.json").exists(), "staging is cleared");
+        let left: Vec<_> = std::fs::read_dir(a.join("data"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".partial"))
+            .collect();
+        assert!(left.is_empty(), "staging is cleared: {left:?}");
     }
 
     #[tokio::test]
@@ -481,7 +490,12 @@ mod tests {
         let err = staged.commit(false).await.unwrap_err();
         assert!(matches!(err, DatasetError::WouldOverwrite { .. }), "{err}");
         assert_eq!(std::fs::read(dir.path().join("data/train_queries.json")).unwrap(), before, "nothing was touched");
-        assert!(!dir.path().join("data/.partial/train_queries.json").exists(), "the refused files are removed");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("data"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".partial"))
+            .collect();
+        assert!(left.is_empty(), "the refused files are removed: {left:?}");
     }
 
     proptest! {

@@ -14,6 +14,7 @@ pub mod html;
 pub mod ids;
 pub mod ingest;
 pub mod inverse_cloze;
+pub mod model_source;
 pub mod name;
 pub mod negatives;
 pub mod offline;

@@ -19,6 +19,8 @@ pub struct StoreOptions {
     pub region: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// A PEM file of the CA that signed the endpoint's certificate (a private CA).
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +88,8 @@ impl ArtifactStore {
             .with_bucket_name(bucket)
             // Local servers (MinIO, SeaweedFS) want path-style requests, and speak plain HTTP.
             .with_virtual_hosted_style_request(false)
-            .with_allow_http(true)
+            // Plain HTTP only where the endpoint says so (a local MinIO or SeaweedFS).
+            .with_allow_http(options.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
             .with_retry(object_store::RetryConfig {
                 max_retries: 3,
                 retry_timeout: Duration::from_secs(20),
@@ -106,6 +109,20 @@ impl ArtifactStore {
         }
         if let Some(secret) = &options.secret_access_key {
             builder = builder.with_secret_access_key(secret);
+        }
+        if let Some(ca) = &options.ca {
+            let bad = |reason: String| StoreError::BadLocation { location: format!("s3://{bucket}/{prefix}"), reason };
+            let pem = std::fs::read(ca).map_err(|e| bad(format!("the CA file {}: {e}", ca.display())))?;
+            let certificates = object_store::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad(format!("the CA file {} is not PEM certificates: {e}", ca.display())))?;
+            if certificates.is_empty() {
+                return Err(bad(format!("the CA file {} holds no PEM certificate", ca.display())));
+            }
+            let mut client = object_store::ClientOptions::new();
+            for certificate in certificates {
+                client = client.with_root_certificate(certificate);
+            }
+            builder = builder.with_client_options(client);
         }
         let store =
             builder.build().map_err(|e| StoreError::BadLocation { location: format!("s3://{bucket}/{prefix}"), reason: e.to_string() })?;
@@ -284,6 +301,17 @@ impl ArtifactStore {
             .into_stream()
             .map_err(move |e| StoreError::Backend { op: "read", location: location.clone(), message: e.to_string() })
             .boxed())
+    }
+
+    /// The SHA-256 of an object, in hex, read a part at a time.
+    pub async fn sha256(&self, key: &str) -> Result<String, StoreError> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        let mut parts = self.get_stream(key).await?;
+        while let Some(part) = parts.try_next().await? {
+            hasher.update(&part);
+        }
+        Ok(hex::encode(hasher.finalize()))
     }
 
     /// Moves one object (a rename on a local directory; a copy and a delete on S3).

@@ -56,10 +56,21 @@ pub struct SeaweedFs {
     pub bucket: String,
     pub access_key: String,
     pub secret_key: String,
+    /// S3 over TLS: (certificate, key, CA) files.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl SeaweedFs {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// The same, serving S3 over TLS with a certificate `certs` signed (for 127.0.0.1).
+    pub fn start_tls(certs: &TestCerts) -> Self {
+        Self::start_with(Some((certs.path("server.pem"), certs.path("server.key"), certs.path("ca.pem"))))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Self {
         let weed = std::env::var_os("EMBEDFLEET_WEED").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".deps/weed"));
         assert!(weed.exists(), "{} is missing: run scripts/setup.sh first", weed.display());
         let dir = tempfile::tempdir().expect("temp dir");
@@ -78,8 +89,17 @@ impl SeaweedFs {
             ),
         )
         .expect("write s3 config");
-        let mut server =
-            SeaweedFs { child: None, dir, weed, ports: Vec::new(), s3_port: 0, bucket: "embedfleet".to_owned(), access_key, secret_key };
+        let mut server = SeaweedFs {
+            child: None,
+            dir,
+            weed,
+            ports: Vec::new(),
+            s3_port: 0,
+            bucket: "embedfleet".to_owned(),
+            access_key,
+            secret_key,
+            tls,
+        };
         // The ports are free when chosen but not held until weed binds them; if another test's
         // server takes one in between, weed exits, and other ports are tried.
         let mut failures = Vec::new();
@@ -87,12 +107,14 @@ impl SeaweedFs {
             server.ports = (0..6).map(|_| free_port_pair()).collect();
             server.s3_port = server.ports[3];
             let _ = std::fs::remove_dir_all(server.dir.path().join("data"));
-            match server.launch() {
-                Ok(()) => {
-                    server.wait_until_writable();
-                    return server;
+            // A weed that opened S3 but never took a write (one of its servers lost a port, or
+            // died after the S3 gateway opened) is stopped and started on other ports too.
+            match server.launch().and_then(|()| server.wait_until_writable()) {
+                Ok(()) => return server,
+                Err(e) => {
+                    failures.push(format!("{e}\n{}", server.log_tail()));
+                    server.stop();
                 }
-                Err(e) => failures.push(e),
             }
         }
         panic!("SeaweedFS did not start on any of 5 sets of free ports: {failures:?}\n{}", server.log_tail());
@@ -123,6 +145,11 @@ impl SeaweedFs {
             .arg(format!("-admin.port={}", ports[4]))
             .arg(format!("-webdav.port={}", ports[5]))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false"])
+            .args(
+                self.tls
+                    .iter()
+                    .flat_map(|(cert, key, _)| [format!("-s3.cert.file={}", cert.display()), format!("-s3.key.file={}", key.display())]),
+            )
             .current_dir(self.dir.path())
             .stdout(log.try_clone().expect("weed log"))
             .stderr(log)
@@ -151,36 +178,36 @@ impl SeaweedFs {
         while self.ports.iter().any(|&p| TcpListener::bind(("127.0.0.1", p)).is_err()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
-        if let Err(e) = self.launch() {
+        if let Err(e) = self.launch().and_then(|()| self.wait_until_writable()) {
             panic!("SeaweedFS did not start again: {e}\n{}", self.log_tail());
         }
-        self.wait_until_writable();
     }
 
     /// The S3 port opens before the volume server can take data; wait for a real write to pass.
     /// (On its own thread: callers may be inside an async runtime.)
-    fn wait_until_writable(&self) {
+    fn wait_until_writable(&self) -> Result<(), String> {
         let (location, options) = (format!("s3://{}", self.bucket), self.store_options());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
-                let store = crate::ArtifactStore::open(&location, &options).expect("store");
+                let store = crate::ArtifactStore::open(&location, &options).map_err(|e| e.to_string())?;
                 let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
                     match store.put(".ready-probe", b"ok".to_vec()).await {
-                        Ok(()) => return,
-                        Err(e) if Instant::now() > deadline => panic!("SeaweedFS never accepted a write: {e}"),
+                        Ok(()) => return Ok(()),
+                        Err(e) if Instant::now() > deadline => return Err(format!("SeaweedFS never accepted a write in 60 s: {e}")),
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
                 }
             })
         })
         .join()
-        .expect("probe thread");
+        .expect("probe thread")
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.s3_port)
     }
 
     pub fn store_options(&self) -> crate::StoreOptions {
@@ -189,6 +216,7 @@ impl SeaweedFs {
             region: Some("us-east-1".into()),
             access_key_id: Some(self.access_key.clone()),
             secret_access_key: Some(self.secret_key.clone()),
+            ca: self.tls.as_ref().map(|(_, _, ca)| ca.clone()),
         }
     }
 }
@@ -196,5 +224,76 @@ impl SeaweedFs {
 impl Drop for SeaweedFs {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A private certificate authority and certificates it signed, made with the `openssl` command in
+/// a temporary folder: for servers on 127.0.0.1 over TLS and for clients in mutual TLS.
+pub struct TestCerts {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate.
+    pub fn generate() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir.path()).output().expect("the openssl command (Debian: openssl)");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        std::fs::write(dir.path().join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n").unwrap();
+        std::fs::write(dir.path().join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=embedfleet test CA",
+        ]);
+        for who in ["server", "client"] {
+            let subject = format!("/CN=embedfleet test {who}");
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &subject,
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{who}.ext"),
+            ]);
+        }
+        TestCerts { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 }

@@ -74,8 +74,32 @@ async fn s3_unreachable_fails_with_the_location() {
         access_key_id: Some("k".into()),
         secret_access_key: Some("s".into()),
         region: None,
+        ca: None,
     };
     let store = ArtifactStore::open("s3://bucket/p", &options).unwrap();
     let err = store.get_opt("k").await.unwrap_err();
     assert!(err.to_string().contains("s3://bucket/p/k"), "{err}");
+}
+
+#[tokio::test]
+async fn s3_over_tls_with_a_private_ca() {
+    let certs = embedfleet_core::testing::TestCerts::generate();
+    let server = SeaweedFs::start_tls(&certs);
+    let location = format!("s3://{}/tls", server.bucket);
+    let store = ArtifactStore::open(&location, &server.store_options()).unwrap();
+    store.put("k", b"over tls".to_vec()).await.unwrap();
+    assert_eq!(store.get("k").await.unwrap().as_ref(), b"over tls");
+    // Without the CA the server's certificate is not trusted.
+    let mut untrusting = server.store_options();
+    untrusting.ca = None;
+    let err = ArtifactStore::open(&location, &untrusting).unwrap().get("k").await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend { .. }), "{err}");
+    // Plain HTTP only where the endpoint says http://: an https endpoint is never downgraded,
+    // and a CA file that is not PEM is refused with its name.
+    let mut bad = server.store_options();
+    let not_pem = certs.path("server.csr.txt");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    bad.ca = Some(not_pem);
+    let err = ArtifactStore::open(&location, &bad).unwrap_err().to_string();
+    assert!(err.contains("server.csr.txt"), "{err}");
 }

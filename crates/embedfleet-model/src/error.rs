@@ -2,6 +2,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// The fleet does not load models from there (see `embedfleet_core::model_source`).
+    #[error(transparent)]
+    RefusedSource(#[from] embedfleet_core::model_source::RefusedSource),
     #[error("model file {path} is missing or unreadable: {source}")]
     MissingFile { path: PathBuf, source: std::io::Error },
     #[error("unsupported architecture '{model_type}'; embedfleet runs: {supported}")]

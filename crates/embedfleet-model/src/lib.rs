@@ -24,7 +24,7 @@ pub use encoder::{LoadOptions, QUERY_PROMPT_NAME, SentenceEncoder};
 pub use error::ModelError;
 pub use families::BertConfig;
 pub use precision::{Precision, PrecisionKind, parse_device};
-pub use resolve::resolve_model;
+pub use resolve::{resolve_fleet_model, resolve_model};
 pub use tch::{Device, Kind, Tensor};
 
 /// Uses every core for intra-op parallelism unless `threads` says otherwise.

@@ -25,19 +25,43 @@ pub async fn resolve_model(spec: &str, store: &StoreOptions) -> Result<PathBuf, 
         return Ok(local.to_owned());
     }
     if spec.starts_with("s3://") {
-        let cache = cache_dir().join("s3").join(embedfleet_core::DocId::from_identity(spec).as_str());
-        if !cache.join("config.json").exists() {
-            let src = ArtifactStore::open(spec, store)?;
-            let tmp = cache.with_extension("partial");
-            let _ = std::fs::remove_dir_all(&tmp);
-            let n = src.get_dir("", &tmp).await?;
-            if n == 0 {
-                return Err(ModelError::BadLocation(format!("{spec} holds no files")));
-            }
-            std::fs::rename(&tmp, &cache).map_err(|e| ModelError::Write { path: cache.clone(), source: e })?;
-        }
-        return Ok(cache);
+        return from_s3(spec, store).await;
     }
+    from_hub_id(spec).await
+}
+
+/// A model for a fleet worker: only from a source `sources` allows (a refused one is an error that
+/// says what is allowed), and never from a local folder, even one whose path looks like a hub id.
+pub async fn resolve_fleet_model(
+    spec: &str,
+    store: &StoreOptions,
+    sources: &embedfleet_core::model_source::ModelSources,
+) -> Result<PathBuf, ModelError> {
+    sources.check(spec)?;
+    if spec.starts_with("s3://") {
+        return from_s3(spec, store).await;
+    }
+    from_hub_id(spec).await
+}
+
+/// An `s3://` prefix, downloaded once into the cache.
+async fn from_s3(spec: &str, store: &StoreOptions) -> Result<PathBuf, ModelError> {
+    let cache = cache_dir().join("s3").join(embedfleet_core::DocId::from_identity(spec).as_str());
+    if !cache.join("config.json").exists() {
+        let src = ArtifactStore::open(spec, store)?;
+        let tmp = cache.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&tmp);
+        let n = src.get_dir("", &tmp).await?;
+        if n == 0 {
+            return Err(ModelError::BadLocation(format!("{spec} holds no files")));
+        }
+        std::fs::rename(&tmp, &cache).map_err(|e| ModelError::Write { path: cache.clone(), source: e })?;
+    }
+    Ok(cache)
+}
+
+/// A Hugging Face hub id.
+async fn from_hub_id(spec: &str) -> Result<PathBuf, ModelError> {
     if spec.starts_with('.') || spec.starts_with('/') || spec.contains("://") || spec.split('/').count() > 2 {
         return Err(ModelError::BadLocation(format!("{spec} (no such folder)")));
     }

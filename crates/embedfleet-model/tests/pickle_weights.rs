@@ -204,3 +204,35 @@ fn hostile_shapes_are_refused() {
     let t = read_checkpoint(Cursor::new(p5)).unwrap();
     assert_eq!(t[0].1.size(), vec![5]);
 }
+
+/// `]` EMPTY_LIST, then `n` times BININT1 0 and APPEND, each followed by MEMOIZE when `memoized`:
+/// every append then finds the list shared with the memo again, so a machine that copies a shared
+/// list before changing it does n²/2 work for 4n bytes.
+fn quadratic_pickle(n: usize, memoized: bool) -> Vec<u8> {
+    let mut p = vec![0x80, 4, b']'];
+    for _ in 0..n {
+        p.extend_from_slice(&[b'K', 0, b'a']);
+        if memoized {
+            p.push(0x94);
+        }
+    }
+    p.push(b'.');
+    // Legacy framing around it, as the file reader expects.
+    let mut file = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.\x80\x02}.".to_vec();
+    file.extend(p);
+    file
+}
+
+#[test]
+fn a_pickle_crafted_to_be_quadratic_is_refused_and_a_long_honest_one_is_read() {
+    // 200,000 appends to a memoised list: 2 × 10¹⁰ copied items for 600 KB.
+    let err = read_checkpoint(Cursor::new(quadratic_pickle(200_000, true))).unwrap_err().to_string();
+    assert!(err.contains("refused as crafted"), "{err}");
+    // The same appends to a list the memo does not hold cost one step each: the pickle is read
+    // (and then refused for what it is, a list where a dict of tensors belongs).
+    let err = read_checkpoint(Cursor::new(quadratic_pickle(200_000, false))).unwrap_err().to_string();
+    assert!(!err.contains("crafted"), "{err}");
+    // A few appends to a memoised list, as real files have, are fine.
+    let err = read_checkpoint(Cursor::new(quadratic_pickle(100, true))).unwrap_err().to_string();
+    assert!(!err.contains("crafted"), "{err}");
+}

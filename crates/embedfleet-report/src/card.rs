@@ -28,6 +28,9 @@ pub struct ModelCard {
     pub dataset: Option<DatasetFacts>,
     /// The folder the usage examples load, as the user will find it (`out/model`).
     pub location: String,
+    /// SHA-256 of each file of the model (this card aside), by path in the folder: a copy can be
+    /// checked against them (`embedfleet results --download` does).
+    pub checksums: Vec<(String, String)>,
 }
 
 /// Facts of the saved model itself.
@@ -118,6 +121,12 @@ fn front_matter(card: &ModelCard) -> String {
     }
     if !card.base_model.is_empty() {
         let _ = writeln!(s, "base_model: {}", yaml_str(&card.base_model));
+    }
+    if !card.checksums.is_empty() {
+        s.push_str("embedfleet_model_sha256:\n");
+        for (file, sum) in &card.checksums {
+            let _ = writeln!(s, "  {}: {sum}", yaml_str(file));
+        }
     }
     if let Some(model) = card.evaluation.last() {
         s.push_str("metrics:\n");

@@ -56,6 +56,8 @@ pub struct FleetRun<'a> {
     /// The dataset's counts ([`DatasetSummary`]), written when it was assembled: the report needs
     /// the training set's size, not the training set.
     pub summary_key: String,
+    /// SHA-256 of each file of the kept model (its card aside), by path in the folder.
+    pub model_sha256: &'a std::collections::BTreeMap<String, String>,
 }
 
 fn step_of(label: &str) -> Option<u64> {
@@ -181,6 +183,7 @@ pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Resu
         training: report.training.clone(),
         dataset: Some(dataset),
         location: "model".into(),
+        checksums: run.model_sha256.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
     store.put(&file("README.md"), render(&card, &facts).into_bytes()).await?;
     Ok(report_key)

@@ -21,6 +21,7 @@ fn the_card_front_matter_is_yaml_with_the_evaluation() {
         training: report.training.clone(),
         dataset: report.dataset.clone(),
         location: "out/model".into(),
+        checksums: vec![("model.safetensors".into(), "ab".repeat(32))],
         ..Default::default()
     };
     let facts = ModelFacts { dimension: 384, max_seq_length: 256, pooling: "mean".into(), normalize: true };

@@ -2,7 +2,6 @@ use clap::Parser;
 use embedfleet_bus::Stage;
 use embedfleet_bus::runtime::{WorkerArgs, init_logging, shutdown_signal, start};
 use embedfleet_bus::worker::{WorkerConfig, run_worker};
-use embedfleet_core::StoreOptions;
 use embedfleet_model::RuntimeArgs;
 use embedfleet_trainer::worker::TrainWorker;
 use std::path::PathBuf;
@@ -27,16 +26,14 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.worker.log_format);
     let options = args.runtime.load_options()?;
+    args.worker.model_sources().map_err(anyhow::Error::msg)?;
     let started = start(&args.worker, "embedfleet-trainer").await?;
     TrainWorker::init_metrics();
     let handler = Arc::new(TrainWorker {
         bus: started.bus.clone(),
         store: started.store.clone(),
-        store_options: StoreOptions {
-            endpoint: args.worker.s3_endpoint.clone(),
-            region: args.worker.s3_region.clone(),
-            ..Default::default()
-        },
+        store_options: args.worker.store_options(),
+        model_sources: args.worker.model_sources().map_err(anyhow::Error::msg)?,
         device: options.device,
         precision: options.precision,
         work_dir: args.work_dir,

@@ -516,6 +516,7 @@ fn model_card(
         training: Some(facts),
         dataset: None,
         location,
+        checksums: Vec::new(),
     }
 }
 

@@ -12,7 +12,7 @@ use embedfleet_bus::{Bus, RunState, Stage};
 use embedfleet_core::dataset::read_dataset;
 use embedfleet_core::progress::NoProgress;
 use embedfleet_core::{ArtifactStore, DatasetSplit, HardNegatives, RunId, StoreOptions};
-use embedfleet_model::{Device, LoadOptions, ModelCard, Precision, SentenceEncoder, resolve_model};
+use embedfleet_model::{Device, LoadOptions, ModelCard, Precision, SentenceEncoder, resolve_fleet_model};
 use embedfleet_report::fleet::FleetTraining;
 use prometheus::{Gauge, IntCounter, register_gauge, register_int_counter};
 use std::path::{Path, PathBuf};
@@ -33,6 +33,8 @@ pub struct TrainWorker {
     pub bus: Bus,
     pub store: ArtifactStore,
     pub store_options: StoreOptions,
+    /// Where base and mining models may come from.
+    pub model_sources: embedfleet_core::model_source::ModelSources,
     pub device: Device,
     pub precision: Precision,
     /// Local scratch space (a pod's emptyDir).
@@ -146,8 +148,12 @@ impl TaskHandler for TrainWorker {
         }
         let spec: RunSpec = serde_json::from_slice(&self.store.get(&layout::spec(&run_id)).await?)
             .map_err(|e| TaskError::fatal(format!("run spec of {run_id}: {e}")))?;
+        // Where the models come from is checked before anything of the run is read.
+        for model in std::iter::once(&spec.model_id).chain(spec.train.mining.mining_model.as_ref()) {
+            self.model_sources.check(model).map_err(TaskError::fatal)?;
+        }
         let train_set = read_dataset(&self.store, &layout::data(&run_id), DatasetSplit::Train).await.map_err(TaskError::classify)?;
-        let model_dir = resolve_model(&spec.model_id, &self.store_options).await.map_err(TaskError::classify)?;
+        let model_dir = resolve_fleet_model(&spec.model_id, &self.store_options, &self.model_sources).await.map_err(TaskError::classify)?;
         let local = self.work_dir.join(run_id.as_str());
         let _ = std::fs::remove_dir_all(&local);
         // A redelivered task resumes from the newest complete checkpoint in the store.
@@ -168,7 +174,9 @@ impl TaskHandler for TrainWorker {
             None => None,
         };
         let mining_dir = match (&spec.train.mining.mining_model, &mined_before, spec.train.mining.hard_negatives) {
-            (Some(m), None, Some(_)) => Some(resolve_model(m, &self.store_options).await.map_err(TaskError::classify)?),
+            (Some(m), None, Some(_)) => {
+                Some(resolve_fleet_model(m, &self.store_options, &self.model_sources).await.map_err(TaskError::classify)?)
+            }
             _ => None,
         };
         let mut config = spec.train.clone();

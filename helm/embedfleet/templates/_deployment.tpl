@@ -129,6 +129,14 @@ spec:
               mountPath: /etc/embedfleet/nats
               readOnly: true
             {{- end }}
+            {{- if $v.bus.tlsCA.secret }}
+            - name: nats-ca
+              mountPath: /etc/embedfleet/nats-ca
+              readOnly: true
+            {{- end }}
+            {{- with $v.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
       volumes:
         - name: scratch
           emptyDir:
@@ -146,6 +154,18 @@ spec:
             items:
               - key: {{ $v.bus.credsSecretKey }}
                 path: {{ $v.bus.credsSecretKey }}
+        {{- end }}
+        {{- if $v.bus.tlsCA.secret }}
+        - name: nats-ca
+          secret:
+            secretName: {{ $v.bus.tlsCA.secret }}
+            defaultMode: 0444
+            items:
+              - key: {{ $v.bus.tlsCA.key }}
+                path: {{ $v.bus.tlsCA.key }}
+        {{- end }}
+        {{- with $v.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
         {{- end }}
       {{- with $cfg.nodeSelector }}
       nodeSelector:
@@ -168,6 +188,10 @@ spec:
 {{- if eq .role "generator" }}
 {{- $keys = append $keys "OPENAI_API_KEY" }}
 {{- end }}
+{{- $perRole := .root.Values.bus.auth.existingSecret }}
+{{- if $perRole }}
+{{- $keys = without $keys "EMBEDFLEET_NATS_USER" "EMBEDFLEET_NATS_PASSWORD" }}
+{{- end }}
 {{- range $keys }}
 - name: {{ . }}
   valueFrom:
@@ -175,5 +199,15 @@ spec:
       name: {{ $name }}
       key: {{ . }}
       optional: true
+{{- end }}
+{{- if $perRole }}
+{{- /* Each role its own NATS user, whose permissions allow only its subjects. */}}
+- name: EMBEDFLEET_NATS_USER
+  value: {{ .role }}
+- name: EMBEDFLEET_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $perRole }}
+      key: {{ .role }}
 {{- end }}
 {{- end }}

@@ -37,7 +37,7 @@ pub async fn results(args: ResultsArgs) -> Result<ExitCode> {
     }
     let run = args.run.run.as_str();
     let fleet = &args.run.fleet;
-    let options = BusOptions::from(&fleet.nats).client_name("embedfleet-cli").connect_timeout(Duration::from_secs(5));
+    let options = BusOptions::from(&fleet.nats).client_name("embedfleet-cli").connect_timeout(Duration::from_secs(5)).owns_layout(false);
     let bus = Bus::connect(&options).await?;
     let record = match load_record(&bus, run).await.map_err(anyhow::Error::msg)?.0 {
         Some(r) => r,
@@ -122,7 +122,33 @@ async fn download(store: &ArtifactStore, run: &str, dir: &Path) -> Result<(usize
     copy_prefix(store, &layout::model(run), &dir.join("model"), &mut counter).await?;
     copy_prefix(store, &layout::results(run), &dir.join("results"), &mut counter).await?;
     counter.progress.finish();
+    verify_model(store, run, &dir.join("model")).await?;
     Ok((counter.files, counter.bytes))
+}
+
+/// Checks every downloaded model file against the SHA-256 the coordinator recorded in the run's
+/// report.json when it finalized the run.
+async fn verify_model(store: &ArtifactStore, run: &str, model: &Path) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let report: serde_json::Value = serde_json::from_slice(&store.get(&layout::report(run)).await?)?;
+    let Some(sums) = report["model_sha256"].as_object().filter(|s| !s.is_empty()) else {
+        eprintln!("warning: report.json of run {run} holds no checksums (a coordinator older than them finalized it); not verified");
+        return Ok(());
+    };
+    for (file, want) in sums {
+        let path = model.join(file);
+        let bytes = std::fs::read(&path).with_context(|| format!("{} is listed in report.json but was not downloaded", path.display()))?;
+        let got = hex::encode(Sha256::digest(&bytes));
+        if Some(got.as_str()) != want.as_str() {
+            bail!(
+                "{} does not match its checksum in report.json (expected {}, got {got}): the download or the store is corrupt; download again",
+                path.display(),
+                want.as_str().unwrap_or("?")
+            );
+        }
+    }
+    eprintln!("checksums: the {} model files match report.json", sums.len());
+    Ok(())
 }
 
 async fn copy_prefix(store: &ArtifactStore, prefix: &str, target: &Path, counter: &mut Counter) -> Result<()> {

@@ -30,7 +30,7 @@ pub struct FleetArgs {
 
 impl FleetArgs {
     async fn bus(&self) -> Result<Bus> {
-        let options = BusOptions::from(&self.nats).client_name("embedfleet-cli").connect_timeout(Duration::from_secs(5));
+        let options = BusOptions::from(&self.nats).client_name("embedfleet-cli").connect_timeout(Duration::from_secs(5)).owns_layout(false);
         Ok(Bus::connect(&options).await?)
     }
 }

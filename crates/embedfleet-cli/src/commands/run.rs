@@ -131,6 +131,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         training: Some(outcome.facts.clone()),
         dataset: Some(dataset.clone()),
         location: model_dir.display().to_string(),
+        checksums: Vec::new(),
     };
     rewrite_card(&model_dir, &card).with_context(|| format!("writing the model card in {}", model_dir.display()))?;
     let report = RunReport {

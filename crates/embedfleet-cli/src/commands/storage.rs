@@ -10,11 +10,15 @@ pub struct StorageArgs {
     /// S3 region (default us-east-1).
     #[arg(long, env = "EMBEDFLEET_S3_REGION", alias = "s3_region")]
     pub s3_region: Option<String>,
+    /// A PEM file of the CA that signed the S3 endpoint's certificate. Plain HTTP is used only
+    /// when the endpoint says `http://`.
+    #[arg(long, env = "EMBEDFLEET_S3_CA")]
+    pub s3_ca: Option<std::path::PathBuf>,
 }
 
 impl StorageArgs {
     pub fn options(&self) -> StoreOptions {
-        StoreOptions { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone(), ..Default::default() }
+        StoreOptions { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone(), ca: self.s3_ca.clone(), ..Default::default() }
     }
 
     pub fn open(&self, location: &str) -> Result<ArtifactStore, embedfleet_core::StoreError> {

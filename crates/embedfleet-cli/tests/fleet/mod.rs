@@ -161,6 +161,14 @@ impl Fleet {
         out
     }
 
+    /// A tiny random model put in the fleet's store under `models/tiny`, where the fleet's default
+    /// allows models from: the `--model-id` to submit.
+    pub async fn tiny_model_in_store(&self) -> String {
+        let local = tiny_model(self.dir.path());
+        self.store().put_dir(&local, "models/tiny").await.unwrap();
+        format!("{}/models/tiny", self.store_url())
+    }
+
     /// Polls the run's record until `done(record)` or the timeout.
     pub async fn wait_for(&self, bus: &Bus, run: &str, timeout: Duration, done: impl Fn(&RunRecord) -> bool) -> RunRecord {
         let started = Instant::now();

@@ -149,6 +149,19 @@ fn storage_kind(name: &str) -> Result<Kind, PickleError> {
     })
 }
 
+/// The work a pickle may ask for, per byte of it: every opcode costs one, and copies of shared
+/// containers and walks over memoised tuples cost their length. A state dict needs about one step
+/// per byte; a file crafted to make the machine repeat work on shared values (thousands of appends
+/// to a memoised list, one tuple read by thousands of calls) runs out of budget instead, so reading
+/// any file takes time linear in its size.
+const WORK_PER_BYTE: u64 = 16;
+/// Work every pickle may do, however small.
+const WORK_FLOOR: u64 = 1 << 16;
+/// Most values on the stack, and most marks.
+const MAX_STACK: usize = 1 << 20;
+/// Most memo entries.
+const MAX_MEMO: usize = 1 << 20;
+
 /// What to do with a persistent id: the zip format names records, the legacy format numbers them.
 struct Unpickler<'a> {
     bytes: &'a [u8],
@@ -156,11 +169,15 @@ struct Unpickler<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// Steps taken, and the most this pickle may take.
+    work: u64,
+    budget: u64,
 }
 
 impl<'a> Unpickler<'a> {
     fn new(bytes: &'a [u8], pos: usize) -> Self {
-        Self { bytes, pos, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() }
+        let budget = WORK_FLOOR.saturating_add((bytes.len() as u64).saturating_mul(WORK_PER_BYTE));
+        Self { bytes, pos, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), work: 0, budget }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
@@ -223,54 +240,83 @@ impl<'a> Unpickler<'a> {
         Ok(self.stack.split_off(mark))
     }
 
-    /// Runs to STOP and returns the result; `persistent` resolves persistent ids.
+    /// Counts `cost` units of work against the budget the pickle's size allows (see [`WORK_PER_BYTE`]).
+    fn charge(&mut self, cost: u64) -> Result<(), PickleError> {
+        self.work = self.work.saturating_add(cost);
+        if self.work > self.budget {
+            return Err(pk(format!(
+                "the pickle asks for more work than its {} bytes can need (over {} steps): refused as crafted",
+                self.bytes.len(),
+                self.budget
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs to STOP and returns the result; `persistent` resolves persistent ids. Each opcode is
+    /// handled by the method for its family.
     fn run(&mut self, persistent: &mut dyn FnMut(Value) -> Result<Value, PickleError>) -> Result<Value, PickleError> {
         loop {
+            self.charge(1)?;
+            if self.stack.len() > MAX_STACK || self.marks.len() > MAX_STACK {
+                return Err(pk(format!("more than {MAX_STACK} values on the stack")));
+            }
             let op = self.byte()?;
             match op {
-                0x80 => {
-                    let proto = self.byte()?;
-                    if proto > 5 {
-                        return Err(pk(format!("pickle protocol {proto}")));
-                    }
-                }
-                0x95 => {
-                    self.u64()?; // FRAME: a length hint only
-                }
                 b'.' => return self.pop(),
-                b'(' => self.marks.push(self.stack.len()),
-                b'0' => {
-                    self.pop()?;
+                0x80 | 0x95 | b'(' | b'0' | b'1' | b'2' => self.stack_op(op)?,
+                b'N' | 0x88 | 0x89 | b'J' | b'K' | b'M' | 0x8a | 0x8b | b'I' | b'G' => self.number(op)?,
+                b'X' | 0x8c | 0x8d | b'C' | b'B' | 0x8e | b'U' | b'T' => self.text_or_bytes(op)?,
+                b')' | b't' | 0x85..=0x87 | b']' | b'l' | b'a' | b'e' | b'}' | b'd' | b's' | b'u' => self.container_op(op)?,
+                b'q' | b'r' | 0x94 | b'h' | b'j' => self.memo_op(op)?,
+                b'c' | 0x93 | b'Q' | b'R' | 0x81 | b'b' => self.object_op(op, persistent)?,
+                other => return Err(pk(format!("opcode 0x{other:02x} is not supported"))),
+            }
+        }
+    }
+
+    /// The protocol and frame headers, MARK, POP, POP_MARK and DUP.
+    fn stack_op(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            0x80 => {
+                let proto = self.byte()?;
+                if proto > 5 {
+                    return Err(pk(format!("pickle protocol {proto}")));
                 }
-                b'1' => {
-                    self.pop_mark()?;
-                }
-                b'2' => {
-                    let v = self.top()?.clone();
-                    self.push(v);
-                }
-                b'N' => self.push(Value::None),
-                0x88 => self.push(Value::Bool(true)),
-                0x89 => self.push(Value::Bool(false)),
-                b'J' => {
-                    let v = self.u32()? as i32;
-                    self.push(Value::Int(v as i64));
-                }
-                b'K' => {
-                    let v = self.byte()?;
-                    self.push(Value::Int(v as i64));
-                }
-                b'M' => {
-                    let v = self.u16()?;
-                    self.push(Value::Int(v as i64));
-                }
-                0x8a | 0x8b => {
-                    let n = if op == 0x8a { self.byte()? as u64 } else { self.u32()? as u64 };
-                    let b = self.len_prefixed(n)?;
-                    if b.len() > 8 {
-                        self.push(Value::BigInt(b.into()));
-                        continue;
-                    }
+            }
+            0x95 => {
+                self.u64()?; // FRAME: a length hint only
+            }
+            b'(' => self.marks.push(self.stack.len()),
+            b'0' => {
+                self.pop()?;
+            }
+            b'1' => {
+                self.pop_mark()?;
+            }
+            _ => {
+                let v = self.top()?.clone();
+                self.push(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// None, booleans, integers of every width, floats (kept as a marker only).
+    fn number(&mut self, op: u8) -> Result<(), PickleError> {
+        let v = match op {
+            b'N' => Value::None,
+            0x88 => Value::Bool(true),
+            0x89 => Value::Bool(false),
+            b'J' => Value::Int(self.u32()? as i32 as i64),
+            b'K' => Value::Int(self.byte()? as i64),
+            b'M' => Value::Int(self.u16()? as i64),
+            0x8a | 0x8b => {
+                let n = if op == 0x8a { self.byte()? as u64 } else { self.u32()? as u64 };
+                let b = self.len_prefixed(n)?;
+                if b.len() > 8 {
+                    Value::BigInt(b.into())
+                } else {
                     let mut v: i64 = 0;
                     for (i, byte) in b.iter().enumerate() {
                         v |= (*byte as i64) << (8 * i);
@@ -281,148 +327,185 @@ impl<'a> Unpickler<'a> {
                     {
                         v -= 1i64 << (8 * b.len());
                     }
-                    self.push(Value::Int(v));
+                    Value::Int(v)
                 }
-                b'I' => {
-                    let s = self.line()?;
-                    let v = match s {
-                        "01" => Value::Bool(true),
-                        "00" => Value::Bool(false),
-                        _ => Value::Int(s.trim().parse().map_err(|_| pk("bad INT"))?),
-                    };
-                    self.push(v);
+            }
+            b'I' => match self.line()? {
+                "01" => Value::Bool(true),
+                "00" => Value::Bool(false),
+                s => Value::Int(s.trim().parse().map_err(|_| pk("bad INT"))?),
+            },
+            _ => {
+                self.take(8)?;
+                Value::Float
+            }
+        };
+        self.push(v);
+        Ok(())
+    }
+
+    /// Strings (kept) and byte strings (a marker only).
+    fn text_or_bytes(&mut self, op: u8) -> Result<(), PickleError> {
+        let v = match op {
+            b'X' => {
+                let n = self.u32()? as u64;
+                self.text(n)?
+            }
+            0x8c => {
+                let n = self.byte()? as u64;
+                self.text(n)?
+            }
+            0x8d => {
+                let n = self.u64()?;
+                self.text(n)?
+            }
+            _ => {
+                let n = match op {
+                    b'C' | b'U' => self.byte()? as u64,
+                    b'B' | b'T' => self.u32()? as u64,
+                    _ => self.u64()?,
+                };
+                let b = self.len_prefixed(n)?;
+                if op == b'U' || op == b'T' { Value::Str(String::from_utf8_lossy(b).into()) } else { Value::Bytes }
+            }
+        };
+        self.push(v);
+        Ok(())
+    }
+
+    /// Tuples, lists and dicts: made from the stack, and filled in place. A container the memo also
+    /// holds is copied before it changes (values, not references, as the depth bound needs), and
+    /// the copy is paid for from the work budget, so no file can make the copies quadratic.
+    fn container_op(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            b')' => self.push(tuple(Vec::new())?),
+            b't' => {
+                let items = self.pop_mark()?;
+                self.push(tuple(items)?);
+            }
+            0x85..=0x87 => {
+                let n = (op - 0x84) as usize;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.pop()?);
                 }
-                b'G' => {
-                    self.take(8)?;
-                    self.push(Value::Float);
+                items.reverse();
+                self.push(tuple(items)?);
+            }
+            b']' => self.push(Value::List(Rc::new(Items::default()))),
+            b'l' => {
+                let items = self.pop_mark()?;
+                self.push(Value::List(Rc::new(container(items)?)));
+            }
+            b'a' | b'e' => {
+                let items = if op == b'a' { vec![self.pop()?] } else { self.pop_mark()? };
+                let copy_cost = match self.top()? {
+                    Value::List(list) if Rc::strong_count(list) > 1 => list.items.len() as u64,
+                    Value::List(_) => 0,
+                    _ => return Err(pk("APPEND to a non-list")),
+                };
+                self.charge(copy_cost)?;
+                let Value::List(list) = self.top()? else { return Err(pk("APPEND to a non-list")) };
+                let list = Rc::make_mut(list);
+                // The depth grows with what is added only: no rescan of what is there.
+                let added = items.iter().map(Value::depth).max().unwrap_or(0);
+                list.depth = list.depth.max(1 + added);
+                list.items.extend(items);
+                if list.depth > MAX_DEPTH {
+                    return Err(pk(format!("containers nested deeper than {MAX_DEPTH}")));
                 }
-                b'X' => {
-                    let n = self.u32()? as u64;
-                    let v = self.text(n)?;
-                    self.push(v);
+            }
+            b'}' => self.push(Value::Dict(Rc::new(Pairs::default()))),
+            b'd' => {
+                let items = self.pop_mark()?;
+                let mut dict = Pairs::default();
+                set_items(&mut dict, items)?;
+                self.push(Value::Dict(Rc::new(dict)));
+            }
+            _ => {
+                let items = if op == b's' {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    vec![k, v]
+                } else {
+                    self.pop_mark()?
+                };
+                let copy_cost = match self.top()? {
+                    Value::Dict(dict) if Rc::strong_count(dict) > 1 => dict.pairs.len() as u64,
+                    _ => 0,
+                };
+                self.charge(copy_cost)?;
+                match self.top()? {
+                    Value::Dict(dict) => set_items(Rc::make_mut(dict), items)?,
+                    // A dict subclass rebuilt by an unknown callable: its items do not matter.
+                    Value::Opaque => {}
+                    _ => return Err(pk("SETITEM on a non-dict")),
                 }
-                0x8c => {
-                    let n = self.byte()? as u64;
-                    let v = self.text(n)?;
-                    self.push(v);
-                }
-                0x8d => {
-                    let n = self.u64()?;
-                    let v = self.text(n)?;
-                    self.push(v);
-                }
-                b'C' | b'B' | 0x8e | b'U' | b'T' => {
-                    let n = match op {
-                        b'C' | b'U' => self.byte()? as u64,
-                        b'B' | b'T' => self.u32()? as u64,
-                        _ => self.u64()?,
-                    };
-                    let b = self.len_prefixed(n)?;
-                    self.push(if op == b'U' || op == b'T' { Value::Str(String::from_utf8_lossy(b).into()) } else { Value::Bytes });
-                }
-                b')' => self.push(tuple(Vec::new())?),
-                b't' => {
-                    let items = self.pop_mark()?;
-                    self.push(tuple(items)?);
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    let mut items = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        items.push(self.pop()?);
-                    }
-                    items.reverse();
-                    self.push(tuple(items)?);
-                }
-                b']' => self.push(Value::List(Rc::new(Items::default()))),
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::List(Rc::new(container(items)?)));
-                }
-                b'a' | b'e' => {
-                    let items = if op == b'a' { vec![self.pop()?] } else { self.pop_mark()? };
-                    let Value::List(list) = self.top()? else { return Err(pk("APPEND to a non-list")) };
-                    let list = Rc::make_mut(list);
-                    list.items.extend(items);
-                    list.depth = 1 + list.items.iter().map(Value::depth).max().unwrap_or(0);
-                    if list.depth > MAX_DEPTH {
-                        return Err(pk(format!("containers nested deeper than {MAX_DEPTH}")));
-                    }
-                }
-                b'}' => self.push(Value::Dict(Rc::new(Pairs::default()))),
-                b'd' => {
-                    let items = self.pop_mark()?;
-                    let mut dict = Pairs::default();
-                    set_items(&mut dict, items)?;
-                    self.push(Value::Dict(Rc::new(dict)));
-                }
-                b's' | b'u' => {
-                    let items = if op == b's' {
-                        let v = self.pop()?;
-                        let k = self.pop()?;
-                        vec![k, v]
-                    } else {
-                        self.pop_mark()?
-                    };
-                    match self.top()? {
-                        Value::Dict(dict) => set_items(Rc::make_mut(dict), items)?,
-                        // A dict subclass rebuilt by an unknown callable: its items do not matter.
-                        Value::Opaque => {}
-                        _ => return Err(pk("SETITEM on a non-dict")),
-                    }
-                }
-                b'q' => {
-                    let i = self.byte()? as u32;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
-                }
-                b'r' => {
-                    let i = self.u32()?;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
-                }
-                0x94 => {
-                    let i = self.memo.len() as u32;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
-                }
-                b'h' | b'j' => {
-                    let i = if op == b'h' { self.byte()? as u32 } else { self.u32()? };
-                    let v = self.memo.get(&i).cloned().ok_or_else(|| pk(format!("memo entry {i} is missing")))?;
-                    self.push(v);
-                }
-                b'c' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    self.push(Value::Global(format!("{module}.{name}").into()));
-                }
-                0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    match (module.as_str(), name.as_str()) {
-                        (Some(m), Some(n)) => self.push(Value::Global(format!("{m}.{n}").into())),
-                        _ => return Err(pk("STACK_GLOBAL needs two strings")),
-                    }
-                }
-                b'Q' => {
-                    let pid = self.pop()?;
-                    let v = persistent(pid)?;
-                    self.push(v);
-                }
-                b'R' | 0x81 => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    let v = reduce(&callable, &args)?;
-                    self.push(v);
-                }
-                b'b' => {
-                    // BUILD sets an object's state (an OrderedDict's `_metadata`): not needed.
-                    self.pop()?;
-                    self.top()?;
-                }
-                other => return Err(pk(format!("opcode 0x{other:02x} is not supported"))),
             }
         }
+        Ok(())
+    }
+
+    /// PUT, MEMOIZE and GET, with at most [`MAX_MEMO`] entries.
+    fn memo_op(&mut self, op: u8) -> Result<(), PickleError> {
+        let put = match op {
+            b'q' => Some(self.byte()? as u32),
+            b'r' => Some(self.u32()?),
+            0x94 => Some(self.memo.len() as u32),
+            _ => None,
+        };
+        if let Some(i) = put {
+            if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&i) {
+                return Err(pk(format!("more than {MAX_MEMO} memo entries")));
+            }
+            let v = self.top()?.clone();
+            self.memo.insert(i, v);
+            return Ok(());
+        }
+        let i = if op == b'h' { self.byte()? as u32 } else { self.u32()? };
+        let v = self.memo.get(&i).cloned().ok_or_else(|| pk(format!("memo entry {i} is missing")))?;
+        self.push(v);
+        Ok(())
+    }
+
+    /// Globals, persistent ids, calls (recognised by name, never run) and BUILD.
+    fn object_op(&mut self, op: u8, persistent: &mut dyn FnMut(Value) -> Result<Value, PickleError>) -> Result<(), PickleError> {
+        match op {
+            b'c' => {
+                let module = self.line()?;
+                let name = self.line()?;
+                self.push(Value::Global(format!("{module}.{name}").into()));
+            }
+            0x93 => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                match (module.as_str(), name.as_str()) {
+                    (Some(m), Some(n)) => self.push(Value::Global(format!("{m}.{n}").into())),
+                    _ => return Err(pk("STACK_GLOBAL needs two strings")),
+                }
+            }
+            b'Q' => {
+                let pid = self.pop()?;
+                let v = persistent(pid)?;
+                self.push(v);
+            }
+            b'R' | 0x81 => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                // Reading a tensor's sizes and strides walks its argument tuples: a memoised tuple
+                // handed to many calls is paid for each time.
+                let cost: u64 = args.items().map_or(0, |items| items.iter().map(|v| v.items().map_or(1, |i| i.len() as u64)).sum());
+                self.charge(cost)?;
+                let v = reduce(&callable, &args)?;
+                self.push(v);
+            }
+            _ => {
+                // BUILD sets an object's state (an OrderedDict's `_metadata`): not needed.
+                self.pop()?;
+                self.top()?;
+            }
+        }
+        Ok(())
     }
 }
 

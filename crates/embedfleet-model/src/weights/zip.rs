@@ -26,6 +26,8 @@ pub struct Archive<R> {
     reader: R,
     len: u64,
     pub members: Vec<Member>,
+    /// Member index by name: a lookup per tensor stays constant-time however many members there are.
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 fn bad(message: impl Into<String>) -> PickleError {
@@ -115,11 +117,18 @@ impl<R: Read + Seek> Archive<R> {
             members.push(Member { name, method, size, local_header });
             at = name_at + name_len + extra_len + comment_len;
         }
-        Ok(Self { reader, len, members })
+        refuse_overlaps(&members, len)?;
+        let mut by_name = std::collections::HashMap::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            if by_name.insert(m.name.clone(), i).is_some() {
+                return Err(bad(format!("two members are named {}", m.name)));
+            }
+        }
+        Ok(Self { reader, len, members, by_name })
     }
 
     pub fn find(&self, name: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.name == name)
+        self.by_name.get(name).map(|&i| &self.members[i])
     }
 
     /// The bytes of a stored member.
@@ -139,6 +148,27 @@ impl<R: Read + Seek> Archive<R> {
         let start = member.local_header.checked_add(skip).ok_or_else(|| bad("member offset overflows"))?;
         read_at(&mut self.reader, self.len, start, member.size)
     }
+}
+
+/// Members whose bytes overlap are refused: torch.save never writes them, and a crafted archive
+/// whose thousand members all point at one large record would make each read allocate it again.
+/// Each member spans at least its 30-byte local header and its data, from its local header on.
+fn refuse_overlaps(members: &[Member], len: u64) -> Result<(), PickleError> {
+    let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(members.len());
+    for m in members {
+        let end = m.local_header.checked_add(30).and_then(|e| e.checked_add(m.size)).ok_or_else(|| bad("member size overflows"))?;
+        if end > len {
+            return Err(bad(format!("member {} ({} bytes) runs past the end of the {len}-byte file", m.name, m.size)));
+        }
+        spans.push((m.local_header, end, &m.name));
+    }
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        if pair[1].0 < pair[0].1 {
+            return Err(bad(format!("members {} and {} overlap: refused (torch.save writes each record once)", pair[0].2, pair[1].2)));
+        }
+    }
+    Ok(())
 }
 
 /// Reads `count` bytes at `offset`, refusing ranges outside a file of `len` bytes (so a corrupt size
