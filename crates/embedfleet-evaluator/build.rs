@@ -1,1 +1,1 @@
-include!("../../build/libtorch_rpath.rs");
+include!("../../build-support/libtorch_rpath.rs");

@@ -1,12 +1,12 @@
 //! Compiles `csrc/onednn_linear.cpp` against libtorch's headers (`LIBTORCH`, which
 //! `.cargo/config.toml` points at `.deps/libtorch`). Without the headers or a C++ compiler the
 //! crate builds without it, and the layers use libtorch's plain matrix products. The tests get
-//! libtorch's run path like every crate's (`build/libtorch_rpath.rs`).
+//! libtorch's run path like every crate's (`build-support/libtorch_rpath.rs`).
 
 use std::path::PathBuf;
 
 mod rpath {
-    include!("../../build/libtorch_rpath.rs");
+    include!("../../build-support/libtorch_rpath.rs");
     pub fn link() {
         main()
     }

@@ -5,7 +5,7 @@ run one after the other on this machine in one invocation.
 Part 1, scoring + top-k + metrics (the part where the reference keeps per-query Python work): the
 same fixed, seeded embeddings (default 2,000 queries x 20,000 chunks, 384 dimensions) go to the
 reference evaluator through a model that only looks vectors up, and to embedfleet's
-`score_bench` example. Prints both times, the ratio (goal: embedfleet at least 5x faster) and the
+`score_bench` bench (built here in the dev profile, as the tests are). Prints both times, the ratio (goal: embedfleet at least 5x faster) and the
 largest metric difference.
 
 Part 2, a whole evaluation with the real MiniLM on the 400 x 1,200 fixture of the evaluator tests:
@@ -24,6 +24,19 @@ def target_dir() -> Path:
     candidates = [Path(os.environ["CARGO_TARGET_DIR"])] if os.environ.get("CARGO_TARGET_DIR") else []
     candidates += [Path.home() / ".cache/embedfleet/target", ROOT / "target"]
     return next((d for d in candidates if (d / "debug").exists()), ROOT / "target")
+
+
+def score_bench_binary() -> str:
+    """Builds the evaluator's `score_bench` bench and returns the path of its executable."""
+    cmd = ["cargo", "test", "-q", "-p", "embedfleet-evaluator", "--bench", "score_bench", "--no-run", "--message-format=json"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"building score_bench failed:\n{out.stderr[-3000:]}")
+    for line in out.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "score_bench" and msg.get("executable"):
+            return msg["executable"]
+    sys.exit("cargo built score_bench but named no executable")
 
 
 def run(cmd, env=None):
@@ -110,7 +123,7 @@ def main():
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     ref_s, ref_out, _ = run([sys.executable, str(work / "ref.py"), str(work), str(args.threads)], env)
-    ours_s, ours_out, _ = run([str(tgt / "examples/score_bench"), str(work)], env)
+    ours_s, ours_out, _ = run([score_bench_binary(), str(work)], env)
     ref, ours = json.loads(ref_out), json.loads(ours_out)
     diff = max(abs(ours["metrics"][k] - ref["metrics"][k.replace("cosine-", "cosine_").lower()]) for k in ours["metrics"])
     print(f"scoring + top-k + metrics, {args.queries} queries x {args.corpus} chunks, {args.threads} threads:")

@@ -143,7 +143,13 @@ impl CheckpointLabel {
 
     /// The step of a `step-<n>` label.
     pub fn step_number(&self) -> Option<u64> {
-        self.0.strip_prefix("step-")?.parse().ok()
+        Self::step_in(&self.0)
+    }
+
+    /// The step a `step-<n>` name (a folder, a key's last part) stands for; None for any other
+    /// name. The one place the `step-` form is read.
+    pub fn step_in(name: &str) -> Option<u64> {
+        name.strip_prefix("step-")?.parse().ok()
     }
 }
 
@@ -158,6 +164,8 @@ mod tests {
         }
         assert_eq!(CheckpointLabel::step(40).step_number(), Some(40));
         assert_eq!(CheckpointLabel::new("best").unwrap().step_number(), None);
+        assert_eq!(CheckpointLabel::step_in("step-7"), Some(7));
+        assert_eq!(CheckpointLabel::step_in("step-x"), None);
     }
 
     #[test]

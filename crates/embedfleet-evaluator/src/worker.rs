@@ -32,7 +32,7 @@ pub struct EvaluateWorker {
 }
 
 fn step_of(label: &str) -> u64 {
-    label.strip_prefix("step-").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX)
+    embedfleet_core::CheckpointLabel::step_in(label).unwrap_or(u64::MAX)
 }
 
 impl TaskHandler for EvaluateWorker {
@@ -117,7 +117,7 @@ impl EvaluateWorker {
         let mut scored: Vec<(String, Evaluation)> = Vec::new();
         for key in self.store.list(&layout::results(run_id)).await? {
             let Some(name) = key.rsplit('/').next().and_then(|f| f.strip_suffix(".json")) else { continue };
-            if !name.starts_with("step-") {
+            if embedfleet_core::CheckpointLabel::step_in(name).is_none() {
                 continue;
             }
             if let Ok(e) = serde_json::from_slice::<Evaluation>(&self.store.get(&key).await?) {
@@ -125,7 +125,10 @@ impl EvaluateWorker {
             }
         }
         scored.sort_by_key(|(name, _)| step_of(name));
-        let comparison: Comparison = scored.into_iter().map(|(n, e)| (if n == "step-0" { "base".into() } else { n }, e)).collect();
+        let comparison: Comparison = scored
+            .into_iter()
+            .map(|(n, e)| (if embedfleet_core::CheckpointLabel::step_in(&n) == Some(0) { "base".into() } else { n }, e))
+            .collect();
         let tables = scratch.join("comparison");
         write_report(&tables, &comparison).map_err(io)?;
         for file in ["metrics.svg", "per_query.jsonl"] {

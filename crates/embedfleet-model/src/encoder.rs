@@ -4,8 +4,8 @@
 
 use crate::config::{ModelConfig, PoolingConfig, PoolingMode};
 use crate::error::ModelError;
-use crate::families::{Encoder, Family, family_of};
 use crate::folder::Layout;
+use crate::models::{Encoder, Family, family_of};
 use crate::pooling::{normalize, pool};
 use crate::precision::Precision;
 use crate::tokenize::{TextTokenizer, TokenBatch};

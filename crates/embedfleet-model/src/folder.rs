@@ -6,7 +6,7 @@
 
 use crate::config::{ModelConfig, ModuleEntry, PoolingConfig, read_json};
 use crate::error::ModelError;
-use crate::families::Family;
+use crate::models::Family;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 

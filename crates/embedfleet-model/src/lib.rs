@@ -1,16 +1,18 @@
-//! Sentence-embedding models on libtorch: one [`families::Encoder`] per model family (BERT, MPNet,
+//! Sentence-embedding models on libtorch: one [`models::Encoder`] per model family (BERT, MPNet,
 //! XLM-RoBERTa, ModernBERT, Qwen3) built from `config.json`, the sentence-transformers pipeline around it (tokenizer,
 //! pooling, normalization, prompts), and the folder layouts Python's `SentenceTransformer(path)`
 //! reads and writes.
 
+#[cfg(feature = "jemalloc")]
 mod allocator;
 pub mod args;
 pub mod config;
 mod encoder;
 mod error;
-pub mod families;
 mod folder;
-mod onednn;
+mod kernels;
+mod layers;
+pub mod models;
 pub mod pooling;
 mod precision;
 pub mod resolve;
@@ -22,7 +24,7 @@ pub use config::{ModelConfig, PoolingMode};
 pub use embedfleet_report::ModelCard;
 pub use encoder::{LoadOptions, QUERY_PROMPT_NAME, SentenceEncoder};
 pub use error::ModelError;
-pub use families::BertConfig;
+pub use models::BertConfig;
 pub use precision::{Precision, PrecisionKind, parse_device};
 pub use resolve::{resolve_fleet_model, resolve_model};
 pub use tch::{Device, Kind, Tensor};

@@ -236,3 +236,11 @@ fn a_pickle_crafted_to_be_quadratic_is_refused_and_a_long_honest_one_is_read() {
     let err = read_checkpoint(Cursor::new(quadratic_pickle(100, true))).unwrap_err().to_string();
     assert!(!err.contains("crafted"), "{err}");
 }
+
+#[test]
+fn a_large_crafted_pickle_is_refused_before_its_copies_fill_memory() {
+    // 4,000,000 memoised appends (16 MB): the work budget alone would allow 2.6 × 10⁸ copied
+    // items, every one kept alive by the memo. The copy cap refuses it after a few thousand.
+    let err = read_checkpoint(Cursor::new(quadratic_pickle(4_000_000, true))).unwrap_err().to_string();
+    assert!(err.contains("copies more than") && err.contains("refused as crafted"), "{err}");
+}

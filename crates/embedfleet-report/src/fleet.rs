@@ -61,7 +61,7 @@ pub struct FleetRun<'a> {
 }
 
 fn step_of(label: &str) -> Option<u64> {
-    label.strip_prefix("step-").and_then(|s| s.parse().ok())
+    embedfleet_core::CheckpointLabel::step_in(label)
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(store: &ArtifactStore, key: &str) -> Result<Option<T>, ReportError> {
@@ -115,7 +115,7 @@ pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Resu
         models.push(b);
     }
     if let Some(mut c) = candidate {
-        let label = c.step.map(|s| format!("step-{s}")).unwrap_or_default();
+        let label = c.step.map(|s| embedfleet_core::CheckpointLabel::step(s).to_string()).unwrap_or_default();
         c.name = "finetuned".into();
         c.source = format!("{} ({label})", store.describe(&run.model_prefix));
         models.push(c);

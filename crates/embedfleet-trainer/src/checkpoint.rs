@@ -55,7 +55,7 @@ pub struct TrainState {
 }
 
 pub fn checkpoint_dir(output: &Path, step: usize) -> PathBuf {
-    output.join("checkpoints").join(format!("step-{step}"))
+    output.join("checkpoints").join(embedfleet_core::CheckpointLabel::step(step as u64).as_str())
 }
 
 /// The newest complete checkpoint (one with its state.json written last).
@@ -67,7 +67,7 @@ pub fn latest(output: &Path) -> Option<PathBuf> {
         .filter(|e| e.path().join("state.json").exists())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("step-")?.parse::<usize>().ok().map(|n| (n, e.path()))
+            embedfleet_core::CheckpointLabel::step_in(&name).map(|n| (n as usize, e.path()))
         })
         .max_by_key(|(n, _)| *n)
         .map(|(_, p)| p)

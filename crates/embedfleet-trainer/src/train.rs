@@ -745,7 +745,7 @@ fn save_checkpoint(model: &SentenceEncoder, optimizer: &AdamW, output: &Path, st
         let mut steps: Vec<(usize, PathBuf)> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?;
+                let n = embedfleet_core::CheckpointLabel::step_in(&e.file_name().to_string_lossy())? as usize;
                 Some((n, e.path()))
             })
             .collect();

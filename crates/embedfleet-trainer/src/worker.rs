@@ -122,7 +122,7 @@ impl TrainHooks for FleetHooks {
     }
 
     fn checkpoint_written(&mut self, dir: &Path, step: usize) -> Result<(), HookError> {
-        let prefix = format!("{}/step-{step}", layout::resume(&self.run_id));
+        let prefix = format!("{}/{}", layout::resume(&self.run_id), embedfleet_core::CheckpointLabel::step(step as u64));
         let state = std::fs::read(dir.join("state.json")).map_err(io)?;
         for file in ["model.safetensors", "optimizer.safetensors"] {
             let bytes = std::fs::read(dir.join(file)).map_err(io)?;
@@ -257,12 +257,12 @@ impl TrainWorker {
             .iter()
             .filter(|k| k.ends_with("/state.json"))
             .filter_map(|k| {
-                let step = k.rsplit('/').nth(1)?.strip_prefix("step-")?.parse::<usize>().ok()?;
+                let step = embedfleet_core::CheckpointLabel::step_in(k.rsplit('/').nth(1)?)? as usize;
                 Some(step)
             })
             .max();
         let Some(step) = newest else { return Ok(false) };
-        let prefix = format!("{}/step-{step}", layout::resume(run_id));
+        let prefix = format!("{}/{}", layout::resume(run_id), embedfleet_core::CheckpointLabel::step(step as u64));
         let target = crate::checkpoint::checkpoint_dir(local, step);
         self.store.get_dir(&prefix, &target).await?;
         // The trainer recognises its own output folder by its log.

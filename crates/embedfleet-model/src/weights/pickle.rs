@@ -161,6 +161,11 @@ const WORK_FLOOR: u64 = 1 << 16;
 const MAX_STACK: usize = 1 << 20;
 /// Most memo entries.
 const MAX_MEMO: usize = 1 << 20;
+/// Most container items copied, over the whole pickle. The memo keeps the version of a container it
+/// was given, so every copy made before a change stays alive: without this cap the work budget
+/// alone would let a 12 MB pickle hold 16 copied items per byte (gigabytes). A state dict copies
+/// almost nothing.
+const MAX_COPIED_ITEMS: u64 = 1 << 22;
 
 /// What to do with a persistent id: the zip format names records, the legacy format numbers them.
 struct Unpickler<'a> {
@@ -172,12 +177,14 @@ struct Unpickler<'a> {
     /// Steps taken, and the most this pickle may take.
     work: u64,
     budget: u64,
+    /// Container items copied so far (see [`MAX_COPIED_ITEMS`]).
+    copied: u64,
 }
 
 impl<'a> Unpickler<'a> {
     fn new(bytes: &'a [u8], pos: usize) -> Self {
         let budget = WORK_FLOOR.saturating_add((bytes.len() as u64).saturating_mul(WORK_PER_BYTE));
-        Self { bytes, pos, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), work: 0, budget }
+        Self { bytes, pos, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), work: 0, budget, copied: 0 }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
@@ -248,6 +255,19 @@ impl<'a> Unpickler<'a> {
                 "the pickle asks for more work than its {} bytes can need (over {} steps): refused as crafted",
                 self.bytes.len(),
                 self.budget
+            )));
+        }
+        Ok(())
+    }
+
+    /// Charges the copy of a shared container of `items` items: work, and memory that the memo
+    /// may keep alive.
+    fn charge_copy(&mut self, items: u64) -> Result<(), PickleError> {
+        self.charge(items)?;
+        self.copied = self.copied.saturating_add(items);
+        if self.copied > MAX_COPIED_ITEMS {
+            return Err(pk(format!(
+                "the pickle copies more than {MAX_COPIED_ITEMS} container items (a list or dict changed after the memo took it, again and again): refused as crafted"
             )));
         }
         Ok(())
@@ -404,7 +424,7 @@ impl<'a> Unpickler<'a> {
                     Value::List(_) => 0,
                     _ => return Err(pk("APPEND to a non-list")),
                 };
-                self.charge(copy_cost)?;
+                self.charge_copy(copy_cost)?;
                 let Value::List(list) = self.top()? else { return Err(pk("APPEND to a non-list")) };
                 let list = Rc::make_mut(list);
                 // The depth grows with what is added only: no rescan of what is there.
@@ -434,7 +454,7 @@ impl<'a> Unpickler<'a> {
                     Value::Dict(dict) if Rc::strong_count(dict) > 1 => dict.pairs.len() as u64,
                     _ => 0,
                 };
-                self.charge(copy_cost)?;
+                self.charge_copy(copy_cost)?;
                 match self.top()? {
                     Value::Dict(dict) => set_items(Rc::make_mut(dict), items)?,
                     // A dict subclass rebuilt by an unknown callable: its items do not matter.

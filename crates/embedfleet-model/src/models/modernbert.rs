@@ -4,10 +4,10 @@
 //! rotary base. transformers' ModernBertModel (sdpa path, no unpadding) is the reference: padded
 //! keys are masked out of every layer, padded queries are computed and then ignored by pooling.
 
-use super::layers::{Rotary, RotaryAngles, activation, check_activation, check_heads, linear};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::layers::{Rotary, RotaryAngles, activation, check_activation, check_heads, linear};
 use crate::precision::{Precision, PrecisionKind};
 use crate::tokenize::TokenBatch;
 use serde::Deserialize;

@@ -5,10 +5,10 @@
 //! padding (the tokenizer pads on the left, so a padded row's first real token is not at 0), and
 //! the causal mask is combined with the padding mask only when some row is padded.
 
-use super::layers::{Rotary, RotaryAngles, check_heads, linear};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::layers::{Rotary, RotaryAngles, check_heads, linear};
 use crate::precision::{Precision, PrecisionKind};
 use crate::tokenize::TokenBatch;
 use serde::Deserialize;

@@ -2,11 +2,11 @@
 //! keys (`embeddings.word_embeddings.weight`, `encoder.layer.0.attention.self.query.weight`, …).
 //! XLM-RoBERTa reuses it with other position ids.
 
-use super::dropout::dropout;
-use super::layers::{AttentionMask, AttentionNames, LayerShape, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::layers::dropout::dropout;
+use crate::layers::{AttentionMask, AttentionNames, LayerShape, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask};
 use crate::precision::{Precision, PrecisionKind};
 use crate::tokenize::TokenBatch;
 use serde::{Deserialize, Serialize};

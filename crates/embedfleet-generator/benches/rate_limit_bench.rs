@@ -5,7 +5,7 @@
 //! the rate past it. Prints, per concurrency, the rate measured at the server and its ratio to
 //! the limit (utilization), and chunks per second.
 //!
-//! `cargo run -p embedfleet-generator --example rate_limit_bench [-- --chunks 200]`
+//! `cargo test -p embedfleet-generator --bench rate_limit_bench [-- --chunks 200]`
 
 use embedfleet_core::generate::generate_questions;
 use embedfleet_core::progress::NoProgress;

@@ -1,5 +1,5 @@
 //! Mining at scale on random embeddings: time and peak memory of the guard and the blocked top-k
-//! for a large corpus, without a model (`cargo run --release -p embedfleet-trainer --example
+//! for a large corpus, without a model (`cargo bench -p embedfleet-trainer --bench
 //! mining_scale -- [CHUNKS] [QUESTIONS]`, default 100000 and 20000, 384 dimensions). Prints the
 //! peak resident memory (VmHWM) before and after, so what mining adds to the embeddings shows.
 

@@ -4,9 +4,9 @@
 //! Its SentencePiece tokenizer comes from tokenizer.json like any other.
 
 use super::bert::{Bert, BertConfig};
-use super::layers::positions_after_padding;
 use super::{Encoder, Family};
 use crate::error::ModelError;
+use crate::layers::positions_after_padding;
 use crate::precision::Precision;
 use crate::tokenize::TokenBatch;
 use tch::Tensor;

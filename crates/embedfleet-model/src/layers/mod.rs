@@ -2,10 +2,12 @@
 //! XLM-RoBERTa (they differ only in its parameter names), mixed-precision linear layers, padding
 //! masks, RoBERTa-style position ids, and the rotary position embeddings of ModernBERT and Qwen3.
 
-use super::cpu_attention::{self, DistanceBias, Span};
-use super::dropout::dropout;
-use crate::onednn;
+use crate::kernels::cpu_attention::{self, DistanceBias, Span};
+pub mod dropout;
+
+use crate::kernels::onednn;
 use crate::precision::{Precision, PrecisionKind, cached};
+use dropout::dropout;
 use std::cell::OnceCell;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};

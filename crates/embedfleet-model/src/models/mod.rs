@@ -9,9 +9,6 @@
 //! and left padding fits without the pipeline knowing.
 
 mod bert;
-mod cpu_attention;
-mod dropout;
-mod layers;
 mod modernbert;
 mod mpnet;
 mod qwen3;

@@ -16,7 +16,8 @@ fn read_f32(path: &Path, dim: i64) -> Tensor {
 }
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: score_bench DIR");
+    // `cargo bench` adds `--bench`; the one other argument is the folder.
+    let dir = std::env::args().skip(1).find(|a| a != "--bench").expect("usage: score_bench DIR");
     let dir = Path::new(&dir);
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
     let dim = meta["dim"].as_i64().unwrap();

@@ -2,15 +2,15 @@
 //! bias, T5-style buckets of the signed distance between tokens, learned per head, computed once and
 //! added to every layer's attention scores. Positions are RoBERTa-style, past padding index 1.
 
-use super::cpu_attention::DistanceBias;
-use super::dropout::dropout;
-use super::layers::{
-    AttentionMask, AttentionNames, LayerShape, Lazy, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask,
-    positions_after_padding,
-};
 use super::{Encoder, Family};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::kernels::cpu_attention::DistanceBias;
+use crate::layers::dropout::dropout;
+use crate::layers::{
+    AttentionMask, AttentionNames, LayerShape, Lazy, PostNormLayer, TokenLayout, check_activation, check_heads, padding_mask,
+    positions_after_padding,
+};
 use crate::precision::{Precision, PrecisionKind};
 use crate::tokenize::TokenBatch;
 use serde::Deserialize;
