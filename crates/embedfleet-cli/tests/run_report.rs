@@ -105,6 +105,9 @@ fn run_writes_a_report_a_browser_opens_and_a_card_with_its_numbers() {
     assert!(listed.contains(&"cosine_ndcg@10"));
     assert!(card.contains("## Usage") && card.contains("SentenceTransformerEmbeddingFunction") && card.contains("Training time"));
     assert!(!card.contains("https://github.com/)"), "no placeholder links");
+    // The run left --precision at auto: the card says what was chosen, and why.
+    let chosen = if embedfleet_model::bf16_support(embedfleet_model::Device::Cpu).native { "bf16 (" } else { "fp32 (" };
+    assert!(card.contains(&format!(", precision {chosen}")), "the precision auto chose, with its reason:\n{card}");
 
     // The page in a real browser holds the same numbers.
     let mut browser = chrome::Chrome::start();

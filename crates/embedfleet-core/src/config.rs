@@ -425,6 +425,59 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// The precision a user asks for: one of the two, or `auto`, which the model crate resolves for the
+/// hardware (bf16 where the CPU has AVX-512 BF16 or AMX, or the GPU is Ampere or later; fp32
+/// elsewhere, where bf16 is emulated and several times slower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionSetting {
+    #[default]
+    Auto,
+    Fp32,
+    Bf16,
+}
+
+impl PrecisionSetting {
+    /// The precision asked for, or `None` for `auto`.
+    pub fn fixed(self) -> Option<Precision> {
+        match self {
+            PrecisionSetting::Auto => None,
+            PrecisionSetting::Fp32 => Some(Precision::Fp32),
+            PrecisionSetting::Bf16 => Some(Precision::Bf16),
+        }
+    }
+}
+
+impl From<Precision> for PrecisionSetting {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::Fp32 => PrecisionSetting::Fp32,
+            Precision::Bf16 => PrecisionSetting::Bf16,
+        }
+    }
+}
+
+impl std::str::FromStr for PrecisionSetting {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(PrecisionSetting::Auto);
+        }
+        s.parse::<Precision>()
+            .map(PrecisionSetting::from)
+            .map_err(|_| refuse("--precision", s, "unknown precision; use auto, fp32 or bf16"))
+    }
+}
+
+impl std::fmt::Display for PrecisionSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.fixed() {
+            Some(p) => p.fmt(f),
+            None => f.write_str("auto"),
+        }
+    }
+}
+
 /// Cut-offs the evaluator computes by default, per metric (sentence-transformers'
 /// `InformationRetrievalEvaluator` defaults); the evaluator's own defaults are checked against
 /// these by a test there.
@@ -557,6 +610,17 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precision_settings_parse_auto_and_both_formats() {
+        assert_eq!("auto".parse::<PrecisionSetting>().unwrap(), PrecisionSetting::Auto);
+        assert_eq!("BF16".parse::<PrecisionSetting>().unwrap().fixed(), Some(Precision::Bf16));
+        assert_eq!("float32".parse::<PrecisionSetting>().unwrap().fixed(), Some(Precision::Fp32));
+        assert_eq!(PrecisionSetting::default().fixed(), None);
+        let err = "fp16".parse::<PrecisionSetting>().unwrap_err().to_string();
+        assert!(err.contains("--precision") && err.contains("auto, fp32 or bf16"), "{err}");
+        assert_eq!(PrecisionSetting::Auto.to_string(), "auto");
+    }
     use clap::Parser;
 
     #[derive(Parser)]

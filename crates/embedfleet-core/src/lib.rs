@@ -27,7 +27,9 @@ pub mod testing;
 pub mod transient;
 
 pub use chunk::{Chunk, ChunkConfig};
-pub use config::{ConfigError, DatasetConfig, GeneratorKind, InverseCloze, MiningConfig, Precision, QueryPrompt, Sampling, TrainConfig};
+pub use config::{
+    ConfigError, DatasetConfig, GeneratorKind, InverseCloze, MiningConfig, Precision, PrecisionSetting, QueryPrompt, Sampling, TrainConfig,
+};
 pub use dataset::{DatasetError, DatasetSplit, QaDataset};
 pub use generate::{GenerateError, GenerationOutcome, QuestionGenerator};
 pub use ids::{ChunkId, DocId, QueryId};

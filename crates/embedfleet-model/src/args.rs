@@ -1,6 +1,6 @@
 //! How a model runs: the flags every command and worker that encodes or trains shares.
 
-use crate::{Device, LoadOptions, ModelError, Precision, SentenceEncoder, parse_device, resolve_model};
+use crate::{Device, LoadOptions, ModelError, PrecisionSetting, SentenceEncoder, parse_device, resolve_model, resolve_precision};
 use clap::Args;
 use embedfleet_core::StoreOptions;
 
@@ -10,9 +10,10 @@ pub struct RuntimeArgs {
     /// auto (CUDA when present), cpu, cuda or cuda:N.
     #[arg(long, env = "EMBEDFLEET_DEVICE", default_value = "auto")]
     pub device: String,
-    /// Number format of the matrix products: fp32, or bf16 (CPUs with avx512_bf16/AMX, CUDA).
-    #[arg(long, env = "EMBEDFLEET_PRECISION", default_value = "fp32")]
-    pub precision: Precision,
+    /// Number format of the matrix products: auto (bf16 where the CPU has AVX-512 BF16 or AMX, or
+    /// the GPU is Ampere or later; fp32 elsewhere), fp32, or bf16.
+    #[arg(long, env = "EMBEDFLEET_PRECISION", default_value = "auto")]
+    pub precision: PrecisionSetting,
     /// CPU threads for libtorch (default: all cores).
     #[arg(long, env = "EMBEDFLEET_THREADS")]
     pub threads: Option<usize>,
@@ -25,7 +26,8 @@ impl RuntimeArgs {
 
     pub fn load_options(&self) -> Result<LoadOptions, ModelError> {
         crate::set_threads(self.threads);
-        Ok(LoadOptions { device: self.device()?, precision: self.precision })
+        let device = self.device()?;
+        Ok(LoadOptions { device, precision: resolve_precision(self.precision, device) })
     }
 
     /// Resolves a folder, s3:// prefix or hub id and loads it.

@@ -70,6 +70,7 @@ impl SentenceEncoder {
     /// Loads a sentence-transformers folder of either layout (2.x–3.x or 5.x–6.x), or a bare
     /// transformers folder (mean pooling, as sentence-transformers gives it).
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self, ModelError> {
+        crate::precision::warn_if_emulated(options.precision, options.device);
         let layout = Layout::read(dir)?;
         let model_dir = layout.transformer_dir.clone();
         let config = ModelConfig::load(&model_dir)?;

@@ -25,7 +25,9 @@ pub use embedfleet_report::ModelCard;
 pub use encoder::{LoadOptions, QUERY_PROMPT_NAME, SentenceEncoder};
 pub use error::ModelError;
 pub use models::BertConfig;
-pub use precision::{Precision, PrecisionKind, parse_device};
+pub use precision::{
+    Bf16Support, Precision, PrecisionKind, PrecisionSetting, bf16_support, describe_precision, parse_device, resolve_precision,
+};
 pub use resolve::{resolve_fleet_model, resolve_model};
 pub use tch::{Device, Kind, Tensor};
 

@@ -479,7 +479,7 @@ fn training_facts(
         evaluation_steps: config.evaluation_steps,
         metric: config.metric.clone(),
         seed: config.train_seed,
-        precision: format!("{:?}", model.precision()).to_lowercase(),
+        precision: embedfleet_model::describe_precision(model.precision(), model.device()),
         device: device_name(model.device()),
         pairs_per_epoch: pairs,
         seconds,

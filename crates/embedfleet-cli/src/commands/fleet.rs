@@ -10,7 +10,7 @@ use embedfleet_bus::{Bus, BusOptions, NatsArgs, Stage};
 use embedfleet_coordinator::worker::load_record;
 use embedfleet_coordinator::{RunRecord, RunState};
 use embedfleet_core::config::defaults;
-use embedfleet_core::{DatasetConfig, Precision, RunId, TrainConfig};
+use embedfleet_core::{DatasetConfig, PrecisionSetting, RunId, TrainConfig};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -49,9 +49,10 @@ pub struct SubmitArgs {
     pub dataset: DatasetConfig,
     #[command(flatten)]
     pub training: TrainConfig,
-    /// Precision of training and evaluation (default: each worker's own --precision).
-    #[arg(long, env = "EMBEDFLEET_PRECISION")]
-    pub precision: Option<Precision>,
+    /// Precision of training and evaluation: auto (each worker's own --precision, which defaults
+    /// to auto: bf16 where its hardware runs it natively, fp32 elsewhere), fp32 or bf16.
+    #[arg(long, env = "EMBEDFLEET_PRECISION", default_value = "auto")]
+    pub precision: PrecisionSetting,
     /// Chunks per generate task (1 to 10,000). Left out, the coordinator chooses from the
     /// corpus's size: small tasks for an LLM, large ones for the offline generator.
     #[arg(long, env = "EMBEDFLEET_CHUNKS_PER_TASK")]
@@ -92,7 +93,7 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         model_id: args.model_id.clone(),
         dataset: args.dataset.clone(),
         train: args.training.clone(),
-        precision: args.precision,
+        precision: args.precision.fixed(),
         chunks_per_task: args.chunks_per_task,
         max_cost_usd: args.max_cost_usd,
     };

@@ -119,6 +119,9 @@ impl Fleet {
             .env("AWS_REGION", "us-east-1")
             .env("EMBEDFLEET_LOG", "warn,embedfleet_trainer=info")
             .env("EMBEDFLEET_DEVICE", "cpu")
+            // The fleet tests compare models with local runs and fixtures made in fp32; `auto` would
+            // take bf16 on CPUs that have it (run_report.rs covers the default).
+            .env("EMBEDFLEET_PRECISION", "fp32")
             .env("EMBEDFLEET_THREADS", "1")
             .env_remove("OPENAI_API_KEY");
         for (k, v) in &self.extra_env {

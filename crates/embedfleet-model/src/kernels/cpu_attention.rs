@@ -86,7 +86,7 @@ pub fn enabled() -> bool {
 }
 
 /// Whether the CPU has AMX tiles for bf16 (Linux's /proc/cpuinfo flag; elsewhere assumed not).
-fn cpu_has_amx() -> bool {
+pub(crate) fn cpu_has_amx() -> bool {
     std::fs::read_to_string("/proc/cpuinfo")
         .is_ok_and(|info| info.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_bf16")))
 }
