@@ -2,7 +2,7 @@
 //! so N replicas together stay within one provider limit.
 
 use crate::LlmConfig;
-use crate::limiter::RateLimiter;
+use crate::limiter::{InvalidRateLimit, RateLimiter};
 use embedfleet_bus::Bus;
 use embedfleet_bus::ratelimit::FleetRateLimit;
 use prometheus::{Histogram, register_histogram};
@@ -18,53 +18,42 @@ pub(crate) static RATE_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("registers once")
 });
 
-/// The fleet's limits: requests and tokens per minute, each one GCRA key in KV.
+/// The fleet's limits: requests and tokens per minute, granted together from one KV key.
 pub struct FleetLimiter {
-    requests: FleetRateLimit,
-    tokens: Option<FleetRateLimit>,
+    limit: FleetRateLimit,
 }
 
 impl FleetLimiter {
     /// Keys are per endpoint and model: replicas that call the same server under the same name
-    /// share its limits, whatever runs they serve.
-    pub fn new(bus: &Bus, config: &LlmConfig) -> Self {
-        let key = format!("{}-{}", config.base_url, config.model);
-        let requests = FleetRateLimit::new(
-            bus.rate.clone(),
-            &format!("rpm-{key}"),
-            config.limits.requests_per_minute.unwrap_or(u32::MAX / 2),
-            config.limits.request_burst,
-        );
-        let tokens = config.limits.tokens_per_minute.map(|tpm| {
-            // The local limiter's default burst (a tenth of a minute), so both pace alike.
-            let burst = config.limits.token_burst.unwrap_or(tpm / 10).max(1);
-            FleetRateLimit::new(bus.rate.clone(), &format!("tpm-{key}"), tpm, burst)
-        });
-        Self { requests, tokens }
+    /// share its limits, whatever runs they serve. `config.limits` must be valid
+    /// ([`crate::RateLimits::pacing`]); every binary checks it before it connects.
+    pub fn new(bus: &Bus, config: &LlmConfig) -> Result<Self, InvalidRateLimit> {
+        let key = format!("limit-{}-{}", config.base_url, config.model);
+        Ok(Self { limit: FleetRateLimit::new(bus.rate.clone(), &key, config.limits.pacing()?) })
     }
 }
 
 impl RateLimiter for FleetLimiter {
-    /// Tokens first and the request slot last, as the local limiter does: the moment a request
-    /// is let through is the moment it is sent, so a hold-off written meanwhile still applies.
     async fn acquire(&self, tokens: u32) {
-        let mut waited = Duration::ZERO;
-        if let Some(t) = &self.tokens {
-            if tokens > t.burst() {
-                tracing::debug!(tokens, burst = t.burst(), "request heavier than the token burst; it takes the whole bucket");
-            }
-            waited += t.acquire(tokens).await;
+        if let Some(t) = &self.limit.limits().tokens
+            && tokens > t.burst()
+        {
+            tracing::debug!(tokens, burst = t.burst(), "request heavier than the token burst; it waits for a full bucket");
         }
-        waited += self.requests.acquire(1).await;
-        RATE_WAIT.observe(waited.as_secs_f64());
+        RATE_WAIT.observe(self.limit.acquire(tokens).await.as_secs_f64());
     }
 
     /// Written to KV before it returns, so the retry that follows waits with everyone else.
     /// When NATS cannot take it, this replica at least waits the pause out itself.
     async fn hold_off(&self, wait: Duration) {
-        if !self.requests.hold_off(wait).await {
-            tracing::warn!(key = %self.requests.key(), "cannot store the 429 pause in NATS; pausing this replica only");
+        if !self.limit.hold_off(wait).await {
+            tracing::warn!(key = %self.limit.key(), "cannot store the 429 pause in NATS; pausing this replica only");
             tokio::time::sleep(wait.min(embedfleet_bus::ratelimit::MAX_HOLD_OFF)).await;
         }
+    }
+
+    /// Tokens used beyond the grant are charged to the fleet's key, so every replica waits for them.
+    async fn record_usage(&self, estimated: u32, actual: u32) {
+        self.limit.charge_tokens(actual.saturating_sub(estimated)).await;
     }
 }

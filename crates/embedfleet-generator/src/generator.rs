@@ -228,7 +228,7 @@ impl<L: RateLimiter> LlmGenerator<L> {
                     let spent = self.cost.record(usage.prompt_tokens, usage.completion_tokens);
                     budget.settle(worst, spent).await;
                     let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
-                    self.limiter.record_usage(planned, u32::try_from(used).unwrap_or(u32::MAX));
+                    self.limiter.record_usage(planned, u32::try_from(used).unwrap_or(u32::MAX)).await;
                     return Ok(completion);
                 }
                 Err(error) => error,

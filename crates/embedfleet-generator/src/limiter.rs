@@ -1,23 +1,24 @@
-//! Pacing requests under the provider's limits. The trait is the seam for a fleet-wide limiter
-//! (NATS KV) later; [`LocalRateLimiter`] paces one process with `governor`.
+//! Pacing requests under the provider's limits. [`RateLimiter`] is the seam; [`LocalRateLimiter`]
+//! paces one process and [`crate::fleet_limiter::FleetLimiter`] the whole fleet, both with the
+//! arithmetic of `embedfleet_bus::ratelimit`.
 //!
 //! # Quota semantics
 //!
-//! `governor` implements GCRA: a limit of `r` per minute with burst `b` releases one cell every
-//! `60 s / r` and lets up to `b` cells through at once after an idle spell. In any window of
-//! length `w` at most `b + w·r/60` requests start. The request burst defaults to 1, so requests
-//! are evenly spaced: providers enforce per-minute limits over shorter windows too
-//! (OpenAI documents 60 RPM being enforced as 1 per second), and a full minute's burst up front
-//! would be answered with 429s.
+//! A limit of `r` a minute with burst `b` lets `b` requests go at once after an idle spell, and
+//! spaces the rest evenly, a little over `60 s / r` apart. In any sliding window of 60 s (of 61 s,
+//! in fact, to leave a second for a request to reach the provider) at most `r` requests start,
+//! retries included, and at most `tpm` tokens are asked for. That is exact, not just on average
+//! (see the bus module for the proof). The request burst defaults to 1, so requests are evenly
+//! spaced. Providers enforce per-minute limits over shorter windows too (OpenAI documents 60 RPM
+//! being enforced as 1 per second), and a full minute's burst up front would be answered with 429s.
 
+use embedfleet_bus::ratelimit::{LimitState, Limits, Pacing};
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use governor::{DefaultDirectRateLimiter, Quota};
+pub use embedfleet_bus::ratelimit::InvalidRateLimit;
 
 pub trait RateLimiter: Send + Sync {
     /// Waits until a request expected to use `tokens` tokens (prompt estimate plus `max_tokens`)
@@ -31,7 +32,9 @@ pub trait RateLimiter: Send + Sync {
     }
 
     /// A finished request used `actual` tokens where `estimated` were acquired.
-    fn record_usage(&self, _estimated: u32, _actual: u32) {}
+    fn record_usage(&self, _estimated: u32, _actual: u32) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Limits for [`LocalRateLimiter`]; `None` is unlimited.
@@ -52,98 +55,77 @@ impl Default for RateLimits {
     }
 }
 
-#[derive(Debug)]
-pub struct LocalRateLimiter {
-    requests: Option<DefaultDirectRateLimiter>,
-    tokens: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
-    /// Tokens used beyond their estimate, charged to the next acquisition.
-    debt: AtomicU32,
-    /// Set by a 429: every request waits for it, so the whole process backs off, not just the
-    /// task that was refused.
-    not_before: Mutex<Option<Instant>>,
+impl RateLimits {
+    /// The spacing of both limits, checked: a zero limit or a burst above its minute is refused.
+    pub fn pacing(&self) -> Result<Limits, InvalidRateLimit> {
+        let requests = match self.requests_per_minute {
+            Some(rpm) => Pacing::per_minute(rpm, self.request_burst, "requests")?,
+            None if self.request_burst == 0 => return Err(InvalidRateLimit("the requests burst must be at least 1".into())),
+            None => Pacing::unlimited(),
+        };
+        let tokens =
+            self.tokens_per_minute.map(|tpm| Pacing::per_minute(tpm, self.token_burst.unwrap_or(tpm / 10).max(1), "tokens")).transpose()?;
+        Ok(Limits { requests, tokens })
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid rate limit: {0}")]
-pub struct InvalidRateLimit(String);
+const IDLE_BEFORE_START: Duration = Duration::from_secs(600);
+
+/// One process's limits, on tokio's clock (so tests can run it in paused time).
+#[derive(Debug)]
+pub struct LocalRateLimiter {
+    limits: Limits,
+    state: Mutex<LimitState>,
+    /// Time zero of the state's nanoseconds.
+    origin: Instant,
+}
 
 impl LocalRateLimiter {
     pub fn new(limits: &RateLimits) -> Result<Self, InvalidRateLimit> {
-        let quota = |per_minute: u32, burst: u32, what: &str| -> Result<Quota, InvalidRateLimit> {
-            if per_minute == 0 {
-                return Err(InvalidRateLimit(format!("{what} per minute must be at least 1 (leave it unset for no limit)")));
-            }
-            let period = Duration::from_secs(60) / per_minute;
-            let burst = NonZeroU32::new(burst).ok_or_else(|| InvalidRateLimit(format!("the {what} burst must be at least 1")))?;
-            Quota::with_period(period)
-                .map(|q| q.allow_burst(burst))
-                .ok_or_else(|| InvalidRateLimit(format!("{per_minute} {what} per minute is too many to pace")))
-        };
-        let requests = limits
-            .requests_per_minute
-            .map(|rpm| quota(rpm, limits.request_burst, "requests").map(governor::RateLimiter::direct))
-            .transpose()?;
-        let tokens = limits
-            .tokens_per_minute
-            .map(|tpm| {
-                let burst = limits.token_burst.unwrap_or(tpm / 10).max(1);
-                let q = quota(tpm, burst, "tokens")?;
-                Ok((governor::RateLimiter::direct(q), NonZeroU32::new(burst).expect("burst is at least 1")))
-            })
-            .transpose()?;
-        Ok(Self { requests, tokens, debt: AtomicU32::new(0), not_before: Mutex::new(None) })
+        Ok(Self { limits: limits.pacing()?, state: Mutex::new(LimitState::default()), origin: Instant::now() })
     }
 
     pub fn unlimited() -> Self {
         Self::new(&RateLimits::default()).expect("no limits are valid")
     }
 
-    async fn wait_for_hold_off(&self) {
-        loop {
-            let until = *self.not_before.lock().expect("not poisoned");
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
-                _ => return,
-            }
-        }
+    /// Nanoseconds since `origin`, plus ten minutes: a fresh limiter's TATs (zero) then lie a whole
+    /// window in the past, as an idle limiter's do, and its first heavy request goes at once.
+    fn now(&self) -> u64 {
+        u64::try_from((self.origin.elapsed() + IDLE_BEFORE_START).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Applies `change` to the state under the lock; never held across an await.
+    fn update<T>(&self, change: impl FnOnce(&Limits, &mut LimitState, u64) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&self.limits, &mut state, self.now())
     }
 }
 
 impl RateLimiter for LocalRateLimiter {
     async fn acquire(&self, tokens: u32) {
-        self.wait_for_hold_off().await;
-        if let Some((limiter, burst)) = &self.tokens {
-            let owed = self.debt.swap(0, Ordering::SeqCst);
-            // More than the bucket holds can never conform; take the whole bucket instead.
-            let n = tokens.saturating_add(owed).clamp(1, burst.get());
-            limiter.until_n_ready(NonZeroU32::new(n).expect("n ≥ 1")).await.expect("n is within the burst");
+        loop {
+            let granted = self.update(|limits, state, now| limits.grant(*state, now, tokens).map(|next| *state = next));
+            match granted {
+                Ok(()) => return,
+                Err(at) => {
+                    let at = Duration::from_nanos(at).saturating_sub(IDLE_BEFORE_START);
+                    tokio::time::sleep_until(self.origin + at).await
+                }
+            }
         }
-        // Requests last, so the moment a request is let through is the moment it is sent.
-        if let Some(limiter) = &self.requests {
-            limiter.until_ready().await;
-        }
-        // A 429 may have arrived while this request queued.
-        self.wait_for_hold_off().await;
     }
 
     async fn hold_off(&self, wait: Duration) {
-        // Instant + Duration panics past the clock's range; no pause needs to be longer than a day.
-        let now = Instant::now();
-        let until = now.checked_add(wait).unwrap_or(now + Duration::from_secs(86_400));
-        let mut not_before = self.not_before.lock().expect("not poisoned");
-        if not_before.is_none_or(|t| t < until) {
-            *not_before = Some(until);
-        }
+        self.update(|limits, state, now| *state = limits.hold_off(*state, now, wait));
     }
 
-    /// Charges tokens used beyond the estimate to the next request. Unused tokens are not
-    /// refunded: OpenAI counts `max_tokens` against the limit when a request arrives, whatever
-    /// the answer's length, so a refund would run ahead of the provider's own count.
-    fn record_usage(&self, estimated: u32, actual: u32) {
-        if actual > estimated && self.tokens.is_some() {
-            // Saturating: a wrapped debt would let the next request through as if nothing was owed.
-            let extra = actual - estimated;
-            let _ = self.debt.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| Some(d.saturating_add(extra)));
+    /// Charges tokens used beyond the estimate at once, so the requests after wait for them.
+    /// Unused tokens are not refunded: OpenAI counts `max_tokens` against the limit when a request
+    /// arrives, whatever the answer's length, so a refund would run ahead of the provider's count.
+    async fn record_usage(&self, estimated: u32, actual: u32) {
+        if actual > estimated {
+            self.update(|limits, state, now| *state = limits.charge_tokens(*state, now, actual - estimated));
         }
     }
 }
@@ -161,53 +143,53 @@ pub fn backoff_delay(attempt: u32, base: Duration, max: Duration) -> Duration {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn requests_are_spaced_after_the_burst() {
         let limiter =
             LocalRateLimiter::new(&RateLimits { requests_per_minute: Some(600), request_burst: 2, ..Default::default() }).unwrap();
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         for _ in 0..5 {
             limiter.acquire(1).await;
         }
-        // Two free, then three at 100 ms each.
+        // Two free, then three a little over 100 ms apart (61 s / 599).
         let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(280), "{elapsed:?}");
-        assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+        assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(310), "{elapsed:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn oversized_requests_wait_for_the_whole_bucket_instead_of_failing() {
         let limiter =
             LocalRateLimiter::new(&RateLimits { tokens_per_minute: Some(60_000), token_burst: Some(100), ..Default::default() }).unwrap();
         limiter.acquire(10_000).await;
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         limiter.acquire(50).await;
-        // 1000 tokens per second refill: 50 tokens take ~50 ms.
-        assert!(start.elapsed() >= Duration::from_millis(40), "{:?}", start.elapsed());
+        // The heavy request was charged in full: about 10 s of tokens, less the 100 of the burst.
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(9_900) && waited < Duration::from_millis(10_300), "{waited:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn hold_off_delays_every_acquisition() {
         let limiter = LocalRateLimiter::unlimited();
         limiter.hold_off(Duration::from_millis(150)).await;
         limiter.hold_off(Duration::from_millis(10)).await; // a shorter pause never shortens a longer one
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         limiter.acquire(1).await;
-        assert!(start.elapsed() >= Duration::from_millis(140));
+        assert!(start.elapsed() >= Duration::from_millis(150));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn absurd_pauses_and_usage_do_not_panic() {
         let limiter =
             LocalRateLimiter::new(&RateLimits { tokens_per_minute: Some(60_000), token_burst: Some(100), ..Default::default() }).unwrap();
-        // Instant + Duration::MAX overflows; the pause is capped instead.
+        // A pause of "forever" is capped at the longest pause.
         limiter.hold_off(Duration::MAX).await;
-        let until = limiter.not_before.lock().unwrap().unwrap();
-        assert!(until > Instant::now() + Duration::from_secs(3600));
-        // A server claiming u32::MAX tokens twice leaves the debt full, not wrapped to a small number.
-        limiter.record_usage(0, u32::MAX);
-        limiter.record_usage(0, u32::MAX);
-        assert_eq!(limiter.debt.load(Ordering::SeqCst), u32::MAX);
+        let held = limiter.state.lock().unwrap().requests;
+        assert_eq!(held, (IDLE_BEFORE_START + embedfleet_bus::ratelimit::MAX_HOLD_OFF).as_nanos() as u64);
+        // A server claiming u32::MAX tokens twice saturates the charge, it does not wrap.
+        limiter.record_usage(0, u32::MAX).await;
+        limiter.record_usage(0, u32::MAX).await;
+        assert!(limiter.state.lock().unwrap().tokens > 1_000_000 * 1_000_000_000);
     }
 
     #[test]
@@ -222,5 +204,8 @@ mod tests {
             assert!(backoff_delay(30, base, max) <= max);
         }
         assert!(LocalRateLimiter::new(&RateLimits { requests_per_minute: Some(0), ..Default::default() }).is_err());
+        let err =
+            LocalRateLimiter::new(&RateLimits { requests_per_minute: Some(10), request_burst: 20, ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("at most 10"), "{err}");
     }
 }

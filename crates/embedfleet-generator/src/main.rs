@@ -27,12 +27,14 @@ async fn main() -> anyhow::Result<()> {
         // The fleet keeps every task's questions in the store; a local answer cache is opt-in, so a
         // pod with a read-only root and no writable $HOME starts.
         c.cache_dir = args.llm.llm_cache_dir.clone();
+        // A limit that cannot be kept is refused before anything connects.
+        c.limits.pacing()?;
     }
     let started = start(&args.worker, "embedfleet-generator").await?;
     let (llm, no_llm) = match config {
         None => (None, "the generator worker has no LLM configured (--llm-base-url or OPENAI_API_KEY)".to_owned()),
         Some(config) => {
-            let limiter = FleetLimiter::new(&started.bus, &config);
+            let limiter = FleetLimiter::new(&started.bus, &config)?;
             match LlmGenerator::with_limiter(config, limiter) {
                 Ok(llm) => (Some(llm), String::new()),
                 // The deploy files name the OpenAI endpoint by default; without a key this replica

@@ -27,7 +27,7 @@ async fn a_long_prompt_under_a_small_token_limit_is_sent() {
         limits: RateLimits { requests_per_minute: Some(500), tokens_per_minute: Some(5_000), ..Default::default() },
         ..config(&server)
     };
-    let limiter = FleetLimiter::new(&bus(&nats).await, &config);
+    let limiter = FleetLimiter::new(&bus(&nats).await, &config).unwrap();
     let generator = LlmGenerator::with_limiter(config, limiter).unwrap();
     let long = chunk_with(0, &" and a long tail of words".repeat(320));
     assert!(long.text.chars().count() / 4 > 500 * 3, "the prompt is heavier than the burst");
@@ -45,7 +45,7 @@ async fn the_retry_after_a_429_waits_for_the_pause() {
     server.script([Fault::RateLimited]);
     let config =
         LlmConfig { limits: RateLimits { requests_per_minute: Some(6_000), request_burst: 4, ..Default::default() }, ..config(&server) };
-    let limiter = FleetLimiter::new(&bus(&nats).await, &config);
+    let limiter = FleetLimiter::new(&bus(&nats).await, &config).unwrap();
     let generator = LlmGenerator::with_limiter(config, limiter).unwrap();
     let out = generate_questions(&generator, &[chunk_with(1, "")], 2, &NoProgress).await;
     assert_eq!(out.questions.len(), 1, "{out:?}");

@@ -1,8 +1,9 @@
 //! The pace measured where the provider measures it: request arrival times at the server.
 //!
-//! governor's GCRA with `r` per minute and burst `b` lets at most `b + w·r/60` requests start in
-//! any window of length `w` (see `limiter.rs`). Arrivals can only be later than starts, never
-//! earlier by more than scheduling noise, so the same bound holds at the server.
+//! The limiter's GCRA with `r` per minute and burst `b` lets at most `b + w·r/60` requests start in
+//! any window of length `w` (see `embedfleet_bus::ratelimit`). Arrivals can only be later than
+//! starts, never earlier by more than scheduling noise, so the same bound holds at the server. The
+//! exact per-minute bound, over random faults, is `rate_limit_exact.rs`.
 
 mod common;
 
