@@ -126,6 +126,24 @@ def reference_child(args):
 # --------------------------------------------------------------------------------------------
 
 
+def cpu_description():
+    """The CPU's model and the flags that decide the fast paths, and any cap on them."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16"]
+    have = [f for f in wanted if f in flags]
+    caps = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "EMBEDFLEET_CPU_ATTENTION") if k in os.environ]
+    return f"{model}, {os.cpu_count()} cores; flags: {' '.join(have) or 'none of ' + ' '.join(wanted)}" + (
+        f"; capped with {' '.join(caps)}" if caps else "")
+
+
 def run_measured(cmd, stdout_path, stderr_path, env=None):
     """Runs cmd; returns (returncode, wall seconds, rusage of that child alone)."""
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
@@ -362,6 +380,7 @@ def main():
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="encode_bench."))
     print(f"command: {' '.join([sys.executable] + sys.argv)}")
     print(f"embedfleet binary: {binp}; model: {args.model}; work dir: {work}")
+    print(f"machine: {cpu_description()}")
     results = []
     for i, name in enumerate(c for c in args.corpora.split(",") if c):
         r = bench_corpus(args, binp, name, n, work / f"corpus-{i}")

@@ -9,6 +9,7 @@
 use crate::chunk::ChunkConfig;
 use crate::dataset::QaDataset;
 use crate::inverse_cloze::{ClozeCuts, cut_questions_from_positives};
+use crate::metric::Metric;
 use crate::split::{SplitBy, SplitConfig};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -349,7 +350,7 @@ pub struct TrainConfig {
     /// The metric that picks the best checkpoint: cosine- or dot- followed by Accuracy@k,
     /// Precision@k, Recall@k (k = 1, 3, 5, 10), MRR@10, NDCG@10 or MAP@100.
     #[arg(long, env = "EMBEDFLEET_METRIC", default_value = defaults::METRIC)]
-    pub metric: String,
+    pub metric: Metric,
     /// Also score passages against questions.
     #[arg(long, env = "EMBEDFLEET_SYMMETRIC_LOSS")]
     pub symmetric_loss: bool,
@@ -385,7 +386,7 @@ impl Default for TrainConfig {
             max_grad_norm: defaults::MAX_GRAD_NORM,
             evaluation_steps: defaults::EVALUATION_STEPS,
             checkpoint_every: 0,
-            metric: defaults::METRIC.to_owned(),
+            metric: Metric::default(),
             symmetric_loss: false,
             train_seed: defaults::SEED,
             matryoshka_dims: Vec::new(),
@@ -478,31 +479,6 @@ impl std::fmt::Display for PrecisionSetting {
     }
 }
 
-/// Cut-offs the evaluator computes by default, per metric (sentence-transformers'
-/// `InformationRetrievalEvaluator` defaults); the evaluator's own defaults are checked against
-/// these by a test there.
-pub const METRIC_CUTOFFS: [(&str, &[usize]); 6] = [
-    ("Accuracy", &[1, 3, 5, 10]),
-    ("Precision", &[1, 3, 5, 10]),
-    ("Recall", &[1, 3, 5, 10]),
-    ("MRR", &[10]),
-    ("NDCG", &[10]),
-    ("MAP", &[100]),
-];
-pub const SCORE_FUNCTIONS: [&str; 2] = ["cosine", "dot"];
-
-/// Whether `name` (`cosine-NDCG@10`) is a metric the evaluator computes; the error lists them.
-pub fn check_metric(name: &str) -> Result<(), ConfigError> {
-    let known = || METRIC_CUTOFFS.iter().flat_map(|(m, ks)| ks.iter().map(move |k| format!("{m}@{k}"))).collect::<Vec<_>>().join(", ");
-    let parsed = name.split_once('-').and_then(|(f, m)| {
-        let (metric, k) = m.split_once('@')?;
-        let k: usize = k.parse().ok()?;
-        let cutoffs = METRIC_CUTOFFS.iter().find(|(n, _)| *n == metric)?.1;
-        (SCORE_FUNCTIONS.contains(&f) && cutoffs.contains(&k)).then_some(())
-    });
-    parsed.ok_or_else(|| refuse("--metric", name, format!("unknown metric; use cosine- or dot- followed by one of {}", known())))
-}
-
 impl TrainConfig {
     /// The dataset as training and validation see it: with `--inverse-cloze`, each question cut
     /// out of its passages (see [`crate::inverse_cloze`]); otherwise the dataset itself.
@@ -558,8 +534,7 @@ impl TrainConfig {
             return Err(refuse("--max-grad-norm", self.max_grad_norm, "must be a positive number"));
         }
         self.check_matryoshka_dims()?;
-        self.mining.validate()?;
-        check_metric(&self.metric)
+        self.mining.validate()
     }
 
     /// The dimensions alone; [`TrainConfig::check_model_dim`] checks them against the model.
@@ -650,7 +625,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_naming_the_flag() {
-        let cases: [(&[&str], &str); 22] = [
+        let cases: [(&[&str], &str); 20] = [
             (&["--matryoshka-dims", "384,0"], "--matryoshka-dims"),
             (&["--matryoshka-dims", "64,64"], "--matryoshka-dims"),
             (&["--matryoshka-dims", "64", "--matryoshka-dims", "64"], "--matryoshka-dims"),
@@ -664,8 +639,6 @@ mod tests {
             (&["--batch-size", "0"], "--batch-size"),
             (&["--batch-size", "1"], "--batch-size"),
             (&["--epochs", "0"], "--epochs"),
-            (&["--metric", "cosine-NDCG@7"], "--metric"),
-            (&["--metric", "ndcg"], "--metric"),
             (&["--train-ratio", "1"], "--train-ratio"),
             (&["--train-ratio", "0"], "--train-ratio"),
             (&["--train-ratio", "NaN"], "--train-ratio"),
@@ -679,10 +652,15 @@ mod tests {
             let err = f.dataset.validate().and_then(|_| f.train.validate()).unwrap_err();
             assert_eq!(err.flag, flag, "{args:?}: {err}");
         }
-        let err = check_metric("cosine-ndcg@10").unwrap_err().to_string();
+        // A metric is typed: an unknown one is refused when the flag is read.
+        for bad in ["cosine-NDCG@7", "ndcg"] {
+            let err = Flags::try_parse_from(["x", "--metric", bad]).err().expect("refused").to_string();
+            assert!(err.contains("unknown metric") && err.contains("MAP@100"), "{bad}: {err}");
+        }
+        let err = "cosine-ndcg@10".parse::<Metric>().unwrap_err().to_string();
         assert!(err.contains("NDCG@10") && err.contains("MAP@100"), "the error lists the metrics: {err}");
         for ok in ["cosine-NDCG@10", "dot-MRR@10", "cosine-Accuracy@1", "cosine-Recall@5", "dot-MAP@100"] {
-            assert!(check_metric(ok).is_ok(), "{ok}");
+            assert!(ok.parse::<Metric>().is_ok(), "{ok}");
         }
     }
 

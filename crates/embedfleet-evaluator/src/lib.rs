@@ -77,9 +77,9 @@ impl Default for EvalOptions {
 
 impl EvalOptions {
     /// The defaults, plus the score function `metric` (`dot-NDCG@10`) needs.
-    pub fn for_metric(metric: &str) -> Self {
+    pub fn for_metric(metric: &embedfleet_core::Metric) -> Self {
         let mut options = Self::default();
-        if let Some(f) = metric.split_once('-').and_then(|(f, _)| f.parse::<ScoreFunction>().ok())
+        if let Ok(f) = metric.score.name().parse::<ScoreFunction>()
             && !options.functions.contains(&f)
         {
             options.functions.push(f);

@@ -88,7 +88,7 @@ impl TaskHandler for EvaluateWorker {
             }
         };
         let value = evaluation
-            .metric(&spec.train.metric)
+            .metric(&spec.train.metric.to_string())
             .ok_or_else(|| TaskError::fatal(format!("the evaluation has no {}", spec.train.metric)))?;
         NDCG.with_label_values(&[run_id.as_str(), label.as_str()]).set(evaluation.metric(PRIMARY).unwrap_or(f64::NAN));
         self.bus.publish(Stage::Coordinate, &Message::EvaluateDone { run_id: run_id.clone(), label: label.clone(), value }).await?;

@@ -376,7 +376,7 @@ pub fn train_with_hooks(
     let curve = TrainingCurve {
         log: state.log.clone(),
         evaluations: state.evals.iter().map(|e| (e.step.max(0) as u64, e.value)).collect(),
-        metric: config.metric.clone(),
+        metric: config.metric.to_string(),
         best_step: state.best_step.map(|s| s as u64),
     };
     if !state.log.is_empty() {
@@ -477,7 +477,7 @@ fn training_facts(
         weight_decay: config.weight_decay,
         max_grad_norm: config.max_grad_norm,
         evaluation_steps: config.evaluation_steps,
-        metric: config.metric.clone(),
+        metric: config.metric.to_string(),
         seed: config.train_seed,
         precision: embedfleet_model::describe_precision(model.precision(), model.device()),
         device: device_name(model.device()),
@@ -684,7 +684,7 @@ pub fn cached_step(
 
 fn evaluate(model: &SentenceEncoder, val: &PreparedDataset, job: &TrainJob, epoch: i64, step: i64) -> Result<(f64, EvalRow), TrainError> {
     let evaluation = evaluate_model(model, val, &job.eval)?;
-    let value = evaluation.metric(&job.config.metric).unwrap_or(f64::NAN);
+    let value = evaluation.metric(&job.config.metric.to_string()).unwrap_or(f64::NAN);
     Ok((value, EvalRow { epoch, step, metrics: evaluation.metrics, value, hit_rate: Some(evaluation.hit_rate), dims: evaluation.dims }))
 }
 

@@ -68,7 +68,7 @@ pub async fn finetune(
     Ok(outcome)
 }
 
-pub fn print_outcome(outcome: &TrainOutcome, metric: &str, output: &std::path::Path) {
+pub fn print_outcome(outcome: &TrainOutcome, metric: &embedfleet_core::Metric, output: &std::path::Path) {
     // Two significant digits at least: a 0.6B model on a CPU trains well under one pair a second.
     let rate = outcome.pairs_per_second;
     let digits = if rate > 0.0 && rate < 1.0 { (1.0 - rate.log10().floor()) as usize } else { 1 };
