@@ -15,4 +15,4 @@ pub use batching::TrainPair;
 pub use checkpoint::LogRow;
 pub use loss::{MnrlLoss, TrainingLoss};
 pub use optim::AdamWConfig;
-pub use train::{HookError, NoHooks, TrainConfig, TrainError, TrainHooks, TrainJob, TrainOutcome, train, train_with_hooks};
+pub use train::{HookError, NoHooks, TrainConfig, TrainError, TrainHooks, TrainJob, TrainOptions, TrainOutcome, Trainer, train};

@@ -170,238 +170,384 @@ pub trait TrainHooks {
 pub struct NoHooks;
 impl TrainHooks for NoHooks {}
 
-/// Fine-tunes `model` in place on `train_set`; the best model by `config.metric` on `val` is saved
-/// to `output` as a sentence-transformers folder, with `training_log.csv`, the evaluation CSV
-/// (`eval/`) and `training.svg`.
-#[allow(clippy::too_many_arguments)]
+/// How a training treats its output folder, and where it reports progress: the settings of
+/// [`Trainer::run`] besides the model and the data.
+#[derive(Clone, Copy)]
+pub struct TrainOptions<'a> {
+    /// Continue from the latest resume checkpoint in the output folder.
+    pub resume: bool,
+    /// Start afresh in a folder that holds another training.
+    pub overwrite: bool,
+    pub progress: &'a dyn Progress,
+}
+
+impl Default for TrainOptions<'_> {
+    fn default() -> Self {
+        Self { resume: false, overwrite: false, progress: &embedfleet_core::progress::NoProgress }
+    }
+}
+
+/// What must not change across a resume: a checkpoint continues only the training that wrote it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+struct Fingerprint {
+    pairs: usize,
+    batch: usize,
+    epochs: usize,
+    seed: u64,
+    lr: f64,
+    mini: Option<usize>,
+    /// Negatives per question and in all; None without hard negatives.
+    negatives: Option<(usize, usize)>,
+    inverse_cloze: bool,
+    matryoshka: Vec<usize>,
+    query_prompt: Option<String>,
+}
+
+impl Fingerprint {
+    /// As stored in a checkpoint's state.
+    fn encoded(&self) -> String {
+        serde_json::to_string(self).expect("plain data serializes")
+    }
+
+    /// The text checkpoints written before the fingerprint was a struct hold, so they still resume.
+    fn legacy(&self) -> String {
+        let mut s = format!(
+            "pairs={} batch={} epochs={} seed={} lr={} mini={:?}",
+            self.pairs, self.batch, self.epochs, self.seed, self.lr, self.mini
+        );
+        if let Some((per_question, all)) = self.negatives {
+            s.push_str(&format!(" negatives={per_question}/{all}"));
+        }
+        if self.inverse_cloze {
+            s.push_str(" inverse_cloze");
+        }
+        if !self.matryoshka.is_empty() {
+            s.push_str(&format!(" matryoshka={:?}", self.matryoshka));
+        }
+        if let Some(prompt) = &self.query_prompt {
+            s.push_str(&format!(" query_prompt={prompt:?}"));
+        }
+        s
+    }
+
+    fn matches(&self, stored: &str) -> bool {
+        stored == self.encoded() || stored == self.legacy()
+    }
+}
+
+/// Fine-tunes a model in place; the best model by `config.metric` on the validation set is saved
+/// to the output as a sentence-transformers folder, with `training_log.csv`, the evaluation CSV
+/// (`eval/`) and `training.svg`. [`Trainer::new`] checks the settings and lays out every epoch's
+/// batches; [`Trainer::run`] trains.
+pub struct Trainer<'a> {
+    model: &'a mut SentenceEncoder,
+    val: Option<&'a PreparedDataset>,
+    job: &'a TrainJob,
+    output: &'a Path,
+    pairs: Vec<TrainPair>,
+    negatives: Vec<Vec<Negative>>,
+    cloze_cuts: ClozeCuts,
+    learning_rate: f64,
+    /// Every epoch's batches of pair indices, laid out up front so a resume finds its place.
+    batches_per_epoch: Vec<Vec<Vec<usize>>>,
+    total_steps: usize,
+    warmup: usize,
+    query_prompt: Option<String>,
+    fingerprint: Fingerprint,
+}
+
+/// Fine-tunes `model` with no hooks: a local training. See [`Trainer`].
 pub fn train(
     model: &mut SentenceEncoder,
     train_set: &QaDataset,
     val: Option<&PreparedDataset>,
     job: &TrainJob,
     output: &Path,
-    resume: bool,
-    overwrite: bool,
-    progress: &dyn Progress,
+    options: TrainOptions<'_>,
 ) -> Result<TrainOutcome, TrainError> {
-    train_with_hooks(model, train_set, val, job, output, resume, overwrite, progress, &mut NoHooks)
+    Trainer::new(model, train_set, val, job, output)?.run(options, &mut NoHooks)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn train_with_hooks(
-    model: &mut SentenceEncoder,
-    train_set: &QaDataset,
-    val: Option<&PreparedDataset>,
-    job: &TrainJob,
-    output: &Path,
-    resume: bool,
-    overwrite: bool,
-    progress: &dyn Progress,
-    hooks: &mut dyn TrainHooks,
-) -> Result<TrainOutcome, TrainError> {
-    let config = &job.config;
-    config.validate()?;
-    config.check_model_dim(model.dimension().max(0) as usize)?;
-    let hook_err = |step: usize| {
-        move |e: HookError| match e {
-            HookError::Stop(reason) => TrainError::Stopped { step, reason },
-            source => TrainError::Hook { step, source },
+impl<'a> Trainer<'a> {
+    pub fn new(
+        model: &'a mut SentenceEncoder,
+        train_set: &QaDataset,
+        val: Option<&'a PreparedDataset>,
+        job: &'a TrainJob,
+        output: &'a Path,
+    ) -> Result<Self, TrainError> {
+        let config = &job.config;
+        config.validate()?;
+        config.check_model_dim(model.dimension().max(0) as usize)?;
+        let (pairs, negatives, cloze_cuts) = training_pairs(train_set, job)?;
+        let learning_rate = config.learning_rate_for(&cloze_cuts);
+        if config.learning_rate.is_none() && cloze_cuts.questions_are_spans() {
+            tracing::info!(
+                learning_rate,
+                "most questions are spans of their passages: training at the rate for spans (pass --learning-rate to choose)"
+            );
         }
-    };
-    let (pairs, negatives, cloze_cuts) = training_pairs(train_set, job)?;
-    let learning_rate = config.learning_rate_for(&cloze_cuts);
-    if config.learning_rate.is_none() && cloze_cuts.questions_are_spans() {
-        tracing::info!(
+        if pairs.len() < config.batch_size {
+            return Err(TrainError::TooFewPairs { pairs: pairs.len(), batch: config.batch_size });
+        }
+        let batches_per_epoch: Vec<Vec<Vec<usize>>> =
+            (0..config.epochs).map(|e| epoch_batches_with_negatives(&pairs, &negatives, config.batch_size, config.train_seed, e)).collect();
+        let total_steps: usize = batches_per_epoch.iter().map(Vec::len).sum();
+        let warmup = (total_steps as f64 * config.warmup_ratio).ceil() as usize;
+        // The questions' prompt: the model's own `query` prompt unless --query-prompt says otherwise.
+        let query_prompt = model.query_prompt(config.prompt.setting());
+        let fingerprint = Fingerprint {
+            pairs: pairs.len(),
+            batch: config.batch_size,
+            epochs: config.epochs,
+            seed: config.train_seed,
+            lr: learning_rate,
+            mini: config.mini_batch_size,
+            // Only when set, so checkpoints written before hard negatives existed still resume.
+            negatives: (job.hard_negatives() > 0).then(|| (job.hard_negatives(), negatives.iter().map(Vec::len).sum())),
+            inverse_cloze: config.cloze.inverse_cloze,
+            matryoshka: config.matryoshka_dims_descending(),
+            query_prompt: query_prompt.clone(),
+        };
+        Ok(Self {
+            model,
+            val,
+            job,
+            output,
+            pairs,
+            negatives,
+            cloze_cuts,
             learning_rate,
-            "most questions are spans of their passages: training at the rate for spans (pass --learning-rate to choose)"
-        );
-    }
-    if pairs.len() < config.batch_size {
-        return Err(TrainError::TooFewPairs { pairs: pairs.len(), batch: config.batch_size });
-    }
-    if resume && latest(output).is_none() {
-        return Err(TrainError::NoCheckpoint(output.to_owned()));
-    }
-    prepare_output(output, resume, overwrite)?;
-    let batches_per_epoch: Vec<Vec<Vec<usize>>> =
-        (0..config.epochs).map(|e| epoch_batches_with_negatives(&pairs, &negatives, config.batch_size, config.train_seed, e)).collect();
-    let total_steps: usize = batches_per_epoch.iter().map(Vec::len).sum();
-    let evaluation_points = evaluation_points(&batches_per_epoch, config.evaluation_steps);
-    let warmup = (total_steps as f64 * config.warmup_ratio).ceil() as usize;
-    let mut fingerprint = format!(
-        "pairs={} batch={} epochs={} seed={} lr={} mini={:?}",
-        pairs.len(),
-        config.batch_size,
-        config.epochs,
-        config.train_seed,
-        learning_rate,
-        config.mini_batch_size
-    );
-    // Only when set, so checkpoints written before hard negatives existed still resume.
-    if job.hard_negatives() > 0 {
-        fingerprint.push_str(&format!(" negatives={}/{}", job.hard_negatives(), negatives.iter().map(Vec::len).sum::<usize>()));
-    }
-    if config.cloze.inverse_cloze {
-        fingerprint.push_str(" inverse_cloze");
-    }
-    if !config.matryoshka_dims.is_empty() {
-        fingerprint.push_str(&format!(" matryoshka={:?}", config.matryoshka_dims_descending()));
-    }
-    // The questions' prompt: the model's own `query` prompt unless --query-prompt says otherwise.
-    let query_prompt = model.query_prompt(config.prompt.setting());
-    if let Some(prompt) = &query_prompt {
-        fingerprint.push_str(&format!(" query_prompt={prompt:?}"));
+            batches_per_epoch,
+            total_steps,
+            warmup,
+            query_prompt,
+            fingerprint,
+        })
     }
 
-    let named: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
-    let mut optimizer = AdamW::new(named, job.optim());
-    let mut state = TrainState {
-        global_step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        total_steps,
-        base_value: None,
-        best_value: None,
-        best_step: None,
-        log: Vec::new(),
-        evals: Vec::new(),
-        fingerprint: fingerprint.clone(),
-    };
-    // Training time starts after the base model's evaluation.
-    let started = std::cell::Cell::new(Instant::now());
-    let facts = |model: &SentenceEncoder, steps: usize, trained_pairs: usize, best_step: Option<usize>| {
-        let seconds = started.get().elapsed().as_secs_f64();
+    /// Trains to the end (or to `job.stop_after` steps, or until a hook stops it), evaluating and
+    /// keeping the best model as it goes.
+    pub fn run(mut self, options: TrainOptions<'_>, hooks: &mut dyn TrainHooks) -> Result<TrainOutcome, TrainError> {
+        let output = self.output;
+        if options.resume && latest(output).is_none() {
+            return Err(TrainError::NoCheckpoint(output.to_owned()));
+        }
+        prepare_output(output, options.resume, options.overwrite)?;
+        let named: Vec<(String, Tensor)> = self.model.var_store().variables().into_iter().collect();
+        let mut optimizer = AdamW::new(named, self.job.optim());
+        // Training time starts after the base model's evaluation.
+        let mut started = Instant::now();
+        let mut state = self.start(options.resume, &mut optimizer, hooks, started)?;
+        started = Instant::now();
+        let start_step = state.global_step;
+        let progress = options.progress;
+        progress.start("train", Some(self.total_steps as u64));
+        progress.advance(start_step as u64);
+        let stopped_early = self.train_steps(&mut state, &mut optimizer, hooks, progress, started)?;
+        progress.finish();
+        self.finish(state, start_step, stopped_early, started)
+    }
+
+    /// A fresh state with the base model evaluated (or handed to the hooks), or the state of the
+    /// latest checkpoint when resuming.
+    fn start(
+        &mut self,
+        resume: bool,
+        optimizer: &mut AdamW,
+        hooks: &mut dyn TrainHooks,
+        started: Instant,
+    ) -> Result<TrainState, TrainError> {
+        let output = self.output;
+        if resume {
+            let dir = latest(output).ok_or_else(|| TrainError::NoCheckpoint(output.to_owned()))?;
+            let state = load_checkpoint(self.model, optimizer, &dir)?;
+            if !self.fingerprint.matches(&state.fingerprint) {
+                return Err(TrainError::ResumeMismatch(state.fingerprint));
+            }
+            tracing::info!(step = state.global_step, checkpoint = %dir.display(), "resumed");
+            return Ok(state);
+        }
+        let mut state = TrainState {
+            global_step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            total_steps: self.total_steps,
+            base_value: None,
+            best_value: None,
+            best_step: None,
+            log: Vec::new(),
+            evals: Vec::new(),
+            fingerprint: self.fingerprint.encoded(),
+        };
+        if let Some(val) = self.val {
+            // The base model is the bar to beat, and the output holds it until something beats it.
+            let (value, row) = evaluate(self.model, val, self.job, 0, 0)?;
+            state.base_value = Some(value);
+            state.best_value = Some(value);
+            state.evals.push(row);
+            write_eval_csv(output, self.job, &state.evals)?;
+            self.model.save(output, &self.card(&state.evals, None, self.facts(0, 0, None, started)))?;
+            tracing::info!(metric = %self.job.config.metric, value, "base model evaluated");
+        } else {
+            hooks.evaluation_point(0, self.model).map_err(hook_err(0))?;
+        }
+        Ok(state)
+    }
+
+    /// The optimisation steps from `state` on; true when `job.stop_after` ended them early.
+    fn train_steps(
+        &mut self,
+        state: &mut TrainState,
+        optimizer: &mut AdamW,
+        hooks: &mut dyn TrainHooks,
+        progress: &dyn Progress,
+        started: Instant,
+    ) -> Result<bool, TrainError> {
+        let (config, job, output) = (&self.job.config, self.job, self.output);
+        let start_step = state.global_step;
+        for epoch in state.epoch..self.batches_per_epoch.len() {
+            let first = if epoch == state.epoch { state.batch_in_epoch } else { 0 };
+            let epoch_len = self.batches_per_epoch[epoch].len();
+            for b in first..epoch_len {
+                if job.stop_after.is_some_and(|n| state.global_step - start_step >= n) {
+                    return Ok(true);
+                }
+                let lr = self.learning_rate * linear_schedule(state.global_step, self.warmup, self.total_steps);
+                // A fixed RNG stream per step makes dropout, and so a resumed run, reproducible.
+                tch::manual_seed((config.train_seed as i64).wrapping_mul(1_000_003).wrapping_add(state.global_step as i64));
+                let batch = &self.batches_per_epoch[epoch][b];
+                let loss = run_step(self.model, &self.pairs, &self.negatives, batch, job, self.query_prompt.as_deref(), state.global_step)?;
+                optimizer.step(lr);
+                optimizer.zero_grad();
+                state.global_step += 1;
+                state.epoch = epoch;
+                state.batch_in_epoch = b + 1;
+                state.log.push(LogRow { step: state.global_step, epoch, loss, lr });
+                hooks.step_done(state.log.last().expect("just pushed")).map_err(hook_err(state.global_step))?;
+                progress.advance(1);
+                progress.message(&format!("loss {loss:.4} lr {lr:.2e}"));
+
+                let end_of_epoch = b + 1 == epoch_len;
+                let eval_now = config.evaluation_steps > 0 && state.global_step.is_multiple_of(config.evaluation_steps);
+                if eval_now || end_of_epoch {
+                    self.evaluation_point(state, hooks, epoch, start_step, started)?;
+                }
+                if end_of_epoch {
+                    state.epoch = epoch + 1;
+                    state.batch_in_epoch = 0;
+                }
+                if config.checkpoint_every > 0 && state.global_step.is_multiple_of(config.checkpoint_every) {
+                    save_checkpoint(self.model, optimizer, output, state)?;
+                    write_log(output, &state.log)?;
+                    hooks
+                        .checkpoint_written(&checkpoint_dir(output, state.global_step), state.global_step)
+                        .map_err(hook_err(state.global_step))?;
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Evaluates on the validation set and keeps a new best model, or, with none (the fleet),
+    /// hands the model to the hooks.
+    fn evaluation_point(
+        &mut self,
+        state: &mut TrainState,
+        hooks: &mut dyn TrainHooks,
+        epoch: usize,
+        start_step: usize,
+        started: Instant,
+    ) -> Result<(), TrainError> {
+        let Some(val) = self.val else {
+            return hooks.evaluation_point(state.global_step, self.model).map_err(hook_err(state.global_step));
+        };
+        let (value, row) = evaluate(self.model, val, self.job, epoch as i64, state.global_step as i64)?;
+        state.evals.push(row);
+        write_eval_csv(self.output, self.job, &state.evals)?;
+        if state.best_value.is_none_or(|best| value > best) {
+            state.best_value = Some(value);
+            state.best_step = Some(state.global_step);
+            let so_far = self.facts(state.global_step, self.trained_pairs(start_step, state.global_step), state.best_step, started);
+            self.model.save(self.output, &self.card(&state.evals, state.best_step, so_far))?;
+            tracing::info!(step = state.global_step, value, "new best checkpoint");
+        }
+        Ok(())
+    }
+
+    /// The log, the chart and the final card, and the outcome.
+    fn finish(self, state: TrainState, start_step: usize, stopped_early: bool, started: Instant) -> Result<TrainOutcome, TrainError> {
+        let output = self.output;
+        let final_facts = self.facts(state.global_step, self.trained_pairs(start_step, state.global_step), state.best_step, started);
+        if self.val.is_none() && !stopped_early {
+            self.model.save(output, &self.card(&[], None, final_facts.clone()))?;
+        }
+        write_log(output, &state.log)?;
+        let curve = TrainingCurve {
+            log: state.log.clone(),
+            evaluations: state.evals.iter().map(|e| (e.step.max(0) as u64, e.value)).collect(),
+            metric: self.job.config.metric.to_string(),
+            best_step: state.best_step.map(|s| s as u64),
+        };
+        if !state.log.is_empty() {
+            embedfleet_report::write::write_training_chart(&output.join("training.svg"), &curve).map_err(report_error)?;
+        }
+        if self.val.is_some() && !state.evals.is_empty() {
+            // The card of the kept model, now with the whole training's time and speed.
+            embedfleet_report::write::rewrite_card(output, &self.card(&state.evals, state.best_step, final_facts.clone()))
+                .map_err(report_error)?;
+        }
+        Ok(TrainOutcome {
+            steps: state.global_step,
+            base_value: state.base_value,
+            best_value: state.best_value,
+            best_step: state.best_step,
+            pairs_per_epoch: self.pairs.len(),
+            seconds: final_facts.seconds,
+            pairs_per_second: final_facts.pairs_per_second,
+            log: state.log,
+            evaluation_points: evaluation_points(&self.batches_per_epoch, self.job.config.evaluation_steps),
+            evals: state.evals,
+            facts: final_facts,
+            curve,
+        })
+    }
+
+    /// Pairs in the steps `from..to`: steps are numbered across epochs, so the batches trained in
+    /// this process are a contiguous run.
+    fn trained_pairs(&self, from: usize, to: usize) -> usize {
+        self.batches_per_epoch.iter().flatten().skip(from).take(to - from).map(Vec::len).sum()
+    }
+
+    /// The training's facts for the report and the card, `steps` in and timed from `started`.
+    fn facts(&self, steps: usize, trained_pairs: usize, best_step: Option<usize>, started: Instant) -> TrainingFacts {
+        let seconds = started.elapsed().as_secs_f64();
         training_facts(
-            job,
-            model,
-            query_prompt.as_deref(),
-            pairs.len(),
-            cloze_cuts.cut,
-            learning_rate,
+            &FactsInput {
+                job: self.job,
+                model: self.model,
+                query_prompt: self.query_prompt.as_deref(),
+                pairs: self.pairs.len(),
+                cloze_cuts: self.cloze_cuts.cut,
+                learning_rate: self.learning_rate,
+            },
             steps,
             seconds,
             trained_pairs as f64 / seconds.max(1e-9),
             best_step,
         )
-    };
-    let card = |evals: &[EvalRow], best_step: Option<usize>, facts: TrainingFacts| {
-        model_card(job, pairs.len(), output, val, evals, best_step, facts)
-    };
-    // Steps are numbered across epochs, so the batches trained in this process are a contiguous run.
-    let trained_pairs =
-        |from: usize, to: usize| -> usize { batches_per_epoch.iter().flatten().skip(from).take(to - from).map(Vec::len).sum() };
-
-    if resume {
-        let dir = latest(output).ok_or_else(|| TrainError::NoCheckpoint(output.to_owned()))?;
-        state = load_checkpoint(model, &mut optimizer, &dir)?;
-        if state.fingerprint != fingerprint {
-            return Err(TrainError::ResumeMismatch(state.fingerprint));
-        }
-        tracing::info!(step = state.global_step, checkpoint = %dir.display(), "resumed");
-    } else if let Some(val) = val {
-        // The base model is the bar to beat, and the output holds it until something beats it.
-        let (value, row) = evaluate(model, val, job, 0, 0)?;
-        state.base_value = Some(value);
-        state.best_value = Some(value);
-        state.evals.push(row);
-        write_eval_csv(output, job, &state.evals)?;
-        model.save(output, &card(&state.evals, None, facts(model, 0, 0, None)))?;
-        tracing::info!(metric = %config.metric, value, "base model evaluated");
-    } else {
-        hooks.evaluation_point(0, model).map_err(hook_err(0))?;
     }
 
-    started.set(Instant::now());
-    let start_step = state.global_step;
-    progress.start("train", Some(total_steps as u64));
-    progress.advance(start_step as u64);
-    let mut stopped_early = false;
-    'epochs: for (epoch, batches) in batches_per_epoch.iter().enumerate().skip(state.epoch) {
-        let first = if epoch == state.epoch { state.batch_in_epoch } else { 0 };
-        for (b, batch) in batches.iter().enumerate().skip(first) {
-            if job.stop_after.is_some_and(|n| state.global_step - start_step >= n) {
-                stopped_early = true;
-                break 'epochs;
-            }
-            let lr = learning_rate * linear_schedule(state.global_step, warmup, total_steps);
-            // A fixed RNG stream per step makes dropout, and so a resumed run, reproducible.
-            tch::manual_seed((config.train_seed as i64).wrapping_mul(1_000_003).wrapping_add(state.global_step as i64));
-            let loss = run_step(model, &pairs, &negatives, batch, job, query_prompt.as_deref(), state.global_step)?;
-            optimizer.step(lr);
-            optimizer.zero_grad();
-            state.global_step += 1;
-            state.epoch = epoch;
-            state.batch_in_epoch = b + 1;
-            state.log.push(LogRow { step: state.global_step, epoch, loss, lr });
-            hooks.step_done(state.log.last().expect("just pushed")).map_err(hook_err(state.global_step))?;
-            progress.advance(1);
-            progress.message(&format!("loss {loss:.4} lr {lr:.2e}"));
+    fn card(&self, evals: &[EvalRow], best_step: Option<usize>, facts: TrainingFacts) -> ModelCard {
+        model_card(self.job, self.pairs.len(), self.output, self.val, evals, best_step, facts)
+    }
+}
 
-            let end_of_epoch = b + 1 == batches.len();
-            let eval_now = config.evaluation_steps > 0 && state.global_step.is_multiple_of(config.evaluation_steps);
-            if val.is_none() && (eval_now || end_of_epoch) {
-                hooks.evaluation_point(state.global_step, model).map_err(hook_err(state.global_step))?;
-            }
-            if let Some(val) = val.filter(|_| eval_now || end_of_epoch) {
-                let (value, row) = evaluate(model, val, job, epoch as i64, state.global_step as i64)?;
-                state.evals.push(row);
-                write_eval_csv(output, job, &state.evals)?;
-                if state.best_value.is_none_or(|best| value > best) {
-                    state.best_value = Some(value);
-                    state.best_step = Some(state.global_step);
-                    let so_far = facts(model, state.global_step, trained_pairs(start_step, state.global_step), state.best_step);
-                    model.save(output, &card(&state.evals, state.best_step, so_far))?;
-                    tracing::info!(step = state.global_step, value, "new best checkpoint");
-                }
-            }
-            if end_of_epoch {
-                state.epoch = epoch + 1;
-                state.batch_in_epoch = 0;
-            }
-            if config.checkpoint_every > 0 && state.global_step.is_multiple_of(config.checkpoint_every) {
-                save_checkpoint(model, &optimizer, output, &state)?;
-                write_log(output, &state.log)?;
-                hooks
-                    .checkpoint_written(&checkpoint_dir(output, state.global_step), state.global_step)
-                    .map_err(hook_err(state.global_step))?;
-            }
-        }
+fn hook_err(step: usize) -> impl Fn(HookError) -> TrainError {
+    move |e: HookError| match e {
+        HookError::Stop(reason) => TrainError::Stopped { step, reason },
+        source => TrainError::Hook { step, source },
     }
-    progress.finish();
-    let final_facts = facts(model, state.global_step, trained_pairs(start_step, state.global_step), state.best_step);
-    if val.is_none() && !stopped_early {
-        model.save(output, &card(&[], None, final_facts.clone()))?;
-    }
-    write_log(output, &state.log)?;
-    let curve = TrainingCurve {
-        log: state.log.clone(),
-        evaluations: state.evals.iter().map(|e| (e.step.max(0) as u64, e.value)).collect(),
-        metric: config.metric.to_string(),
-        best_step: state.best_step.map(|s| s as u64),
-    };
-    if !state.log.is_empty() {
-        embedfleet_report::write::write_training_chart(&output.join("training.svg"), &curve).map_err(report_error)?;
-    }
-    if val.is_some() && !state.evals.is_empty() {
-        // The card of the kept model, now with the whole training's time and speed.
-        embedfleet_report::write::rewrite_card(output, &card(&state.evals, state.best_step, final_facts.clone())).map_err(report_error)?;
-    }
-    let seconds = final_facts.seconds;
-    let pairs_per_second = final_facts.pairs_per_second;
-    Ok(TrainOutcome {
-        steps: state.global_step,
-        base_value: state.base_value,
-        best_value: state.best_value,
-        best_step: state.best_step,
-        pairs_per_epoch: pairs.len(),
-        seconds,
-        pairs_per_second,
-        log: state.log,
-        evaluation_points,
-        evals: state.evals,
-        facts: final_facts,
-        curve,
-    })
 }
 
 fn report_error(e: embedfleet_report::ReportError) -> TrainError {
@@ -421,18 +567,19 @@ pub fn device_name(device: Device) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn training_facts(
-    job: &TrainJob,
-    model: &SentenceEncoder,
-    query_prompt: Option<&str>,
+/// What the facts are made from, besides how far training got.
+#[derive(Clone, Copy)]
+struct FactsInput<'a> {
+    job: &'a TrainJob,
+    model: &'a SentenceEncoder,
+    query_prompt: Option<&'a str>,
     pairs: usize,
     cloze_cuts: usize,
     learning_rate: f64,
-    steps: usize,
-    seconds: f64,
-    pairs_per_second: f64,
-    best_step: Option<usize>,
-) -> TrainingFacts {
+}
+
+fn training_facts(input: &FactsInput<'_>, steps: usize, seconds: f64, pairs_per_second: f64, best_step: Option<usize>) -> TrainingFacts {
+    let FactsInput { job, model, query_prompt, pairs, cloze_cuts, learning_rate } = *input;
     let config = &job.config;
     let loss_fn = job.loss();
     let mut loss = format!(
@@ -785,5 +932,34 @@ impl embedfleet_core::Transient for TrainError {
             TrainError::Write { .. } => true,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_written_before_the_struct_still_match() {
+        let f = Fingerprint {
+            pairs: 10,
+            batch: 4,
+            epochs: 2,
+            seed: 42,
+            lr: 2e-5,
+            mini: None,
+            negatives: Some((3, 27)),
+            inverse_cloze: true,
+            matryoshka: vec![384, 64],
+            query_prompt: Some("query: ".into()),
+        };
+        // What a checkpoint of the string-built fingerprint holds.
+        let old = r#"pairs=10 batch=4 epochs=2 seed=42 lr=0.00002 mini=None negatives=3/27 inverse_cloze matryoshka=[384, 64] query_prompt="query: ""#;
+        assert!(f.matches(old));
+        assert!(f.matches(&f.encoded()));
+        let plain = Fingerprint { negatives: None, inverse_cloze: false, matryoshka: Vec::new(), query_prompt: None, ..f.clone() };
+        assert!(plain.matches("pairs=10 batch=4 epochs=2 seed=42 lr=0.00002 mini=None"));
+        let other = Fingerprint { lr: 3e-5, ..f.clone() };
+        assert!(!other.matches(&f.encoded()) && !other.matches(old));
     }
 }

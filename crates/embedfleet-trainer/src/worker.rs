@@ -4,7 +4,7 @@
 
 use crate::checkpoint::LogRow;
 use crate::mining::{MineSettings, mine};
-use crate::train::{HookError, TrainError, TrainHooks, TrainJob, train_with_hooks};
+use crate::train::{HookError, TrainError, TrainHooks, TrainJob, TrainOptions, Trainer};
 use embedfleet_bus::layout;
 use embedfleet_bus::messages::{Message, RunSpec};
 use embedfleet_bus::worker::{TaskError, TaskHandler};
@@ -223,7 +223,8 @@ impl TaskHandler for TrainWorker {
             if !resume {
                 hooks.evaluation_point(0, &model).map_err(|source| TrainError::Hook { step: 0, source })?;
             }
-            train_with_hooks(&mut model, &train_set, None, &job, &local, resume, true, &NoProgress, &mut hooks)
+            Trainer::new(&mut model, &train_set, None, &job, &local)
+                .and_then(|trainer| trainer.run(TrainOptions { resume, overwrite: true, progress: &NoProgress }, &mut hooks))
         })
         .await
         .map_err(|e| TaskError::transient(format!("the training thread ended: {e}")))?;

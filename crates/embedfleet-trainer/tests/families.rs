@@ -3,10 +3,9 @@
 //! the first step's MNRL loss is sentence-transformers' on the same batch, and a few steps lower it.
 
 use embedfleet_core::QaDataset;
-use embedfleet_core::progress::NoProgress;
 use embedfleet_model::{LoadOptions, Precision, SentenceEncoder, Tensor};
 use embedfleet_trainer::optim::AdamW;
-use embedfleet_trainer::{AdamWConfig, MnrlLoss, TrainConfig, TrainJob, train};
+use embedfleet_trainer::{AdamWConfig, MnrlLoss, TrainConfig, TrainJob, TrainOptions, train};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -160,7 +159,7 @@ fn first_training_loss(name: &str, config: TrainConfig) -> f64 {
     let mut model = SentenceEncoder::load(&without_dropout(name, tmp.path()), LoadOptions::default()).unwrap();
     let config = TrainConfig { epochs: 1, batch_size: fx.mnrl.anchors.len(), evaluation_steps: 0, ..config };
     let job = TrainJob::new(config, name);
-    let outcome = train(&mut model, &mnrl_dataset(&fx.mnrl), None, &job, &tmp.path().join("out"), false, false, &NoProgress).unwrap();
+    let outcome = train(&mut model, &mnrl_dataset(&fx.mnrl), None, &job, &tmp.path().join("out"), TrainOptions::default()).unwrap();
     assert_eq!(outcome.steps, 1);
     outcome.log[0].loss
 }

@@ -5,7 +5,7 @@ use embedfleet_core::progress::NoProgress;
 use embedfleet_core::{ChunkConfig, IngestOptions, OfflineGenerator, SplitConfig};
 use embedfleet_evaluator::PreparedDataset;
 use embedfleet_model::{LoadOptions, SentenceEncoder};
-use embedfleet_trainer::{TrainConfig, TrainJob, train};
+use embedfleet_trainer::{TrainConfig, TrainJob, TrainOptions, train};
 use std::path::PathBuf;
 
 #[tokio::test]
@@ -28,7 +28,7 @@ async fn minilm_fine_tunes_and_saves_a_sentence_transformers_folder() {
     let outcome = tokio::task::spawn_blocking({
         let out = dir.path().to_owned();
         move || {
-            let o = train(&mut model, &train_set, Some(&val), &config, &out, false, false, &NoProgress).unwrap();
+            let o = train(&mut model, &train_set, Some(&val), &config, &out, TrainOptions::default()).unwrap();
             (o, model)
         }
     })

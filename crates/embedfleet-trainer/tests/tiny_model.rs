@@ -1,11 +1,10 @@
 //! Trainer behaviour on a tiny randomly initialised BERT (fast), with MiniLM's real tokenizer.
 
-use embedfleet_core::progress::NoProgress;
 use embedfleet_core::{HardNegatives, MiningConfig, QaDataset};
 use embedfleet_evaluator::PreparedDataset;
 use embedfleet_model::{BertConfig, LoadOptions, SentenceEncoder, Tensor};
 use embedfleet_trainer::train::cached_step;
-use embedfleet_trainer::{MnrlLoss, TrainConfig, TrainError, TrainJob, train};
+use embedfleet_trainer::{MnrlLoss, TrainConfig, TrainError, TrainJob, TrainOptions, train};
 use std::path::PathBuf;
 
 fn tokenizer_dir() -> PathBuf {
@@ -127,18 +126,19 @@ fn resumed_run_ends_where_an_uninterrupted_one_does() {
 
     let full_dir = tempfile::tempdir().unwrap();
     let mut full = tiny(0.1);
-    let outcome = train(&mut full, &d, None, &job(cfg.clone()), full_dir.path(), false, false, &NoProgress).unwrap();
+    let outcome = train(&mut full, &d, None, &job(cfg.clone()), full_dir.path(), TrainOptions::default()).unwrap();
     assert!(outcome.steps >= 8);
 
     let dir = tempfile::tempdir().unwrap();
     let mut first = tiny(0.1);
     let mut stop = job(cfg.clone());
     stop.stop_after = Some(5); // interrupted after step 5; the last checkpoint is step 4
-    train(&mut first, &d, None, &stop, dir.path(), false, false, &NoProgress).unwrap();
+    train(&mut first, &d, None, &stop, dir.path(), TrainOptions::default()).unwrap();
     drop(first);
 
     let mut resumed = tiny(0.1); // a fresh process would start from the base weights again
-    let outcome2 = train(&mut resumed, &d, None, &job(cfg.clone()), dir.path(), true, false, &NoProgress).unwrap();
+    let outcome2 =
+        train(&mut resumed, &d, None, &job(cfg.clone()), dir.path(), TrainOptions { resume: true, ..Default::default() }).unwrap();
     assert_eq!(outcome2.steps, outcome.steps);
     let diff = max_diff(&weights(&full), &weights(&resumed));
     assert!(diff < 1e-6, "weights differ by {diff}");
@@ -158,7 +158,7 @@ fn best_checkpoint_is_kept_and_the_base_when_nothing_beats_it() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny(0.1);
-    let outcome = train(&mut model, &train_set, Some(&val), &job(config()), dir.path(), false, false, &NoProgress).unwrap();
+    let outcome = train(&mut model, &train_set, Some(&val), &job(config()), dir.path(), TrainOptions::default()).unwrap();
     let saved = SentenceEncoder::load(dir.path(), LoadOptions::default()).unwrap();
     let value = embedfleet_evaluator::evaluate_model(&saved, &val, &Default::default()).unwrap().metric("cosine-NDCG@10").unwrap();
     assert!((value - outcome.best_value.unwrap()).abs() < 1e-6, "the saved model is the best one: {value} vs {:?}", outcome.best_value);
@@ -174,7 +174,7 @@ fn best_checkpoint_is_kept_and_the_base_when_nothing_beats_it() {
     let before = weights(&model);
     let mut cfg = config();
     cfg.learning_rate = Some(0.0);
-    let outcome = train(&mut model, &train_set, Some(&val), &job(cfg), dir.path(), false, false, &NoProgress).unwrap();
+    let outcome = train(&mut model, &train_set, Some(&val), &job(cfg), dir.path(), TrainOptions::default()).unwrap();
     assert!(!outcome.improved());
     let saved = SentenceEncoder::load(dir.path(), LoadOptions::default()).unwrap();
     assert!(max_diff(&before, &weights(&saved)) < 1e-7);
@@ -187,14 +187,15 @@ fn bad_setups_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny(0.0);
     let err =
-        train(&mut model, &d, None, &job(TrainConfig { batch_size: 32, ..config() }), dir.path(), false, false, &NoProgress).unwrap_err();
+        train(&mut model, &d, None, &job(TrainConfig { batch_size: 32, ..config() }), dir.path(), TrainOptions::default()).unwrap_err();
     assert!(matches!(err, TrainError::TooFewPairs { pairs: 6, batch: 32 }), "{err}");
 
-    let err = train(&mut model, &dataset(20), None, &job(config()), dir.path(), true, false, &NoProgress).unwrap_err();
+    let err =
+        train(&mut model, &dataset(20), None, &job(config()), dir.path(), TrainOptions { resume: true, ..Default::default() }).unwrap_err();
     assert!(matches!(err, TrainError::NoCheckpoint(_)), "{err}");
 
     std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
-    let err = train(&mut model, &dataset(20), None, &job(config()), dir.path(), false, false, &NoProgress).unwrap_err();
+    let err = train(&mut model, &dataset(20), None, &job(config()), dir.path(), TrainOptions::default()).unwrap_err();
     assert!(matches!(err, TrainError::OutputInUse(_)), "{err}");
     assert!(dir.path().join("notes.txt").exists());
 }
@@ -221,7 +222,7 @@ fn hard_negatives_train_the_same_under_grad_cache() {
     let run = |config: TrainConfig| {
         let dir = tempfile::tempdir().unwrap();
         let mut model = tiny(0.0);
-        train(&mut model, &d, None, &job(config).with_negatives(negatives.clone()), dir.path(), false, false, &NoProgress).unwrap()
+        train(&mut model, &d, None, &job(config).with_negatives(negatives.clone()), dir.path(), TrainOptions::default()).unwrap()
     };
     let plain = run(with_negatives(2));
     let cached = run(TrainConfig { mini_batch_size: Some(3), ..with_negatives(2) });
@@ -262,7 +263,7 @@ fn inverse_cloze_trains_on_passages_without_their_spans() {
         let dir = tempfile::tempdir().unwrap();
         let mut model = tiny(0.0);
         let config = TrainConfig { cloze: embedfleet_core::InverseCloze { inverse_cloze }, evaluation_steps: 0, ..config() };
-        train(&mut model, d, None, &job(config), dir.path(), false, false, &NoProgress).unwrap()
+        train(&mut model, d, None, &job(config), dir.path(), TrainOptions::default()).unwrap()
     };
     let spans = span_dataset(16);
     let cut = run(&spans, true);
@@ -282,13 +283,12 @@ fn hard_negatives_need_mined_negatives_of_this_dataset() {
     let d = dataset(12);
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny(0.0);
-    let err = train(&mut model, &d, None, &job(with_negatives(2)), dir.path(), false, false, &NoProgress).unwrap_err();
+    let err = train(&mut model, &d, None, &job(with_negatives(2)), dir.path(), TrainOptions::default()).unwrap_err();
     assert!(matches!(err, TrainError::NoNegatives(2)), "{err}");
     assert!(err.to_string().contains("--hard-negatives"), "{err}");
     // A file mined for another dataset is refused, not trained on.
     let stale = negatives_of(&dataset(20), 20);
-    let err =
-        train(&mut model, &d, None, &job(with_negatives(2)).with_negatives(stale), dir.path(), false, false, &NoProgress).unwrap_err();
+    let err = train(&mut model, &d, None, &job(with_negatives(2)).with_negatives(stale), dir.path(), TrainOptions::default()).unwrap_err();
     assert!(matches!(err, TrainError::Negatives(_)), "{err}");
 }
 
@@ -301,7 +301,7 @@ fn matryoshka_trains_scores_each_dimension_and_says_so() {
     let run = |config: TrainConfig| {
         let dir = tempfile::tempdir().unwrap();
         let mut model = tiny(0.0);
-        let outcome = train(&mut model, &train_set, Some(&val), &job(config), dir.path(), false, false, &NoProgress).unwrap();
+        let outcome = train(&mut model, &train_set, Some(&val), &job(config), dir.path(), TrainOptions::default()).unwrap();
         (dir, outcome)
     };
     let (dir, outcome) = run(matryoshka(None));
@@ -336,7 +336,7 @@ fn matryoshka_trains_scores_each_dimension_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny(0.0);
     let cfg = TrainConfig { matryoshka_dims: vec![64, 16], ..config() };
-    let err = train(&mut model, &train_set, Some(&val), &job(cfg), dir.path(), false, false, &NoProgress).unwrap_err();
+    let err = train(&mut model, &train_set, Some(&val), &job(cfg), dir.path(), TrainOptions::default()).unwrap_err();
     assert!(err.to_string().contains("--matryoshka-dims 64") && err.to_string().contains("32 dimensions"), "{err}");
     assert!(!dir.path().join("training_log.csv").exists());
 }

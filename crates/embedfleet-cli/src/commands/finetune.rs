@@ -7,7 +7,7 @@ use clap::Args;
 use embedfleet_core::{HardNegatives, QaDataset, TrainConfig};
 use embedfleet_evaluator::PreparedDataset;
 use embedfleet_model::RuntimeArgs;
-use embedfleet_trainer::{TrainJob, TrainOutcome};
+use embedfleet_trainer::{TrainJob, TrainOptions, TrainOutcome};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,7 +62,14 @@ pub async fn finetune(
     let val = PreparedDataset::new(&training.training_view(&val))?;
     let progress = crate::progress::for_terminal();
     let outcome = tokio::task::spawn_blocking(move || {
-        embedfleet_trainer::train(&mut model, &train, Some(&val), &job, &output, resume, overwrite, progress.as_ref())
+        embedfleet_trainer::train(
+            &mut model,
+            &train,
+            Some(&val),
+            &job,
+            &output,
+            TrainOptions { resume, overwrite, progress: progress.as_ref() },
+        )
     })
     .await??;
     Ok(outcome)
