@@ -90,6 +90,9 @@ impl ArtifactStore {
             .with_virtual_hosted_style_request(false)
             // Plain HTTP only where the endpoint says so (a local MinIO or SeaweedFS).
             .with_allow_http(options.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
+            // Every PUT and multipart part carries its SHA-256 (x-amz-checksum-sha256): a store that
+            // checks it (AWS S3, MinIO) refuses a body damaged on the way instead of keeping it.
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
             .with_retry(object_store::RetryConfig {
                 max_retries: 3,
                 retry_timeout: Duration::from_secs(20),

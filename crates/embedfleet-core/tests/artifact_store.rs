@@ -103,3 +103,74 @@ async fn s3_over_tls_with_a_private_ca() {
     let err = ArtifactStore::open(&location, &bad).unwrap_err().to_string();
     assert!(err.contains("server.csr.txt"), "{err}");
 }
+
+/// What each connection through the proxy sent, in order.
+type Sent = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// Forwards connections on a port of its own to `upstream` and keeps every byte clients send (a
+/// buffer per connection), so a test can read the requests as they went to the server.
+async fn recording_proxy(upstream: String) -> (String, Sent) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let sent: Sent = Default::default();
+    let record = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let record = record.clone();
+            let connection = {
+                let mut all = record.lock().unwrap();
+                all.push(Vec::new());
+                all.len() - 1
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = client_read.read(&mut buf).await {
+                    if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    record.lock().unwrap()[connection].extend_from_slice(&buf[..n]);
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    (address, sent)
+}
+
+#[tokio::test]
+async fn every_upload_carries_its_sha256() {
+    let server = SeaweedFs::start();
+    let upstream = server.endpoint().trim_start_matches("http://").to_owned();
+    let (proxy, sent) = recording_proxy(upstream).await;
+    let options = StoreOptions { endpoint: Some(proxy), ..server.store_options() };
+    let store = ArtifactStore::open(&format!("s3://{}", server.bucket), &options).unwrap();
+
+    store.put("one.json", b"{\"a\":1}".to_vec()).await.unwrap();
+    // A multipart upload: each part carries its own checksum.
+    let mut writer = store.writer("big.bin");
+    let part = bytes::Bytes::from(vec![7u8; 6 * 1024 * 1024]);
+    for _ in 0..3 {
+        writer.write(part.clone()).await.unwrap();
+    }
+    assert_eq!(writer.finish().await.unwrap(), 18 * 1024 * 1024);
+    assert_eq!(store.size("big.bin").await.unwrap(), Some(18 * 1024 * 1024));
+
+    // Each connection's bytes: request lines and headers, then bodies, one request after another.
+    let (mut puts, mut checksums) = (0, 0);
+    for connection in sent.lock().unwrap().iter() {
+        let text = String::from_utf8_lossy(connection).to_ascii_lowercase();
+        // A request line follows the CRLF of the request before it, or, on a kept-alive connection,
+        // the last byte of its body (the 7s below).
+        puts += text.split("\r\n").filter(|line| line.starts_with("put /") || line.contains("\u{7}put /")).count();
+        checksums += text.matches("\r\nx-amz-checksum-sha256: ").count();
+    }
+    // one.json, and three parts of big.bin.
+    assert!(puts >= 4, "a PUT and the multipart parts went through the proxy: {puts}");
+    assert_eq!(checksums, puts, "every PUT carries x-amz-checksum-sha256");
+}
