@@ -5,7 +5,7 @@
 
 use embedfleet_core::config::Sampling;
 use embedfleet_evaluator::rank::Blocks;
-use embedfleet_trainer::mining::{MineSettings, mine_embeddings};
+use embedfleet_trainer::mining::{MineSettings, MiningInput, mine_embeddings};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -46,16 +46,20 @@ fn main() {
         query_prompt: None,
         inverse_cloze: false,
     };
-    let (negatives, report) = mine_embeddings(
-        &query_ids.iter().map(String::as_str).collect::<Vec<_>>(),
-        &queries,
-        &positives,
-        &corpus_ids.iter().map(String::as_str).collect::<Vec<_>>(),
-        &texts.iter().map(String::as_str).collect::<Vec<_>>(),
-        &corpus,
-        &settings,
-        Blocks::default(),
+    let (query_ids, corpus_ids, texts): (Vec<&str>, Vec<&str>, Vec<&str>) = (
+        query_ids.iter().map(String::as_str).collect(),
+        corpus_ids.iter().map(String::as_str).collect(),
+        texts.iter().map(String::as_str).collect(),
     );
+    let input = MiningInput {
+        query_ids: &query_ids,
+        queries: &queries,
+        positives: &positives,
+        corpus_ids: &corpus_ids,
+        corpus_texts: &texts,
+        corpus: &corpus,
+    };
+    let (negatives, report) = mine_embeddings(&input, &settings, Blocks::default());
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "{chunks} chunks x {questions} questions, {dim} dims: mined {} negatives in {seconds:.1} s ({} threads); peak RSS {before:.0} MiB with the embeddings, {:.0} MiB after mining",

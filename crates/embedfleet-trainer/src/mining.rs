@@ -229,35 +229,39 @@ pub fn mine(
     };
     let corpus = model.encode(&passages, batch_size, None)?;
     let embed_seconds = started.elapsed().as_secs_f64();
-    let (negatives, mut report) = mine_embeddings(
-        &problem.query_ids,
-        &queries,
-        &problem.positives,
-        &problem.corpus_ids,
-        &problem.corpus,
-        &corpus,
-        settings,
-        Blocks::default(),
-    );
+    let input = MiningInput {
+        query_ids: &problem.query_ids,
+        queries: &queries,
+        positives: &problem.positives,
+        corpus_ids: &problem.corpus_ids,
+        corpus_texts: &problem.corpus,
+        corpus: &corpus,
+    };
+    let (negatives, mut report) = mine_embeddings(&input, settings, Blocks::default());
     report.embed_seconds = embed_seconds;
     report.cut_from_passages = cut.map_or(0, |(_, cuts)| cuts.cut);
     Ok((negatives, report))
 }
 
-/// Mining on fixed embeddings `[queries, dim]` and `[corpus, dim]`: the pure part, for tests.
-/// `positives[i]` are query i's relevant chunks as corpus indices; `corpus_texts` finds chunks that
-/// repeat a positive's text under another id (they are the positive, whatever their id).
-#[allow(clippy::too_many_arguments)]
-pub fn mine_embeddings(
-    query_ids: &[&str],
-    queries: &Tensor,
-    positives: &[Vec<usize>],
-    corpus_ids: &[&str],
-    corpus_texts: &[&str],
-    corpus: &Tensor,
-    settings: &MineSettings,
-    blocks: Blocks,
-) -> (HardNegatives, MiningReport) {
+/// What mining searches, embedded: the questions and the corpus.
+#[derive(Clone, Copy)]
+pub struct MiningInput<'a> {
+    pub query_ids: &'a [&'a str],
+    /// `[queries, dim]`.
+    pub queries: &'a Tensor,
+    /// `positives[i]`: query i's relevant chunks, as corpus indices.
+    pub positives: &'a [Vec<usize>],
+    pub corpus_ids: &'a [&'a str],
+    /// The chunks' texts: a chunk that repeats a positive's text under another id is the positive,
+    /// whatever its id.
+    pub corpus_texts: &'a [&'a str],
+    /// `[corpus, dim]`.
+    pub corpus: &'a Tensor,
+}
+
+/// Mining on fixed embeddings: the pure part, for tests and the benchmark.
+pub fn mine_embeddings(input: &MiningInput<'_>, settings: &MineSettings, blocks: Blocks) -> (HardNegatives, MiningReport) {
+    let MiningInput { query_ids, queries, positives, corpus_ids, corpus_texts, corpus } = *input;
     let started = Instant::now();
     let _guard = tch::no_grad_guard();
     // Cosine as sentence-transformers mines: normalise once, then dot products.
@@ -410,7 +414,8 @@ mod tests {
         let texts: Vec<String> = cids.iter().map(|c| format!("text of {c}")).collect();
         let (qr, cr): (Vec<&str>, Vec<&str>) = (qids.iter().map(String::as_str).collect(), cids.iter().map(String::as_str).collect());
         let tr: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let (n, r) = mine_embeddings(&qr, &q, &pos, &cr, &tr, &c, s, blocks);
+        let input = MiningInput { query_ids: &qr, queries: &q, positives: &pos, corpus_ids: &cr, corpus_texts: &tr, corpus: &c };
+        let (n, r) = mine_embeddings(&input, s, blocks);
         (n, r, q, c, cids)
     }
 
@@ -519,7 +524,8 @@ mod tests {
             texts.iter().map(String::as_str).collect(),
         );
         let s = MineSettings { relative_margin: 0.0, negatives: 9, ..settings(9) };
-        let (mined, report) = mine_embeddings(&qr, &q, &pos, &cr, &tr, &c, &s, Blocks::default());
+        let input = MiningInput { query_ids: &qr, queries: &q, positives: &pos, corpus_ids: &cr, corpus_texts: &tr, corpus: &c };
+        let (mined, report) = mine_embeddings(&input, &s, Blocks::default());
         assert!(!mined.0[qids[0].as_str()].contains(&cids[9]));
         assert!(!mined.0[qids[9].as_str()].contains(&cids[0]));
         assert_eq!(report.duplicates_of_positive, 2);

@@ -70,8 +70,14 @@ struct FleetHooks {
     last: Instant,
     last_cancel_check: Instant,
     /// Test hook: abort the process at the first step at or past this one, as an OOM kill would
-    /// (EMBEDFLEET_TEST_ABORT_AT_STEP).
+    /// (EMBEDFLEET_TEST_ABORT_AT_STEP, read only by builds with debug assertions: the test builds,
+    /// never a release binary).
     abort_at: Option<usize>,
+}
+
+/// The crash-loop tests' hook (see `FleetHooks::abort_at`); a release build never reads it.
+fn test_abort_step() -> Option<usize> {
+    if cfg!(debug_assertions) { std::env::var("EMBEDFLEET_TEST_ABORT_AT_STEP").ok().and_then(|s| s.parse().ok()) } else { None }
 }
 
 impl FleetHooks {
@@ -192,7 +198,7 @@ impl TaskHandler for TrainWorker {
             rt: Handle::current(),
             last: Instant::now(),
             last_cancel_check: Instant::now(),
-            abort_at: std::env::var("EMBEDFLEET_TEST_ABORT_AT_STEP").ok().and_then(|s| s.parse().ok()),
+            abort_at: test_abort_step(),
         };
         let outcome = tokio::task::spawn_blocking(move || -> Result<_, TrainError> {
             let mut model = SentenceEncoder::load(&model_dir, options)?;
