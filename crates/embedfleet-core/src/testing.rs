@@ -6,19 +6,40 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// A port that is free now, and whose +10000 gRPC twin is free too (SeaweedFS uses both).
+/// Ports the tests' servers listen on come from below the kernel's ephemeral range (Linux's default
+/// starts at 32768). A port that `bind(0)` handed out and the test released could be taken, before the
+/// server binds it, as the source port of any outgoing connection on the machine (every NATS and S3
+/// client of every test running beside this one); below the range only another test's pick can
+/// take it, and picks are spread at random.
+const PORTS: std::ops::Range<u16> = 12_000..22_000;
+
+fn bindable(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A port that is free now, and whose +10000 gRPC twin is free too (SeaweedFS uses both), both
+/// below the ephemeral range.
 pub fn free_port_pair() -> u16 {
-    for _ in 0..200 {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
-        if (10_000..55_000).contains(&port) && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+    use rand::Rng;
+    for _ in 0..1_000 {
+        let port = rand::rng().random_range(PORTS);
+        if bindable(port) && bindable(port + 10_000) {
             return port;
         }
     }
-    panic!("no free port pair on 127.0.0.1");
+    panic!("no free port pair on 127.0.0.1 in {PORTS:?}");
 }
 
+/// A free port below the ephemeral range (see [`PORTS`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use rand::Rng;
+    for _ in 0..1_000 {
+        let port = rand::rng().random_range(PORTS.start..PORTS.end + 10_000);
+        if bindable(port) {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 below the ephemeral range");
 }
 
 fn repo_root() -> PathBuf {
