@@ -31,12 +31,22 @@ pub struct Bf16Support {
 /// honoured: set below `AVX512_CORE_BF16` it keeps libtorch's products off those instructions, so
 /// they count as absent (it also lets one machine measure what an AVX2 machine does). On CUDA,
 /// compute capability 8.0 (Ampere) and later has bf16 tensor cores.
+///
+/// Read once per device and process: the answer is asked for at every model load and every time
+/// the run's facts are written, and finding it reads /proc/cpuinfo or starts `nvidia-smi`.
 pub fn bf16_support(device: Device) -> Bf16Support {
-    match device {
+    static KNOWN: std::sync::Mutex<Vec<(Device, Bf16Support)>> = std::sync::Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, support)) = known.iter().find(|(d, _)| *d == device) {
+        return support.clone();
+    }
+    let support = match device {
         Device::Cpu => cpu_bf16_support(),
         Device::Cuda(index) => cuda_bf16_support(index),
         other => Bf16Support { native: false, reason: format!("{other:?} is not measured; fp32 is the safe choice") },
-    }
+    };
+    known.push((device, support.clone()));
+    support
 }
 
 fn cpu_bf16_support() -> Bf16Support {
