@@ -502,25 +502,13 @@ impl Coordinator {
         let best_value = record.evaluations.get(best).copied();
         let improved = best.step_number() != Some(0);
         let metric = &record.spec.train.metric;
-        let verdict = match (base, best_value) {
-            (Some(b), Some(v)) if improved => format!("fine-tuned model ({best}) is better than the base: {metric} {v:.4} vs {b:.4}"),
+        // Which checkpoint was kept, in the record's own numbers; whether the difference is more
+        // than noise is the page's verdict, from the evaluators' per-question scores.
+        let kept = match (base, best_value) {
+            (Some(b), Some(v)) if improved => format!("kept {best}: validation {metric} {v:.4} vs the base's {b:.4}"),
             (Some(b), _) => format!("no checkpoint beat the base model ({metric} {b:.4}); runs/{run_id}/model holds the base model"),
             _ => "no evaluation of the base model".into(),
         };
-        let report = serde_json::json!({
-            "run_id": run_id,
-            "primary_metric": record.spec.train.metric,
-            "best": best,
-            "improved": improved,
-            "verdict": verdict,
-            "evaluations": record.evaluations,
-            "questions": record.questions,
-            "failed_chunks": record.failed_chunks,
-            "spent_usd": record.spent_usd,
-            "steps": record.steps,
-            "model_sha256": model_sha256,
-        });
-        self.store.put(&layout::report(run_id), serde_json::to_vec_pretty(&report).expect("json")).await?;
         let split_by = serde_json::to_value(record.spec.dataset.split_by).expect("json");
         let generator = serde_json::to_value(record.spec.dataset.generator).expect("json");
         let run = embedfleet_report::fleet::FleetRun {
@@ -539,7 +527,22 @@ impl Coordinator {
             summary_key: layout::dataset_summary(run_id),
             model_sha256: &model_sha256,
         };
-        embedfleet_report::fleet::write_run_report(&self.store, &run).await.map_err(TaskError::classify)?;
+        let written = embedfleet_report::fleet::write_run_report(&self.store, &run).await.map_err(TaskError::classify)?;
+        let report = serde_json::json!({
+            "run_id": run_id,
+            "primary_metric": record.spec.train.metric,
+            "best": best,
+            "improved": improved,
+            "verdict": written.verdict.text,
+            "kept": kept,
+            "evaluations": record.evaluations,
+            "questions": record.questions,
+            "failed_chunks": record.failed_chunks,
+            "spent_usd": record.spent_usd,
+            "steps": record.steps,
+            "model_sha256": model_sha256,
+        });
+        self.store.put(&layout::report(run_id), serde_json::to_vec_pretty(&report).expect("json")).await?;
         Ok(())
     }
 }

@@ -372,6 +372,11 @@ pub struct TrainConfig {
     /// Hard negatives: how many per question, and how they are mined.
     #[command(flatten)]
     pub mining: MiningConfig,
+    /// After training, interpolate the kept weights with the base's (WiSE-FT): `auto` scores the
+    /// weights 0, 0.25, 0.5, 0.75 and 1 on validation and keeps the best (0 is the base); a number
+    /// from 0 to 1 takes that weight of the fine-tuned model; `off` keeps the trained weights.
+    #[arg(long, env = "EMBEDFLEET_MERGE_WITH_BASE", default_value = "off")]
+    pub merge_with_base: crate::MergeWithBase,
 }
 
 impl Default for TrainConfig {
@@ -393,6 +398,7 @@ impl Default for TrainConfig {
             prompt: QueryPrompt::default(),
             cloze: InverseCloze::default(),
             mining: MiningConfig::default(),
+            merge_with_base: crate::MergeWithBase::Off,
         }
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod csv;
 pub mod metrics;
+pub mod query_log;
 pub mod rank;
 pub mod report;
+pub mod round_trip;
 pub mod worker;
 
 use embedfleet_core::QaDataset;
@@ -119,6 +121,18 @@ pub struct PreparedDataset {
     pub relevant: Vec<HashSet<String>>,
     /// Queries dropped for having no relevant document, as the reference drops them.
     pub dropped_queries: usize,
+    /// Which document each chunk is from and which documents answer each query, for the
+    /// document-level hit rate of a query log.
+    pub documents: Option<DocumentLabels>,
+}
+
+/// Document-level relevance: a query log names the page that answered, not the chunk.
+#[derive(Debug, Clone, Default)]
+pub struct DocumentLabels {
+    /// Corpus id → document id.
+    pub of_chunk: std::collections::HashMap<String, String>,
+    /// Per query, in [`PreparedDataset::query_ids`] order.
+    pub relevant: Vec<HashSet<String>>,
 }
 
 impl PreparedDataset {
@@ -130,6 +144,7 @@ impl PreparedDataset {
             corpus: dataset.corpus.values().cloned().collect(),
             relevant: Vec::new(),
             dropped_queries: 0,
+            documents: None,
         };
         for (qid, text) in &dataset.queries {
             match dataset.relevant_docs.get(qid).filter(|r| !r.is_empty()) {
@@ -160,6 +175,9 @@ pub struct QueryOutcome {
     /// The best few passages, for the report's questions (absent in results written before it).
     #[serde(default)]
     pub top: Vec<Retrieved>,
+    /// This query's NDCG@10 under the first score function, for the paired bootstrap.
+    #[serde(default)]
+    pub ndcg: Option<f64>,
 }
 
 /// Passages kept per query for the report.
@@ -188,6 +206,13 @@ pub struct Evaluation {
     /// At each of `matryoshka_dims`, largest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dims: Vec<DimEvaluation>,
+    /// SHA-256 of the query and corpus embeddings (see [`embeddings_digest`]).
+    #[serde(default)]
+    pub embeddings_digest: Option<String>,
+    /// Document-level hit rate@k: a query counts when any of its top k chunks comes from a
+    /// document that answers it. Only for sets that say which document each chunk is from.
+    #[serde(default)]
+    pub doc_hit_rate: Option<HitRate>,
 }
 
 /// The metrics with the embeddings cut to their first `dim` dimensions.
@@ -238,11 +263,13 @@ impl Evaluation {
             questions: self
                 .per_query
                 .iter()
-                .map(|q| QuestionResult { query_id: q.query_id.clone(), rank: q.rank, top: q.top.clone() })
+                .map(|q| QuestionResult { query_id: q.query_id.clone(), rank: q.rank, top: q.top.clone(), ndcg: q.ndcg })
                 .collect(),
             depth: self.depth,
             step: None,
             dims: self.dims.iter().map(DimEvaluation::to_result).collect(),
+            embeddings_digest: self.embeddings_digest.clone(),
+            selection: None,
         }
     }
 }
@@ -307,6 +334,7 @@ fn score(data: &PreparedDataset, queries: &Tensor, corpus: &Tensor, options: &Ev
         .map(|(((qid, ids), rel), hits)| QueryOutcome {
             query_id: qid.clone(),
             rank: ids.iter().position(|id| rel.contains(id)).map(|r| r + 1),
+            ndcg: Some(metrics::ndcg_at(ids, rel, PRIMARY_NDCG_K)),
             top: hits
                 .iter()
                 .take(TOP_PASSAGES)
@@ -314,6 +342,17 @@ fn score(data: &PreparedDataset, queries: &Tensor, corpus: &Tensor, options: &Ev
                 .collect(),
         })
         .collect();
+    let doc_hit_rate = data.documents.as_ref().map(|docs| {
+        let hits = ranked
+            .iter()
+            .zip(&docs.relevant)
+            .filter(|(ids, wanted)| {
+                ids.iter().take(options.hit_rate_k).any(|id| docs.of_chunk.get(*id).is_some_and(|d| wanted.contains(d)))
+            })
+            .count();
+        let total = ranked.len();
+        HitRate { k: options.hit_rate_k, hits, total, rate: if total == 0 { 0.0 } else { hits as f64 / total as f64 } }
+    });
     Evaluation {
         hit_rate: hit_rate(&ranked, &relevant, options.hit_rate_k),
         metrics,
@@ -323,6 +362,8 @@ fn score(data: &PreparedDataset, queries: &Tensor, corpus: &Tensor, options: &Ev
         depth: max_k,
         dim: None,
         dims: Vec::new(),
+        embeddings_digest: None,
+        doc_hit_rate,
     }
 }
 
@@ -349,8 +390,26 @@ pub fn evaluate_model_with_progress(
     let encode_s = started.elapsed().as_secs_f64();
     let mut evaluation = evaluate_embeddings(data, &queries, &corpus, options);
     evaluation.timings.encode_s = encode_s;
+    evaluation.embeddings_digest = Some(embeddings_digest(&[&queries, &corpus]));
     Ok(evaluation)
 }
+
+/// SHA-256 over the float32 values of `tensors`, in order: two models with the same digest on the
+/// same texts embed them identically, bit for bit (the change check).
+pub fn embeddings_digest(tensors: &[&Tensor]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for t in tensors {
+        let values: Vec<f32> = Vec::try_from(t.to_kind(tch::Kind::Float).contiguous().view([-1])).unwrap_or_default();
+        for v in values {
+            hasher.update(v.to_le_bytes());
+        }
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The cut-off of the per-query NDCG the verdict's interval resamples (the report's primary metric).
+const PRIMARY_NDCG_K: usize = 10;
 
 /// Evaluations of several models by name, in the order given.
 pub type Comparison = IndexMap<String, Evaluation>;

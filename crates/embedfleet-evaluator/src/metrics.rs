@@ -109,6 +109,14 @@ pub fn compute_metrics(ranked: &[Vec<&str>], relevant: &[HashSet<&str>], config:
     m
 }
 
+/// One query's NDCG@k, as [`compute_metrics`] averages it.
+pub fn ndcg_at(ranked: &[&str], relevant: &HashSet<&str>, k: usize) -> f64 {
+    let dcg: f64 =
+        ranked.iter().take(k).enumerate().filter(|(_, id)| relevant.contains(*id)).map(|(i, _)| 1.0 / (i as f64 + 2.0).log2()).sum();
+    let ideal: f64 = (0..relevant.len().min(k)).map(|i| 1.0 / (i as f64 + 2.0).log2()).sum();
+    if ideal == 0.0 { 0.0 } else { dcg / ideal }
+}
+
 pub use embedfleet_report::HitRate;
 
 pub fn hit_rate(ranked: &[Vec<&str>], relevant: &[HashSet<&str>], k: usize) -> HitRate {
@@ -146,5 +154,7 @@ mod tests {
         let names: Vec<String> = m.named().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["Accuracy@1", "Accuracy@3", "Precision@1", "Recall@1", "Precision@3", "Recall@3", "MRR@3", "NDCG@3", "MAP@3"]);
         assert_eq!(hit_rate(&ranked, &relevant, 2), HitRate { k: 2, hits: 1, total: 2, rate: 0.5 });
+        let per_query: f64 = ranked.iter().zip(&relevant).map(|(r, rel)| ndcg_at(r, rel, 3)).sum::<f64>() / 2.0;
+        assert!((per_query - m.ndcg[&3]).abs() < 1e-15, "per-query NDCG averages to the metric");
     }
 }

@@ -3,8 +3,10 @@
 //! better or worse).
 
 use crate::Comparison;
+use crate::csv::python_float;
 use embedfleet_report::ModelResult;
 use embedfleet_report::charts::dims::{ndcg_at, scored_dims};
+use embedfleet_report::summary::PairedComparison;
 use embedfleet_report::write::write_atomic;
 use serde_json::json;
 use std::fmt::Write as _;
@@ -24,6 +26,20 @@ pub fn hit_rate_table(models: &Comparison) -> String {
             _ => "-".into(),
         };
         let _ = writeln!(s, "{:<24} {:>10.4} {:>7} {:>7} {:>12}", name, e.hit_rate.rate, e.hit_rate.hits, e.hit_rate.total, rel);
+    }
+    s
+}
+
+/// The document-level hit rate (a top-k chunk from a page that answered), when the set says
+/// which document each chunk is from; empty otherwise.
+pub fn doc_hit_rate_table(models: &Comparison) -> String {
+    let mut s = String::new();
+    let Some(k) = models.values().find_map(|e| e.doc_hit_rate.map(|h| h.k)) else { return s };
+    let _ = writeln!(s, "{:<24} {:>14} {:>7} {:>7}", "Model", format!("Doc hit rate@{k}"), "Hits", "Total");
+    for (name, e) in models {
+        if let Some(h) = e.doc_hit_rate {
+            let _ = writeln!(s, "{:<24} {:>14.4} {:>7} {:>7}", name, h.rate, h.hits, h.total);
+        }
     }
     s
 }
@@ -82,6 +98,38 @@ pub fn verdict(models: &Comparison) -> String {
     embedfleet_report::summary::verdict(&results(models)).text
 }
 
+/// Every model against the first, on NDCG@10 and the hit rate, with 95 % paired-bootstrap intervals.
+pub fn comparisons(models: &Comparison) -> Vec<PairedComparison> {
+    embedfleet_report::summary::all_comparisons(&results(models))
+}
+
+/// The intervals as a CSV beside the reference's per-model CSVs.
+pub const COMPARISON_CSV: &str = "comparison.csv";
+
+/// `model,base,measure,base_value,value,difference,ci_low,ci_high,questions,resamples,verdict`.
+pub fn comparison_csv(comparisons: &[PairedComparison]) -> String {
+    let mut s = String::from("model,base,measure,base_value,value,difference,ci_low,ci_high,questions,resamples,verdict\r\n");
+    for c in comparisons {
+        let cell = |t: &str| if t.contains([',', '"', '\n', '\r']) { format!("\"{}\"", t.replace('"', "\"\"")) } else { t.to_owned() };
+        let _ = write!(
+            s,
+            "{},{},{},{},{},{},{},{},{},{},{}\r\n",
+            cell(&c.model),
+            cell(&c.base),
+            cell(&c.measure),
+            python_float(c.base_value),
+            python_float(c.value),
+            python_float(c.interval.mean),
+            python_float(c.interval.low),
+            python_float(c.interval.high),
+            c.interval.questions,
+            c.interval.resamples,
+            c.difference.as_str()
+        );
+    }
+    s
+}
+
 /// The report's view of each evaluation, named as in `models` (sources unknown here).
 pub fn results(models: &Comparison) -> Vec<ModelResult> {
     models.iter().map(|(name, e)| e.to_result(name, name)).collect()
@@ -101,11 +149,14 @@ pub fn write_report(dir: &Path, models: &Comparison) -> std::io::Result<()> {
     let report = json!({
         "primary_metric": PRIMARY_METRIC,
         "verdict": verdict(models),
+        "comparisons": comparisons(models),
         "models": models.iter().map(|(name, e)| json!({
             "name": name,
             "hit_rate": e.hit_rate,
             "metrics": crate::named_metrics(&e.metrics),
             "dropped_queries": e.dropped_queries,
+            "document_hit_rate": e.doc_hit_rate,
+            "embeddings_digest": e.embeddings_digest,
             "timings": e.timings,
             "dims": e.dims.iter().map(|d| json!({
                 "dim": d.dim,
@@ -125,6 +176,7 @@ pub fn write_report(dir: &Path, models: &Comparison) -> std::io::Result<()> {
         }
     }
     write_atomic(&dir.join("per_query.jsonl"), &lines).map_err(std::io::Error::other)?;
+    write_atomic(&dir.join(COMPARISON_CSV), comparison_csv(&comparisons(models)).as_bytes()).map_err(std::io::Error::other)?;
     embedfleet_report::write::write_metrics_chart(&dir.join("metrics.svg"), &results(models)).map_err(std::io::Error::other)?;
     Ok(())
 }

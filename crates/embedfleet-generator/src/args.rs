@@ -46,6 +46,16 @@ pub struct LlmArgs {
     /// A prompt file with {context_str} and {num_questions_per_chunk}.
     #[arg(long, env = "EMBEDFLEET_PROMPT_TEMPLATE", alias = "prompt_template")]
     pub prompt_template: Option<PathBuf>,
+    /// Real queries (CSV or JSON Lines with a `query` column) shown in each prompt as examples of
+    /// how users ask, so the questions read like theirs. Never evaluate on the same queries.
+    #[arg(long, env = "EMBEDFLEET_EXAMPLE_QUERIES", alias = "example_queries")]
+    pub example_queries: Option<PathBuf>,
+    /// How many example queries each prompt shows.
+    #[arg(long, env = "EMBEDFLEET_EXAMPLES_PER_PROMPT", default_value_t = 5)]
+    pub examples_per_prompt: usize,
+    /// Seed of the sample of examples each chunk sees.
+    #[arg(long, env = "EMBEDFLEET_EXAMPLES_SEED", default_value_t = 0)]
+    pub examples_seed: u64,
     /// Where answered chunks are kept, so a re-run only asks for the rest.
     #[arg(long, env = "EMBEDFLEET_LLM_CACHE_DIR")]
     pub llm_cache_dir: Option<PathBuf>,
@@ -63,6 +73,10 @@ impl LlmArgs {
             Some(path) => PromptTemplate::from_file(path)?,
             None => PromptTemplate::default(),
         };
+        let examples = match &self.example_queries {
+            Some(path) => Some(crate::ExampleQueries::from_file(path, self.examples_per_prompt, self.examples_seed)?),
+            None => None,
+        };
         let cache_dir = Some(self.llm_cache_dir.clone().unwrap_or_else(|| embedfleet_core::cache::cache_subdir("llm-answers")));
         Ok(LlmConfig {
             base_url: self.llm_base_url.clone().unwrap_or(defaults.base_url),
@@ -77,6 +91,7 @@ impl LlmArgs {
                 crate::LlmError::InvalidConfig(format!("--llm-timeout must be a positive number of seconds, got {}", self.llm_timeout))
             })?,
             prompt,
+            examples,
             concurrency: self.llm_concurrency,
             limits: RateLimits { requests_per_minute: Some(self.llm_rpm), tokens_per_minute: Some(self.llm_tpm), ..defaults.limits },
             max_attempts: self.llm_max_attempts,

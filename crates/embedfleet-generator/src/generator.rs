@@ -97,7 +97,21 @@ impl<L: RateLimiter> LlmGenerator<L> {
 
     /// The resume-cache key of `chunk` asked for `n` questions of this endpoint and model.
     pub fn cache_key(&self, chunk: &Chunk, n: usize) -> String {
-        cache_key(&chunk.text, self.template().source(), &self.config.model, self.client.endpoint().as_str(), n)
+        // The examples a chunk sees are part of its prompt, so of the key.
+        let template = match &self.config.examples {
+            Some(examples) => format!("{}{}", self.template().source(), examples.block(chunk.id.as_str())),
+            None => self.template().source().to_owned(),
+        };
+        cache_key(&chunk.text, &template, &self.config.model, self.client.endpoint().as_str(), n)
+    }
+
+    /// The prompt for `chunk`: the template, and the chunk's examples of how users ask, if any.
+    pub fn prompt(&self, chunk: &Chunk, n: usize) -> String {
+        let mut prompt = self.template().render(&chunk.text, n);
+        if let Some(examples) = &self.config.examples {
+            prompt.push_str(&examples.block(chunk.id.as_str()));
+        }
+        prompt
     }
 
     /// Where answered chunks are kept, when resuming is on.
@@ -137,7 +151,7 @@ impl<L: RateLimiter> LlmGenerator<L> {
             return Ok(answer.questions);
         }
 
-        let prompt = self.template().render(&chunk.text, n);
+        let prompt = self.prompt(chunk, n);
         let mut questions: Vec<String> = Vec::new();
         // A retry that errors keeps what the first answer gave but is not cached, so a rerun (with
         // a higher budget, a fixed key) tries the chunk again.

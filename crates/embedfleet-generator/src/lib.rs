@@ -29,7 +29,7 @@ pub use failures::write_failures;
 pub use filter::{FilterConfig, FilterStats, QuestionFilter};
 pub use generator::LlmGenerator;
 pub use limiter::{LocalRateLimiter, RateLimiter, RateLimits};
-pub use prompt::{DEFAULT_TEMPLATE, PromptTemplate};
+pub use prompt::{DEFAULT_TEMPLATE, ExampleQueries, PromptTemplate};
 pub use stats::GeneratorStats;
 
 use std::path::PathBuf;
@@ -77,6 +77,8 @@ pub struct LlmConfig {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub prompt: PromptTemplate,
+    /// Real queries shown in each prompt as examples of how users ask (`--example-queries`).
+    pub examples: Option<ExampleQueries>,
     /// Requests in flight at once (and chunks the core driver runs at once).
     pub concurrency: usize,
     pub limits: RateLimits,
@@ -106,6 +108,7 @@ impl Default for LlmConfig {
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             prompt: PromptTemplate::default(),
+            examples: None,
             concurrency: 8,
             // Below OpenAI's tier-1 limits for gpt-3.5-turbo; raise them for higher tiers or for a
             // local server, lower them for a free tier.

@@ -115,6 +115,73 @@ impl PromptTemplate {
     }
 }
 
+/// What goes before the examples in a prompt.
+pub const EXAMPLES_INTRO: &str = "\nThe people who will search this documentation ask questions like these:\n";
+/// What follows them: the style to write in.
+pub const EXAMPLES_STYLE: &str = "Write the questions the way these people ask: the same length, wording and tone (short, keyword-like, conversational or misspelled where theirs are), not as exam questions. Do not copy these examples; ask about the context above.\n";
+
+/// Queries people really asked (`--example-queries`), shown in each prompt as examples of how they
+/// ask (Promptagator's few-shot prompting). Each chunk sees its own seeded sample, so the same seed
+/// and chunk give the same prompt, and a run says which examples a chunk saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExampleQueries {
+    queries: Vec<String>,
+    per_prompt: usize,
+    seed: u64,
+}
+
+impl ExampleQueries {
+    /// `queries` deduplicated in order; `per_prompt` of them go into each prompt.
+    pub fn new(queries: impl IntoIterator<Item = String>, per_prompt: usize, seed: u64) -> Result<Self, LlmError> {
+        let mut seen = std::collections::HashSet::new();
+        let queries: Vec<String> = queries
+            .into_iter()
+            .map(|q| q.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|q| !q.is_empty() && seen.insert(q.clone()))
+            .collect();
+        if queries.is_empty() {
+            return Err(LlmError::InvalidConfig("--example-queries holds no query".into()));
+        }
+        if per_prompt == 0 || per_prompt > 50 {
+            return Err(LlmError::InvalidConfig(format!("--examples-per-prompt {per_prompt}: use 1 to 50")));
+        }
+        Ok(Self { queries, per_prompt, seed })
+    }
+
+    /// The `query` column of a CSV or JSON Lines file (the query-log format; labels are not needed).
+    pub fn from_file(path: &Path, per_prompt: usize, seed: u64) -> Result<Self, LlmError> {
+        let rows = embedfleet_core::query_file::read_queries(path, embedfleet_core::query_file::Labels::Ignored)
+            .map_err(|e| LlmError::InvalidConfig(format!("--example-queries: {e}")))?;
+        Self::new(rows.into_iter().map(|r| r.query), per_prompt, seed)
+    }
+
+    /// Every example query, deduplicated.
+    pub fn queries(&self) -> &[String] {
+        &self.queries
+    }
+
+    /// The examples the chunk `chunk_id` sees: `per_prompt` of them (all when there are fewer),
+    /// drawn without replacement by a generator seeded with the seed and the chunk's id.
+    pub fn for_chunk(&self, chunk_id: &str) -> Vec<&str> {
+        use rand::SeedableRng;
+        use rand::seq::IndexedRandom;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(embedfleet_core::ids::derive_seed(self.seed, chunk_id));
+        self.queries.choose_multiple(&mut rng, self.per_prompt.min(self.queries.len())).map(String::as_str).collect()
+    }
+
+    /// The text appended to the prompt of `chunk_id`.
+    pub fn block(&self, chunk_id: &str) -> String {
+        let mut out = String::from(EXAMPLES_INTRO);
+        for q in self.for_chunk(chunk_id) {
+            out.push_str("- ");
+            out.push_str(q);
+            out.push('\n');
+        }
+        out.push_str(EXAMPLES_STYLE);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +221,34 @@ mod tests {
         assert!(err.contains("prompt.txt"), "{err}");
         std::fs::write(&path, "{context_str} -> {num_questions_per_chunk}").unwrap();
         assert_eq!(PromptTemplate::from_file(&path).unwrap().render("c", 1), "c -> 1");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn each_chunk_sees_its_own_seeded_sample_of_the_examples() {
+        let queries: Vec<String> = (0..40).map(|i| format!("how do i do thing {i}")).collect();
+        let examples = ExampleQueries::new(queries.clone(), 5, 7).unwrap();
+        let a = examples.for_chunk("doc-0001");
+        assert_eq!(a.len(), 5);
+        assert_eq!(a, examples.for_chunk("doc-0001"), "the same chunk and seed give the same examples");
+        assert_ne!(a, examples.for_chunk("doc-0002"), "another chunk sees another sample");
+        assert_ne!(a, ExampleQueries::new(queries, 5, 8).unwrap().for_chunk("doc-0001"), "another seed, another sample");
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(distinct.len(), 5, "drawn without replacement");
+
+        let prompt = PromptTemplate::default().render("CONTEXT", 2) + &examples.block("doc-0001");
+        assert!(prompt.contains(EXAMPLES_INTRO) && prompt.ends_with(EXAMPLES_STYLE));
+        for q in &a {
+            assert!(prompt.contains(&format!("- {q}\n")), "{q} in the prompt");
+        }
+        let few = ExampleQueries::new(["a b".to_owned(), "a  b".to_owned(), " ".to_owned(), "c".to_owned()], 5, 0).unwrap();
+        assert_eq!(few.queries(), ["a b", "c"], "deduplicated, blank dropped");
+        assert_eq!(few.for_chunk("x").len(), 2, "all of them when there are fewer than asked");
+        assert!(ExampleQueries::new(Vec::<String>::new(), 5, 0).is_err());
+        assert!(ExampleQueries::new(["q".to_owned()], 0, 0).is_err());
     }
 }

@@ -293,6 +293,25 @@ impl SentenceEncoder {
         Ok(out.index_select(0, &gather))
     }
 
+    /// Writes the weights alone, as `model.safetensors` in `dir` (float32, sorted names), and removes
+    /// any other weight file there: how [`Self::save`] writes them, and how a merge with the base
+    /// replaces them in a saved folder.
+    pub fn write_weights(&self, dir: &Path) -> Result<(), ModelError> {
+        let variables = self.vs.variables();
+        let mut named: Vec<(String, Tensor)> =
+            variables.into_iter().map(|(name, t)| (name, t.detach().to_kind(Kind::Float).to_device(Device::Cpu).contiguous())).collect();
+        named.extend(self.passthrough.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let weights = dir.join("model.safetensors");
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::Write { path: dir.to_owned(), source: e })?;
+        // Written beside and renamed over: a model loaded from this very file (a merge) may still map it.
+        let partial = dir.join("model.safetensors.partial");
+        Tensor::write_safetensors(&named, &partial)?;
+        std::fs::rename(&partial, &weights).map_err(|e| ModelError::Write { path: weights.clone(), source: e })?;
+        // A resave over the source folder must not leave older weight files that loaders prefer or mix in.
+        crate::folder::remove_other_weights(dir)
+    }
+
     /// Writes a complete sentence-transformers folder that `SentenceTransformer(dir)` loads, in the
     /// layout both sentence-transformers 2.x–3.x and 6.x read.
     pub fn save(&self, dir: &Path, card: &ModelCard) -> Result<(), ModelError> {
@@ -306,16 +325,7 @@ impl SentenceEncoder {
 
         write(dir.join("config.json"), pretty(&crate::folder::saved_config(&self.config, self.family)))?;
 
-        let variables = self.vs.variables();
-        let mut named: Vec<(String, Tensor)> =
-            variables.into_iter().map(|(name, t)| (name, t.detach().to_kind(Kind::Float).to_device(Device::Cpu).contiguous())).collect();
-        named.extend(self.passthrough.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let weights = dir.join("model.safetensors");
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::Write { path: dir.to_owned(), source: e })?;
-        Tensor::write_safetensors(&named, &weights)?;
-        // A resave over the source folder must not leave older weight files that loaders prefer or mix in.
-        crate::folder::remove_other_weights(dir)?;
+        self.write_weights(dir)?;
 
         for name in TOKENIZER_FILES {
             let src = self.source_dir.join(name);

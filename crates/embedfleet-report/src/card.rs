@@ -293,6 +293,9 @@ fn training_section(s: &mut String, card: &ModelCard) {
             let _ = writeln!(s, "- Kept: the base model (no checkpoint beat it)");
         }
     }
+    if let Some(merge) = &t.merge {
+        let _ = writeln!(s, "- Merge with the base: {merge}");
+    }
 }
 
 fn usage_section(s: &mut String, card: &ModelCard) {

@@ -13,7 +13,7 @@ pub const HEADLINE_METRICS: [&str; 4] = ["Accuracy@1", "MRR@10", "NDCG@10", "MAP
 
 /// Hit rate@k as the reference scripts report it: the share of queries whose relevant chunk is in
 /// the top k, with the counts.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct HitRate {
     pub k: usize,
     pub hits: usize,
@@ -29,7 +29,7 @@ pub struct Retrieved {
 }
 
 /// Where one model put the right passage for one question, and what it put first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuestionResult {
     pub query_id: String,
     /// 1-based rank of the first relevant passage, None when it is not within the depth searched.
@@ -37,6 +37,10 @@ pub struct QuestionResult {
     /// The best few passages, best first.
     #[serde(default)]
     pub top: Vec<Retrieved>,
+    /// This question's [`PRIMARY_METRIC`] under the first score function: what the paired
+    /// bootstrap of the verdict resamples (None in results written before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ndcg: Option<f64>,
 }
 
 /// One model's metrics with its embeddings cut to their first `dim` dimensions (Matryoshka).
@@ -49,7 +53,7 @@ pub struct DimResult {
 }
 
 /// One model's evaluation on the validation set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelResult {
     /// The name in tables: `base`, `finetuned`, a `--model NAME`, or a checkpoint label.
     pub name: String,
@@ -71,6 +75,14 @@ pub struct ModelResult {
     /// (empty unless Matryoshka dimensions were asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dims: Vec<DimResult>,
+    /// SHA-256 of the embeddings the model gave for the evaluation's texts: equal digests mean the
+    /// model embeds exactly as the base does (the change check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings_digest: Option<String>,
+    /// How this model came to be what it is, when that is not simply "the last checkpoint": "no
+    /// checkpoint beat the base on validation", "merged with the base at weight 0.5".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
 }
 
 impl ModelResult {
@@ -143,6 +155,9 @@ pub struct TrainingFacts {
     /// The Matryoshka dimensions trained, largest first; empty for plain MNRL.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matryoshka_dims: Vec<usize>,
+    /// The merge with the base (`--merge-with-base`): which weight was kept and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<String>,
 }
 
 /// The LLM's part of generating the questions.
@@ -174,6 +189,9 @@ pub struct DatasetFacts {
     pub dropped: IndexMap<String, u64>,
     /// Chunks that got no questions.
     pub failed_chunks: usize,
+    /// A few training questions the round-trip filter dropped (`--round-trip-top-k`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub round_trip_examples: Vec<String>,
     pub llm: Option<LlmFacts>,
 }
 
@@ -239,7 +257,7 @@ mod tests {
             questions: Vec::new(),
             depth: 100,
             step: None,
-            dims: Vec::new(),
+            ..Default::default()
         };
         assert_eq!(m.metric("NDCG@10"), Some(0.5));
         assert_eq!(m.metric("dot-NDCG@10"), Some(0.25));

@@ -75,7 +75,15 @@ async fn read_json<T: serde::de::DeserializeOwned>(store: &ArtifactStore, key: &
 
 /// Builds the run's report from the store and writes its files back; returns the key of
 /// `report.html`.
-pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Result<String, ReportError> {
+/// What [`write_run_report`] wrote: where the page is, and its verdict (with the interval the
+/// evaluators' per-question scores give), for the run's report.json and `embedfleet results`.
+#[derive(Debug, Clone)]
+pub struct WrittenReport {
+    pub key: String,
+    pub verdict: crate::summary::Verdict,
+}
+
+pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Result<WrittenReport, ReportError> {
     let prefix = report_data_prefix(&run.run_prefix);
     let mut checkpoints: Vec<ModelResult> = Vec::new();
     for key in store.list(&prefix).await? {
@@ -177,7 +185,11 @@ pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Resu
             .models
             .iter()
             .take(if best_step.is_some() { report.models.len() } else { 1 })
-            .map(|m| ModelResult { questions: Vec::new(), ..m.clone() })
+            // Per-question scores stay (the verdict's interval needs them); the passages do not.
+            .map(|m| ModelResult {
+                questions: m.questions.iter().map(|q| crate::QuestionResult { top: Vec::new(), ..q.clone() }).collect(),
+                ..m.clone()
+            })
             .collect(),
         evaluation_size: Some((report.validation.queries.len(), report.validation.corpus.len())),
         training: report.training.clone(),
@@ -186,5 +198,5 @@ pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Resu
         checksums: run.model_sha256.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
     store.put(&file("README.md"), render(&card, &facts).into_bytes()).await?;
-    Ok(report_key)
+    Ok(WrittenReport { key: report_key, verdict: crate::summary::verdict(&report.models) })
 }

@@ -5,7 +5,8 @@ use crate::charts::dims::{ndcg_at, scored_dims};
 use crate::charts::{dims_chart, metrics_chart, training_chart};
 use crate::data::{DatasetFacts, ModelResult, RunReport, TrainingFacts};
 use crate::questions::{QuestionChange, changes, passage_snippet, rank_label};
-use crate::summary::{headline_columns, headline_values, verdict};
+use crate::stats::Difference;
+use crate::summary::{all_comparisons, headline_columns, headline_values, verdict};
 use crate::svg::escape;
 use std::fmt::Write as _;
 
@@ -154,7 +155,47 @@ fn headline(out: &mut String, report: &RunReport) {
         }
         out.push_str("</tr>");
     }
-    out.push_str("</tbody></table></section>");
+    out.push_str("</tbody></table>");
+    intervals(out, report);
+    out.push_str("</section>");
+}
+
+/// Each model's difference from the base with its 95 % paired-bootstrap interval, and what the
+/// interval supports.
+fn intervals(out: &mut String, report: &RunReport) {
+    let comparisons = all_comparisons(&report.models);
+    if comparisons.is_empty() {
+        return;
+    }
+    let resamples = comparisons[0].interval.resamples;
+    let _ = write!(
+        out,
+        r#"<p class="note">How sure each difference is: a paired bootstrap over the {} questions ({resamples} resamples). An interval that contains 0 is a difference these questions cannot tell from noise.</p><table id="intervals"><thead><tr><th>model</th><th>measure</th><th class="num">base</th><th class="num">model</th><th class="num">difference</th><th class="num">95 % interval</th><th>verdict</th></tr></thead><tbody>"#,
+        comparisons[0].interval.questions
+    );
+    for c in &comparisons {
+        let class = match c.difference {
+            Difference::Better => "up",
+            Difference::Worse => "down",
+            Difference::NoMeasurableDifference => "same",
+        };
+        let _ = write!(
+            out,
+            r#"<tr data-model="{}" data-measure="{}" data-verdict="{}"><td><b>{}</b></td><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{:+.4}</td><td class="num">{:+.4} to {:+.4}</td><td class="{class}">{}</td></tr>"#,
+            escape(&c.model),
+            escape(&c.measure),
+            c.difference.as_str(),
+            escape(&c.model),
+            escape(&c.measure),
+            fmt4(c.base_value),
+            fmt4(c.value),
+            c.interval.mean,
+            c.interval.low,
+            c.interval.high,
+            c.difference.as_str()
+        );
+    }
+    out.push_str("</tbody></table>");
 }
 
 fn passages(out: &mut String, report: &RunReport, model: &ModelResult, change: &QuestionChange, rank: Option<usize>) {
@@ -261,6 +302,10 @@ fn dataset_table(out: &mut String, d: &DatasetFacts) {
     let dropped: u64 = d.dropped.values().sum();
     let reasons: Vec<String> = d.dropped.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
     row(out, "questions dropped", if reasons.is_empty() { "none".to_string() } else { format!("{dropped}: {}", reasons.join(", ")) });
+    if !d.round_trip_examples.is_empty() {
+        let quoted: Vec<String> = d.round_trip_examples.iter().map(|q| format!("“{q}”")).collect();
+        row(out, "dropped by the round trip, e.g.", quoted.join(" · "));
+    }
     row(out, "chunks without questions", d.failed_chunks);
     match &d.llm {
         Some(llm) => {
@@ -314,6 +359,9 @@ fn training_table(out: &mut String, t: &TrainingFacts) {
             None => "the base model (no checkpoint beat it)".into(),
         },
     );
+    if let Some(merge) = &t.merge {
+        row(out, "merge with the base", merge);
+    }
     row(out, "precision", &t.precision);
     row(out, "device", &t.device);
     row(out, "wall time", duration(t.seconds));
@@ -358,10 +406,10 @@ pub fn render(report: &RunReport) -> String {
         t = escape(title)
     );
     let v = verdict(&report.models);
-    let class = match v.improved {
-        Some(true) => "good",
-        Some(false) => "bad",
-        None => "neutral",
+    let class = match v.outcome {
+        Some(Difference::Better) => "good",
+        Some(Difference::Worse) => "bad",
+        _ => "neutral",
     };
     let text = if v.text.is_empty() { "One model was evaluated; there is nothing to compare it with.".to_string() } else { v.text };
     let _ = write!(

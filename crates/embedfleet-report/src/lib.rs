@@ -9,6 +9,7 @@ pub mod data;
 pub mod fleet;
 pub mod html;
 pub mod questions;
+pub mod stats;
 pub mod summary;
 pub mod svg;
 pub mod write;

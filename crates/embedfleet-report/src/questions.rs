@@ -130,11 +130,12 @@ mod tests {
                     query_id: (*q).into(),
                     rank: *r,
                     top: vec![Retrieved { corpus_id: "c".into(), score: 0.5 }],
+                    ndcg: None,
                 })
                 .collect(),
             depth: 100,
             step: None,
-            dims: Vec::new(),
+            ..Default::default()
         }
     }
 

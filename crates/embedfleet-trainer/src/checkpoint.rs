@@ -19,20 +19,28 @@ pub struct EvalRow {
     /// At each Matryoshka dimension, largest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dims: Vec<embedfleet_evaluator::DimEvaluation>,
+    /// Each question's rank and NDCG@10, for the base (step 0) and the best checkpoint only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub questions: Vec<embedfleet_report::QuestionResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings_digest: Option<String>,
 }
 
 impl EvalRow {
-    /// The report's view of this evaluation (no per-question detail: training keeps none).
+    /// The report's view of this evaluation (per-question ranks and NDCG for the base and the best
+    /// checkpoint; no passages: training keeps none).
     pub fn to_result(&self, name: &str, source: &str) -> embedfleet_report::ModelResult {
         embedfleet_report::ModelResult {
             name: name.to_owned(),
             source: source.to_owned(),
             hit_rate: self.hit_rate.unwrap_or(embedfleet_report::HitRate { k: 0, hits: 0, total: 0, rate: f64::NAN }),
             metrics: embedfleet_evaluator::named_metrics(&self.metrics),
-            questions: Vec::new(),
+            questions: self.questions.clone(),
             depth: 0,
             step: Some(self.step.max(0) as u64),
             dims: self.dims.iter().map(embedfleet_evaluator::DimEvaluation::to_result).collect(),
+            embeddings_digest: self.embeddings_digest.clone(),
+            selection: None,
         }
     }
 }

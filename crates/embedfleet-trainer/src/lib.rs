@@ -6,6 +6,7 @@
 pub mod batching;
 pub mod checkpoint;
 pub mod loss;
+pub mod merge;
 pub mod mining;
 pub mod optim;
 pub mod train;

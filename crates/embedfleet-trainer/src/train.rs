@@ -138,6 +138,8 @@ pub struct TrainOutcome {
     /// What the report and the model card say about this training.
     pub facts: TrainingFacts,
     pub curve: TrainingCurve,
+    /// The merge with the base after training (`--merge-with-base`), when one was asked for.
+    pub merge: Option<crate::merge::MergeOutcome>,
 }
 
 impl TrainOutcome {
@@ -472,6 +474,12 @@ impl<'a> Trainer<'a> {
             self.model.save(self.output, &self.card(&state.evals, state.best_step, so_far))?;
             tracing::info!(step = state.global_step, value, "new best checkpoint");
         }
+        // Per-question results are kept for the base and the best checkpoint only (the verdict's
+        // interval pairs those two), so the state does not grow with every evaluation.
+        let best = state.best_step.map(|s| s as i64);
+        for row in state.evals.iter_mut().filter(|r| r.step != 0 && Some(r.step) != best) {
+            row.questions = Vec::new();
+        }
         Ok(())
     }
 
@@ -510,6 +518,7 @@ impl<'a> Trainer<'a> {
             evals: state.evals,
             facts: final_facts,
             curve,
+            merge: None,
         })
     }
 
@@ -633,12 +642,13 @@ fn training_facts(input: &FactsInput<'_>, steps: usize, seconds: f64, pairs_per_
         pairs_per_second,
         best_step: best_step.map(|s| s as u64),
         matryoshka_dims: loss_fn.matryoshka_dims.clone(),
+        merge: None,
     }
 }
 
 /// The card of the model in `output`: base against the kept checkpoint (the base alone while
 /// nothing beats it).
-fn model_card(
+pub fn model_card(
     job: &TrainJob,
     pairs: usize,
     output: &Path,
@@ -832,7 +842,24 @@ pub fn cached_step(
 fn evaluate(model: &SentenceEncoder, val: &PreparedDataset, job: &TrainJob, epoch: i64, step: i64) -> Result<(f64, EvalRow), TrainError> {
     let evaluation = evaluate_model(model, val, &job.eval)?;
     let value = evaluation.metric(&job.config.metric.to_string()).unwrap_or(f64::NAN);
-    Ok((value, EvalRow { epoch, step, metrics: evaluation.metrics, value, hit_rate: Some(evaluation.hit_rate), dims: evaluation.dims }))
+    let questions = evaluation
+        .per_query
+        .iter()
+        .map(|q| embedfleet_report::QuestionResult { query_id: q.query_id.clone(), rank: q.rank, ndcg: q.ndcg, top: Vec::new() })
+        .collect();
+    Ok((
+        value,
+        EvalRow {
+            epoch,
+            step,
+            metrics: evaluation.metrics,
+            value,
+            hit_rate: Some(evaluation.hit_rate),
+            dims: evaluation.dims,
+            questions,
+            embeddings_digest: evaluation.embeddings_digest,
+        },
+    ))
 }
 
 /// The reference's evaluation CSV in `<output>/eval/`, one row per evaluation, and one CSV per

@@ -1,6 +1,7 @@
 //! `embedfleet evaluate`: the base and the fine-tuned model (or any list) on the validation set,
 //! side by side, with the reference's CSV per model, report.json, a chart and per-query ranks.
 
+use super::queries::{QueryLogEvaluation, evaluate_query_log, load_query_log};
 use super::storage::StorageArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -9,7 +10,7 @@ use embedfleet_core::{InverseCloze, QaDataset, QueryPrompt};
 use embedfleet_evaluator::csv::{append_csv, dim_csv_name};
 use embedfleet_evaluator::metrics::MetricsConfig;
 use embedfleet_evaluator::rank::ScoreFunction;
-use embedfleet_evaluator::report::{dims_table, hit_rate_table, metric_table, write_report};
+use embedfleet_evaluator::report::{dims_table, doc_hit_rate_table, hit_rate_table, metric_table, write_report};
 use embedfleet_evaluator::{Comparison, EvalOptions, PreparedDataset, evaluate_model_with_progress};
 use embedfleet_model::RuntimeArgs;
 use embedfleet_report::RunReport;
@@ -27,6 +28,23 @@ pub struct EvaluateArgs {
     /// Compare these instead of base and fine-tuned: NAME=MODEL or MODEL, repeatable.
     #[arg(long = "model", env = "EMBEDFLEET_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Evaluate on a query log instead of the validation set: CSV or JSON Lines, with `query` and one
+    /// of url, doc_id, answer, chunk_id (what answered it). Needs --corpus.
+    #[arg(long, env = "EMBEDFLEET_QUERIES", requires = "corpus")]
+    pub queries: Option<PathBuf>,
+    /// The corpus the logged queries were asked against: anything `generate --input` reads, chunked
+    /// with --chunk-size and --chunk-overlap.
+    #[arg(long, env = "EMBEDFLEET_CORPUS", requires = "queries")]
+    pub corpus: Option<PathBuf>,
+    /// Characters per chunk of --corpus (as `generate` chunked it).
+    #[arg(long, env = "EMBEDFLEET_CHUNK_SIZE", alias = "chunk_size", default_value_t = embedfleet_core::config::defaults::CHUNK_SIZE)]
+    pub chunk_size: usize,
+    /// Characters shared by consecutive chunks of --corpus.
+    #[arg(long, env = "EMBEDFLEET_CHUNK_OVERLAP", alias = "chunk_overlap", default_value_t = embedfleet_core::config::defaults::CHUNK_OVERLAP)]
+    pub chunk_overlap: usize,
+    /// The field holding the text in --corpus's JSON records (default: content, text, page_content or body).
+    #[arg(long, env = "EMBEDFLEET_TEXT_FIELD", alias = "text_field")]
+    pub text_field: Option<String>,
     /// The validation set (`val_dataset.json`).
     #[arg(long, env = "EMBEDFLEET_VAL_DATASET", alias = "val_dataset", default_value = "data/val_dataset.json")]
     pub val_dataset: PathBuf,
@@ -84,6 +102,9 @@ fn check_writable(dir: &Path) -> Result<()> {
 }
 
 pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
+    if let (Some(queries), Some(corpus)) = (&args.queries, &args.corpus) {
+        return run_on_query_log(&args, queries, corpus).await;
+    }
     let loaded = QaDataset::load(&args.val_dataset)?;
     // Spans are found in their passages whether or not they are then cut out.
     let (cut, cuts) = cut_questions_from_positives(&loaded);
@@ -119,6 +140,32 @@ pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     super::report::finish(&args.results_dir, report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `evaluate --queries LOG --corpus CORPUS`: the models on the questions people asked.
+async fn run_on_query_log(args: &EvaluateArgs, queries: &Path, corpus: &Path) -> Result<ExitCode> {
+    let chunking = embedfleet_core::ChunkConfig { size: args.chunk_size, overlap: args.chunk_overlap };
+    let log = load_query_log(queries, corpus, chunking, args.text_field.clone())?;
+    let models = named_models(args);
+    let options = EvalOptions {
+        functions: args.score_functions.clone(),
+        hit_rate_k: args.top_k,
+        batch_size: args.batch_size,
+        truncate_dim: args.truncate_dim,
+        matryoshka_dims: args.matryoshka_dims.clone(),
+        ..Default::default()
+    };
+    let title =
+        format!("{} on the query log {}", models.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" vs "), queries.display());
+    let eval = QueryLogEvaluation {
+        models: &models,
+        options: &options,
+        query_prompt: args.prompt.setting(),
+        runtime: &args.runtime,
+        storage: &args.storage,
+    };
+    evaluate_query_log(log, title, eval, &args.results_dir).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,6 +221,10 @@ pub async fn compare_models(
     }
     println!("{} queries, {} corpus chunks\n", data.query_ids.len(), data.corpus_ids.len());
     println!("{}", hit_rate_table(&comparison));
+    let documents = doc_hit_rate_table(&comparison);
+    if !documents.is_empty() {
+        println!("{documents}");
+    }
     println!("{}", metric_table(&comparison));
     if let Some(d) = options.truncate_dim {
         println!("(embeddings cut to their first {d} dimensions)\n");

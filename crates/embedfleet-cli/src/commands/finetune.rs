@@ -4,9 +4,13 @@
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
 use clap::Args;
-use embedfleet_core::{HardNegatives, QaDataset, TrainConfig};
-use embedfleet_evaluator::PreparedDataset;
+use embedfleet_core::{HardNegatives, MergeWithBase, QaDataset, TrainConfig};
+use embedfleet_evaluator::{EvalOptions, PreparedDataset};
 use embedfleet_model::RuntimeArgs;
+use embedfleet_report::ModelResult;
+use embedfleet_report::write::rewrite_card;
+use embedfleet_trainer::merge::merge_saved_model;
+use embedfleet_trainer::train::model_card;
 use embedfleet_trainer::{TrainJob, TrainOptions, TrainOutcome};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,17 +65,42 @@ pub async fn finetune(
     }
     let val = PreparedDataset::new(&training.training_view(&val))?;
     let progress = crate::progress::for_terminal();
-    let outcome = tokio::task::spawn_blocking(move || {
-        embedfleet_trainer::train(
+    let (mut outcome, job, val, output) = tokio::task::spawn_blocking(move || {
+        let outcome = embedfleet_trainer::train(
             &mut model,
             &train,
             Some(&val),
             &job,
             &output,
             TrainOptions { resume, overwrite, progress: progress.as_ref() },
-        )
+        )?;
+        Ok::<_, anyhow::Error>((outcome, job, val, output))
     })
     .await??;
+    if training.merge_with_base != MergeWithBase::Off {
+        let base =
+            runtime.load(model_id, &storage.options()).await.with_context(|| format!("loading the base {model_id} to merge with"))?;
+        let load = runtime.load_options()?;
+        let options = EvalOptions::for_training(training);
+        let (setting, metric) = (training.merge_with_base, training.metric);
+        let (merged, val) = tokio::task::spawn_blocking(move || {
+            let merged = merge_saved_model(&output, &base, setting, &val, &options, &metric, load);
+            (merged.map(|m| (m, output)), val)
+        })
+        .await?;
+        let (merge, output) = merged?;
+        if let Some(merge) = merge {
+            println!("merge with the base: {}", merge.reason);
+            outcome.facts.merge = Some(merge.reason.clone());
+            let mut card =
+                model_card(&job, outcome.pairs_per_epoch, &output, Some(&val), &outcome.evals, outcome.best_step, outcome.facts.clone());
+            let location = output.display().to_string();
+            card.evaluation.truncate(1);
+            card.evaluation.push(merge.evaluation.to_result("finetuned", &location));
+            rewrite_card(&output, &card).with_context(|| format!("writing the model card in {}", output.display()))?;
+            outcome.merge = Some(merge);
+        }
+    }
     Ok(outcome)
 }
 
@@ -119,8 +148,12 @@ pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
     // The headline of the training's own evaluations: the base, and the kept checkpoint.
     let location = args.output_path.display().to_string();
     let base = outcome.evals.iter().find(|e| e.step == 0).map(|e| e.to_result("base", &args.model_id));
-    let best =
-        outcome.best_step.and_then(|s| outcome.evals.iter().find(|e| e.step == s as i64)).map(|e| e.to_result("finetuned", &location));
+    let best = match &outcome.merge {
+        Some(merge) => Some(ModelResult { selection: Some(merge.reason.clone()), ..merge.evaluation.to_result("finetuned", &location) }),
+        None => {
+            outcome.best_step.and_then(|s| outcome.evals.iter().find(|e| e.step == s as i64)).map(|e| e.to_result("finetuned", &location))
+        }
+    };
     let report = embedfleet_report::RunReport {
         models: base.into_iter().chain(best).collect(),
         files: vec![("model".into(), location)],

@@ -72,6 +72,13 @@ fn new_run_id() -> RunId {
 }
 
 pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    // The fleet's trainer does not merge yet: a setting it would ignore is refused, not dropped.
+    if args.training.merge_with_base != embedfleet_core::MergeWithBase::Off {
+        anyhow::bail!(
+            "--merge-with-base {} is not supported by the fleet yet; leave it out, or merge locally with `embedfleet run` or `embedfleet finetune`",
+            args.training.merge_with_base
+        );
+    }
     let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
     // The corpus keeps its file name: a document without an id or url is named after it
     // (`site.jsonl#12`), so the fleet names documents as a local run of the same file does.
@@ -305,7 +312,8 @@ pub async fn results(args: RunArg) -> Result<ExitCode> {
             metric("cosine-MAP@100")
         );
     }
-    println!("\n{}", report["verdict"].as_str().unwrap_or(""));
+    println!("\n{}", report["kept"].as_str().unwrap_or(""));
+    println!("{}", report["verdict"].as_str().unwrap_or(""));
     println!("model: {}", store.describe(&layout::model(&r.run_id)));
     Ok(ExitCode::SUCCESS)
 }

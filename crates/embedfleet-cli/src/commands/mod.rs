@@ -5,6 +5,7 @@ pub mod finetune;
 pub mod fleet;
 pub mod generate;
 pub mod mine;
+pub mod queries;
 pub mod report;
 pub mod run;
 pub mod storage;

@@ -62,6 +62,7 @@ pub fn dataset_facts(built: &BuiltDataset, args: &DatasetConfig, llm_args: &LlmA
         generator,
         dropped,
         failed_chunks: built.failures.len(),
+        round_trip_examples: Vec::new(),
         llm,
     }
 }

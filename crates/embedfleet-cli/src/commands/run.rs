@@ -5,6 +5,7 @@ use super::evaluate::compare_models;
 use super::finetune::{finetune, print_outcome};
 use super::generate::{build_dataset, print_llm_stats, print_summary, report_failures};
 use super::mine::{mine_negatives, print_report};
+use super::queries::{QueryLogEvaluation, evaluate_query_log, load_query_log};
 use super::report;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
@@ -12,13 +13,15 @@ use clap::Args;
 use embedfleet_core::dataset::read_dataset;
 use embedfleet_core::{DatasetConfig, TrainConfig};
 use embedfleet_core::{DatasetSplit, HardNegatives};
+use embedfleet_evaluator::round_trip::round_trip_filter;
 use embedfleet_evaluator::{EvalOptions, PreparedDataset};
 use embedfleet_generator::LlmArgs;
 use embedfleet_model::ModelCard;
 use embedfleet_model::RuntimeArgs;
 use embedfleet_report::card::describe_base_model;
 use embedfleet_report::write::rewrite_card;
-use embedfleet_report::{ModelResult, RunReport};
+use embedfleet_report::{ModelResult, QuestionResult, RunReport};
+use embedfleet_trainer::TrainOutcome;
 use embedfleet_trainer::mining::MineSettings;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +44,18 @@ pub struct RunArgs {
     pub llm: LlmArgs,
     #[command(flatten)]
     pub training: TrainConfig,
+    /// Round-trip filter: keep a training question only if the retriever ranks its own chunk in
+    /// the top K of the training corpus (questions its chunk does not answer, or answers worse
+    /// than another chunk, are dropped).
+    #[arg(long, env = "EMBEDFLEET_ROUND_TRIP_TOP_K")]
+    pub round_trip_top_k: Option<usize>,
+    /// The retriever of the round trip: folder, s3:// prefix or hub id (default: --model-id).
+    #[arg(long, env = "EMBEDFLEET_ROUND_TRIP_MODEL")]
+    pub round_trip_model: Option<String>,
+    /// Also evaluate on a query log asked against --input (CSV or JSON Lines: `query` and one of
+    /// url, doc_id, answer, chunk_id), into results/queries/, next to the validation set.
+    #[arg(long, env = "EMBEDFLEET_QUERIES")]
+    pub queries: Option<PathBuf>,
     /// Replace earlier results in the output directory.
     #[arg(long, env = "EMBEDFLEET_OVERWRITE")]
     pub overwrite: bool,
@@ -55,6 +70,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     // Every setting is checked before the first stage starts, not when its stage comes.
     args.dataset.validate()?;
     args.training.validate()?;
+    if let Some(queries) = &args.queries {
+        embedfleet_evaluator::query_log::read_query_log(queries)?;
+        if let Some(examples) = &args.llm.example_queries {
+            super::queries::refuse_shared_queries(examples, queries)?;
+        }
+    }
     let progress = crate::progress::for_terminal();
     println!("== generate");
     let data_dir = args.output_dir.join("data");
@@ -63,11 +84,39 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let (built, store) = build_dataset(&args.input, &args.dataset, &args.llm, open, args.overwrite, progress).await?;
     print_summary(&built.summary, &store.describe(""), started.elapsed().as_secs_f64());
     // Training holds its pairs in memory; the dataset is read back from the files just written.
-    let train = read_dataset(&store, "", DatasetSplit::Train).await?;
+    let mut train = read_dataset(&store, "", DatasetSplit::Train).await?;
     let val = read_dataset(&store, "", DatasetSplit::Val).await?;
     if let Some(stats) = &built.llm_stats {
         print_llm_stats(stats);
     }
+
+    let round_trip = match args.round_trip_top_k {
+        None => None,
+        Some(k) => {
+            println!("\n== round trip");
+            let spec = args.round_trip_model.clone().unwrap_or_else(|| args.model_id.clone());
+            let model =
+                args.runtime.load(&spec, &args.storage.options()).await.with_context(|| format!("loading the round-trip model {spec}"))?;
+            let prompt = args.training.prompt.setting().map(str::to_owned);
+            let all = train.clone();
+            let (kept, report) = tokio::task::spawn_blocking(move || round_trip_filter(&model, &all, k, 32, prompt.as_deref())).await??;
+            println!(
+                "kept {} of {} training questions whose own chunk {spec} ranks in the top {k}; dropped {}",
+                report.kept,
+                report.kept + report.dropped,
+                report.dropped
+            );
+            for q in &report.examples {
+                println!("  dropped: {q:?}");
+            }
+            if report.kept == 0 {
+                anyhow::bail!("the round trip dropped every training question; raise --round-trip-top-k or leave it out");
+            }
+            store.put("round_trip.json", serde_json::to_vec_pretty(&report)?).await?;
+            train = kept;
+            Some(report)
+        }
+    };
 
     let negatives = match args.training.mining.hard_negatives {
         None => None,
@@ -118,15 +167,31 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     )
     .await?;
 
-    let results = report::model_results(&comparison, &models);
-    let dataset = report::dataset_facts(&built, &args.dataset, &args.llm);
+    let mut results = report::model_results(&comparison, &models);
+    let selection = selection_note(&outcome);
+    if let Some(finetuned) = results.last_mut() {
+        finetuned.selection = selection.clone();
+    }
+    let mut dataset = report::dataset_facts(&built, &args.dataset, &args.llm);
+    if let Some(rt) = &round_trip {
+        dataset.dropped.insert(format!("own chunk not in the top {} (round trip)", rt.top_k), rt.dropped as u64);
+        dataset.train_questions = rt.kept;
+        dataset.round_trip_examples = rt.examples.clone();
+    }
     let base_model = describe_base_model(&args.model_id);
     // The card gets the final evaluation, every metric base against fine-tuned.
     let card = ModelCard {
         base_model: base_model.clone(),
         training_data: format!("{} (question, passage) pairs", outcome.pairs_per_epoch),
         metrics: Vec::new(),
-        evaluation: results.iter().map(|m| ModelResult { questions: Vec::new(), ..m.clone() }).collect(),
+        // Per-question scores stay (the verdict's interval needs them); the passages do not.
+        evaluation: results
+            .iter()
+            .map(|m| ModelResult {
+                questions: m.questions.iter().map(|q| QuestionResult { top: Vec::new(), ..q.clone() }).collect(),
+                ..m.clone()
+            })
+            .collect(),
         evaluation_size: Some((data.query_ids.len(), data.corpus_ids.len())),
         training: Some(outcome.facts.clone()),
         dataset: Some(dataset.clone()),
@@ -146,6 +211,31 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         spans_found: false,
     };
     report::finish(&results_dir, report)?;
+    if let Some(queries) = &args.queries {
+        println!("\n== evaluate on the query log");
+        let log = load_query_log(queries, &args.input, args.dataset.chunk_config(), args.dataset.text_field.clone())?;
+        let title = format!("{base_model} fine-tuned on {}, on the query log {}", args.input.display(), queries.display());
+        let options = EvalOptions { matryoshka_dims: Vec::new(), ..EvalOptions::for_training(&args.training) };
+        let eval = QueryLogEvaluation {
+            models: &models,
+            options: &options,
+            query_prompt: args.training.prompt.setting(),
+            runtime: &args.runtime,
+            storage: &args.storage,
+        };
+        evaluate_query_log(log, title, eval, &results_dir.join("queries")).await?;
+    }
     println!("embedfleet run finished in {:.1} s", started.elapsed().as_secs_f64());
     report_failures(&built.failures)
+}
+
+/// Why the kept model is what it is, for the verdict's change check.
+fn selection_note(outcome: &TrainOutcome) -> Option<String> {
+    if let Some(merge) = &outcome.merge {
+        return Some(format!("merged with the base: {}", merge.reason));
+    }
+    match outcome.best_step {
+        None => Some("no checkpoint beat the base on validation, so the output holds the base's weights".to_owned()),
+        Some(step) => Some(format!("the checkpoint of step {step}, the best on validation")),
+    }
 }

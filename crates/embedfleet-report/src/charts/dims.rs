@@ -158,6 +158,7 @@ mod tests {
                     metrics: [("cosine-NDCG@10".to_owned(), v)].into_iter().collect(),
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 

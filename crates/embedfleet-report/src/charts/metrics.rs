@@ -146,7 +146,7 @@ mod tests {
             questions: Vec::new(),
             depth: 100,
             step: None,
-            dims: Vec::new(),
+            ..Default::default()
         }
     }
 

@@ -67,7 +67,9 @@ fn model(
             };
             top.push(Retrieved { corpus_id: id, score: 0.9 - 0.05 * r as f64 });
         }
-        results.push(QuestionResult { query_id: qid.clone(), rank, top });
+        // One relevant passage per question: its NDCG@10 is 1/log2(1 + rank) within the top 10.
+        let ndcg = Some(rank.filter(|&r| r <= 10).map_or(0.0, |r| 1.0 / (r as f64 + 1.0).log2()));
+        results.push(QuestionResult { query_id: qid.clone(), rank, top, ndcg });
     }
     let hits = results.iter().filter(|q| q.rank.is_some_and(|r| r <= 5)).count();
     let metrics: IndexMap<String, f64> = [
@@ -99,7 +101,7 @@ fn model(
         questions: results,
         depth: 100,
         step: None,
-        dims: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -157,6 +159,7 @@ pub fn sample_report() -> RunReport {
             generator: "llm (gpt-3.5-turbo)".into(),
             dropped: IndexMap::from([("preamble".to_owned(), 12), ("duplicate".to_owned(), 3)]),
             failed_chunks: 1,
+            round_trip_examples: Vec::new(),
             llm: Some(LlmFacts {
                 model: "gpt-3.5-turbo".into(),
                 requests: 291,
