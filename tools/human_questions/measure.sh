@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The human-question table: fine-tune a base model on the FAQ corpus's documents (questions from the
 # offline generator, or an LLM with GENERATOR=llm and the usual EMBEDFLEET_LLM_* settings) once per
-# variant (plain MNRL, one mined hard negative, Matryoshka), then score the base model and every
+# variant (plain MNRL, one mined hard negative, Matryoshka, a merge with the base, a round-trip
+# filter), then score the base model and every
 # variant on the FAQs' human-written questions against all 2,401 passages, at full size and cut to
 # 384 and 64 dimensions, and print a paired bootstrap of each difference from the base
 # (tools/human_questions/paired_bootstrap.py).
 #
 # Usage: tools/human_questions/measure.sh [WORK_DIR]   (default ~/.cache/embedfleet/human-questions/measure)
 # Settings: MODEL (default .deps/all-MiniLM-L6-v2), EPOCHS (1), GENERATOR (offline), THREADS (2),
-#           VARIANTS ("plain hard-negatives matryoshka"), DOCS (the documents to train on; default
+#           VARIANTS ("plain hard-negatives matryoshka"; also merge: --merge-with-base auto, and
+#           round-trip: --round-trip-top-k ROUND_TRIP_TOP_K, default 1), DOCS (the documents to train on; default
 #           all of build.py's docs/, a folder of some of them makes a quicker run, e.g. for a slow
 #           local LLM), EMBEDFLEET_BIN.
 # A variant whose model folder exists is not trained again; delete the folder to retrain it.
@@ -39,6 +41,8 @@ for variant in $variants; do
     plain) flags=() ;;
     hard-negatives) flags=(--hard-negatives 1) ;;
     matryoshka) flags=(--matryoshka-dims 384,256,128,64) ;;
+    merge) flags=(--merge-with-base auto) ;;
+    round-trip) flags=(--round-trip-top-k "${ROUND_TRIP_TOP_K:-1}") ;;
     *) echo "measure.sh: unknown variant $variant" >&2; exit 2 ;;
   esac
   out="$work/$generator-$variant"
@@ -55,5 +59,7 @@ done
 # People's questions are scored against whole passages: nothing of them is to be cut out.
 "$bin" evaluate "${models[@]}" --val-dataset "$hq/eval/human_dataset.json" --inverse-cloze false \
   --results-dir "$work/human-$generator" --matryoshka-dims 384,64 --threads "$threads"
-# 137 questions cannot tell small differences apart: say how wide the noise is.
+# 137 questions cannot tell small differences apart: the summary above gives each difference from
+# the base with its 95 % paired-bootstrap interval (comparison.csv beside it); the script below adds
+# accuracy@1 and the questions that moved up and down.
 python3 "$root/tools/human_questions/paired_bootstrap.py" "$work/human-$generator/per_query.jsonl"

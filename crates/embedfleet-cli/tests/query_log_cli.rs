@@ -76,6 +76,10 @@ fn evaluate_on_a_query_log_reports_intervals_unmatched_queries_and_the_change_ch
     assert!(csv.contains("copy,base,NDCG@10,") && csv.contains(",8,10000,no measurable difference\r\n"), "{csv}");
     let page = std::fs::read_to_string(results.join("report.html")).unwrap();
     assert!(page.contains(r#"<table id="intervals">"#) && page.contains("copy is unchanged"), "the page has the intervals and the verdict");
+    assert!(
+        page.contains("8 queries from the log") && page.contains("1 of the log's 9 queries matched nothing"),
+        "the page says what was scored"
+    );
 }
 
 #[test]

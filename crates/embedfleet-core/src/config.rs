@@ -15,18 +15,8 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
-/// A setting that cannot work, named by its flag.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{flag} {value}: {problem}")]
-pub struct ConfigError {
-    pub flag: &'static str,
-    pub value: String,
-    pub problem: String,
-}
-
-fn refuse(flag: &'static str, value: impl ToString, problem: impl Into<String>) -> ConfigError {
-    ConfigError { flag, value: value.to_string(), problem: problem.into() }
-}
+pub use crate::config_error::ConfigError;
+use crate::config_error::refuse;
 
 /// The defaults, named once for the flags and for `Default`.
 pub mod defaults {

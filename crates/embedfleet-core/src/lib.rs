@@ -8,6 +8,7 @@ pub mod assemble;
 pub mod cache;
 pub mod chunk;
 pub mod config;
+pub mod config_error;
 pub mod dataset;
 pub mod generate;
 pub mod html;

@@ -2,7 +2,7 @@
 //! written as sentence-transformers writes it (`cosine-NDCG@10`). A run spec, a flag or a config
 //! file cannot name a metric the evaluator does not compute.
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

@@ -37,6 +37,8 @@ pub struct QueryLog {
     pub unmatched: Vec<Unmatched>,
     /// Rows read, matched or not.
     pub rows: usize,
+    /// The log's path as the user gave it (empty until the caller sets it).
+    pub file: String,
 }
 
 /// A URL as pages are compared: no fragment, no trailing slash, scheme and host in lower case.
@@ -104,6 +106,7 @@ pub fn match_queries(rows: &[LoggedQuery], documents: &[Document], chunks: &[Chu
         documents: DocumentLabels { of_chunk, relevant: Vec::new() },
         unmatched: Vec::new(),
         rows: rows.len(),
+        file: String::new(),
     };
     for c in chunks {
         log.dataset.corpus.insert(c.id.as_str().to_owned(), c.text.clone());

@@ -224,6 +224,21 @@ pub struct RunReport {
     /// generator's spans): `evaluate` finds it out, where no dataset facts say so.
     #[serde(default)]
     pub spans_found: bool,
+    /// When the models were scored on a query log rather than a validation set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_log: Option<QueryLogFacts>,
+}
+
+/// The query log a report's numbers come from (`evaluate --queries`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueryLogFacts {
+    /// The log as the user named it.
+    pub file: String,
+    /// Queries in the log, and how many matched the corpus (the rest are not scored).
+    pub rows: usize,
+    pub matched: usize,
+    /// Where the queries that matched nothing are listed.
+    pub unmatched_file: String,
 }
 
 impl RunReport {

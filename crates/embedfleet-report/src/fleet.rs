@@ -165,6 +165,7 @@ pub async fn write_run_report(store: &ArtifactStore, run: &FleetRun<'_>) -> Resu
         ],
         // The dataset facts say what the questions are.
         spans_found: false,
+        query_log: None,
     };
     for (name, text) in report_files(&report) {
         store.put(&format!("{}/{name}", run.results_prefix), text.into_bytes()).await?;

@@ -126,12 +126,27 @@ fn headline(out: &mut String, report: &RunReport) {
     let columns = headline_columns(&report.models);
     out.push_str(r#"<section id="headline"><h2>Headline metrics</h2>"#);
     let queries = report.models.first().map(|m| m.hit_rate.total).unwrap_or(0);
-    let _ = write!(
-        out,
-        r#"<p class="note">{queries} validation questions, {} passages to find them in. Differences are against <b>{}</b>; green is better.</p>"#,
-        report.validation.corpus.len(),
-        escape(report.base().map(|b| b.name.as_str()).unwrap_or("the first model"))
-    );
+    let base_name = escape(report.base().map(|b| b.name.as_str()).unwrap_or("the first model"));
+    match &report.query_log {
+        Some(log) => {
+            let _ = write!(
+                out,
+                r#"<p class="note" id="query-log">{queries} queries from the log <code>{}</code>, {} chunks of the corpus to find them in. {} of the log's {} queries matched nothing in the corpus and are not scored (listed in <code>{}</code>). Differences are against <b>{base_name}</b>; green is better.</p>"#,
+                escape(&log.file),
+                report.validation.corpus.len(),
+                log.rows.saturating_sub(log.matched),
+                log.rows,
+                escape(&log.unmatched_file)
+            );
+        }
+        None => {
+            let _ = write!(
+                out,
+                r#"<p class="note">{queries} validation questions, {} passages to find them in. Differences are against <b>{base_name}</b>; green is better.</p>"#,
+                report.validation.corpus.len()
+            );
+        }
+    }
     offline_caveat(out, report);
     out.push_str(r#"<table id="headline-table"><thead><tr><th>model</th><th>from</th>"#);
     for c in &columns {
@@ -160,6 +175,19 @@ fn headline(out: &mut String, report: &RunReport) {
     out.push_str("</section>");
 }
 
+/// `10000` as `10,000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Each model's difference from the base with its 95 % paired-bootstrap interval, and what the
 /// interval supports.
 fn intervals(out: &mut String, report: &RunReport) {
@@ -170,8 +198,9 @@ fn intervals(out: &mut String, report: &RunReport) {
     let resamples = comparisons[0].interval.resamples;
     let _ = write!(
         out,
-        r#"<p class="note">How sure each difference is: a paired bootstrap over the {} questions ({resamples} resamples). An interval that contains 0 is a difference these questions cannot tell from noise.</p><table id="intervals"><thead><tr><th>model</th><th>measure</th><th class="num">base</th><th class="num">model</th><th class="num">difference</th><th class="num">95 % interval</th><th>verdict</th></tr></thead><tbody>"#,
-        comparisons[0].interval.questions
+        r#"<p class="note">How sure each difference is: a paired bootstrap over the {} questions ({} resamples). An interval that contains 0 is a difference these questions cannot tell from noise.</p><table id="intervals"><thead><tr><th>model</th><th>measure</th><th class="num">base</th><th class="num">model</th><th class="num">difference</th><th class="num">95 % interval</th><th>verdict</th></tr></thead><tbody>"#,
+        comparisons[0].interval.questions,
+        thousands(resamples)
     );
     for c in &comparisons {
         let class = match c.difference {

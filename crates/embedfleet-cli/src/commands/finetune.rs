@@ -29,6 +29,8 @@ pub struct FinetuneArgs {
     pub output_path: PathBuf,
     #[command(flatten)]
     pub training: TrainConfig,
+    #[command(flatten)]
+    pub round_trip: super::queries::RoundTripArgs,
     /// Replace an output path that holds something else.
     #[arg(long, env = "EMBEDFLEET_OVERWRITE")]
     pub overwrite: bool,
@@ -125,6 +127,7 @@ pub async fn run(args: FinetuneArgs) -> Result<ExitCode> {
     args.training.validate()?;
     let train = QaDataset::load(&args.train_dataset)?;
     let val = QaDataset::load(&args.val_dataset)?;
+    let (train, _) = args.round_trip.filter(train, &args.model_id, args.training.prompt.setting(), &args.runtime, &args.storage).await?;
     let negatives =
         super::mine::negatives_for_training(&args.model_id, &args.train_dataset, &train, &args.training, &args.runtime, &args.storage)
             .await?;

@@ -4,13 +4,15 @@
 use super::evaluate::compare_models;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
-use embedfleet_core::ChunkConfig;
 use embedfleet_core::chunk::chunk_documents;
 use embedfleet_core::ingest::{IngestOptions, load_documents};
+use embedfleet_core::{ChunkConfig, QaDataset};
 use embedfleet_evaluator::query_log::{QueryLog, Unmatched, match_queries, read_query_log};
+use embedfleet_evaluator::round_trip::{RoundTrip, round_trip_filter};
 use embedfleet_evaluator::{Comparison, EvalOptions, PreparedDataset};
 use embedfleet_model::RuntimeArgs;
 use embedfleet_report::RunReport;
+use embedfleet_report::data::QueryLogFacts;
 use std::io::Write as _;
 use std::path::Path;
 
@@ -25,7 +27,8 @@ pub fn load_query_log(queries: &Path, corpus: &Path, chunking: ChunkConfig, text
     let rows = read_query_log(queries)?;
     let documents = load_documents(corpus, &IngestOptions { text_field })?;
     let chunks = chunk_documents(&documents, &chunking)?;
-    let log = match_queries(&rows, &documents, &chunks);
+    let mut log = match_queries(&rows, &documents, &chunks);
+    log.file = queries.display().to_string();
     println!(
         "query log {}: {} queries, {} matched, {} matched nothing; corpus {}: {} documents, {} chunks",
         queries.display(),
@@ -107,8 +110,15 @@ pub async fn evaluate_query_log(log: QueryLog, title: String, eval: QueryLogEval
     data.documents = Some(log.documents.clone());
     let comparison = compare_models(eval.models, &data, eval.options, eval.query_prompt, eval.runtime, eval.storage, results_dir).await?;
     write_unmatched(results_dir, &log.unmatched)?;
+    let query_log = QueryLogFacts {
+        file: log.file.clone(),
+        rows: log.rows,
+        matched: log.dataset.queries.len(),
+        unmatched_file: results_dir.join(UNMATCHED_FILE).display().to_string(),
+    };
     let report = RunReport {
         title,
+        query_log: Some(query_log),
         models: super::report::model_results(&comparison, eval.models),
         validation: log.dataset,
         files: vec![("results".into(), results_dir.display().to_string())],
@@ -116,4 +126,54 @@ pub async fn evaluate_query_log(log: QueryLog, title: String, eval: QueryLogEval
     };
     super::report::finish(results_dir, report)?;
     Ok(comparison)
+}
+
+/// `--round-trip-top-k`: keep a training question only if a retriever ranks its own chunk in the top
+/// K of the training corpus (Promptagator's round-trip consistency).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RoundTripArgs {
+    /// Round-trip filter: keep a training question only if the retriever ranks its own chunk in
+    /// the top K of the training corpus (questions their chunk does not answer, or that another
+    /// chunk answers better, are dropped).
+    #[arg(long, env = "EMBEDFLEET_ROUND_TRIP_TOP_K")]
+    pub round_trip_top_k: Option<usize>,
+    /// The retriever of the round trip: folder, s3:// prefix or hub id (default: the base model).
+    #[arg(long, env = "EMBEDFLEET_ROUND_TRIP_MODEL")]
+    pub round_trip_model: Option<String>,
+}
+
+impl RoundTripArgs {
+    /// The training set with the questions that fail the round trip dropped, and what was dropped;
+    /// `train` unchanged when the filter is off.
+    pub async fn filter(
+        &self,
+        train: QaDataset,
+        base_model: &str,
+        query_prompt: Option<&str>,
+        runtime: &RuntimeArgs,
+        storage: &StorageArgs,
+    ) -> Result<(QaDataset, Option<RoundTrip>)> {
+        let Some(k) = self.round_trip_top_k else { return Ok((train, None)) };
+        if k == 0 {
+            anyhow::bail!("--round-trip-top-k 0 would drop every question; use 1 or more (1: the own chunk must rank first)");
+        }
+        println!("\n== round trip");
+        let spec = self.round_trip_model.clone().unwrap_or_else(|| base_model.to_owned());
+        let model = runtime.load(&spec, &storage.options()).await.with_context(|| format!("loading the round-trip model {spec}"))?;
+        let prompt = query_prompt.map(str::to_owned);
+        let (kept, report) = tokio::task::spawn_blocking(move || round_trip_filter(&model, &train, k, 32, prompt.as_deref())).await??;
+        println!(
+            "kept {} of {} training questions whose own chunk {spec} ranks in the top {k}; dropped {}",
+            report.kept,
+            report.kept + report.dropped,
+            report.dropped
+        );
+        for q in &report.examples {
+            println!("  dropped: {q:?}");
+        }
+        if report.kept == 0 {
+            anyhow::bail!("the round trip dropped every training question; raise --round-trip-top-k or leave it out");
+        }
+        Ok((kept, Some(report)))
+    }
 }

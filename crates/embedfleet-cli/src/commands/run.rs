@@ -5,7 +5,7 @@ use super::evaluate::compare_models;
 use super::finetune::{finetune, print_outcome};
 use super::generate::{build_dataset, print_llm_stats, print_summary, report_failures};
 use super::mine::{mine_negatives, print_report};
-use super::queries::{QueryLogEvaluation, evaluate_query_log, load_query_log};
+use super::queries::{QueryLogEvaluation, RoundTripArgs, evaluate_query_log, load_query_log};
 use super::report;
 use super::storage::StorageArgs;
 use anyhow::{Context, Result};
@@ -13,7 +13,6 @@ use clap::Args;
 use embedfleet_core::dataset::read_dataset;
 use embedfleet_core::{DatasetConfig, TrainConfig};
 use embedfleet_core::{DatasetSplit, HardNegatives};
-use embedfleet_evaluator::round_trip::round_trip_filter;
 use embedfleet_evaluator::{EvalOptions, PreparedDataset};
 use embedfleet_generator::LlmArgs;
 use embedfleet_model::ModelCard;
@@ -44,14 +43,8 @@ pub struct RunArgs {
     pub llm: LlmArgs,
     #[command(flatten)]
     pub training: TrainConfig,
-    /// Round-trip filter: keep a training question only if the retriever ranks its own chunk in
-    /// the top K of the training corpus (questions its chunk does not answer, or answers worse
-    /// than another chunk, are dropped).
-    #[arg(long, env = "EMBEDFLEET_ROUND_TRIP_TOP_K")]
-    pub round_trip_top_k: Option<usize>,
-    /// The retriever of the round trip: folder, s3:// prefix or hub id (default: --model-id).
-    #[arg(long, env = "EMBEDFLEET_ROUND_TRIP_MODEL")]
-    pub round_trip_model: Option<String>,
+    #[command(flatten)]
+    pub round_trip: RoundTripArgs,
     /// Also evaluate on a query log asked against --input (CSV or JSON Lines: `query` and one of
     /// url, doc_id, answer, chunk_id), into results/queries/, next to the validation set.
     #[arg(long, env = "EMBEDFLEET_QUERIES")]
@@ -90,33 +83,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         print_llm_stats(stats);
     }
 
-    let round_trip = match args.round_trip_top_k {
-        None => None,
-        Some(k) => {
-            println!("\n== round trip");
-            let spec = args.round_trip_model.clone().unwrap_or_else(|| args.model_id.clone());
-            let model =
-                args.runtime.load(&spec, &args.storage.options()).await.with_context(|| format!("loading the round-trip model {spec}"))?;
-            let prompt = args.training.prompt.setting().map(str::to_owned);
-            let all = train.clone();
-            let (kept, report) = tokio::task::spawn_blocking(move || round_trip_filter(&model, &all, k, 32, prompt.as_deref())).await??;
-            println!(
-                "kept {} of {} training questions whose own chunk {spec} ranks in the top {k}; dropped {}",
-                report.kept,
-                report.kept + report.dropped,
-                report.dropped
-            );
-            for q in &report.examples {
-                println!("  dropped: {q:?}");
-            }
-            if report.kept == 0 {
-                anyhow::bail!("the round trip dropped every training question; raise --round-trip-top-k or leave it out");
-            }
-            store.put("round_trip.json", serde_json::to_vec_pretty(&report)?).await?;
-            train = kept;
-            Some(report)
-        }
-    };
+    let (kept, round_trip) =
+        args.round_trip.filter(train, &args.model_id, args.training.prompt.setting(), &args.runtime, &args.storage).await?;
+    train = kept;
+    if let Some(report) = &round_trip {
+        store.put("round_trip.json", serde_json::to_vec_pretty(report)?).await?;
+    }
 
     let negatives = match args.training.mining.hard_negatives {
         None => None,
@@ -209,6 +181,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         files: vec![("model".into(), model_dir.display().to_string()), ("results".into(), results_dir.display().to_string())],
         // The dataset facts say what the questions are.
         spans_found: false,
+        query_log: None,
     };
     report::finish(&results_dir, report)?;
     if let Some(queries) = &args.queries {

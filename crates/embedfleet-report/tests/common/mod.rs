@@ -199,5 +199,6 @@ pub fn sample_report() -> RunReport {
         }),
         files: vec![("model".into(), "out/model".into()), ("results".into(), "out/results".into())],
         spans_found: false,
+        query_log: None,
     }
 }
