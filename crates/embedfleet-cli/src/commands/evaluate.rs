@@ -120,15 +120,7 @@ pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
     if models.is_empty() {
         bail!("no model to evaluate");
     }
-    let options = EvalOptions {
-        metrics: MetricsConfig::default(),
-        functions: args.score_functions.clone(),
-        hit_rate_k: args.top_k,
-        batch_size: args.batch_size,
-        truncate_dim: args.truncate_dim,
-        matryoshka_dims: args.matryoshka_dims.clone(),
-        ..Default::default()
-    };
+    let options = eval_options(&args);
     let comparison =
         compare_models(&models, &data, &options, args.prompt.setting(), &args.runtime, &args.storage, &args.results_dir).await?;
     let report = RunReport {
@@ -143,19 +135,25 @@ pub async fn run(args: EvaluateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `evaluate --queries LOG --corpus CORPUS`: the models on the questions people asked.
-async fn run_on_query_log(args: &EvaluateArgs, queries: &Path, corpus: &Path) -> Result<ExitCode> {
-    let chunking = embedfleet_core::ChunkConfig { size: args.chunk_size, overlap: args.chunk_overlap };
-    let log = load_query_log(queries, corpus, chunking, args.text_field.clone())?;
-    let models = named_models(args);
-    let options = EvalOptions {
+/// The scoring the flags ask for, the same on a validation set and on a query log.
+fn eval_options(args: &EvaluateArgs) -> EvalOptions {
+    EvalOptions {
+        metrics: MetricsConfig::default(),
         functions: args.score_functions.clone(),
         hit_rate_k: args.top_k,
         batch_size: args.batch_size,
         truncate_dim: args.truncate_dim,
         matryoshka_dims: args.matryoshka_dims.clone(),
         ..Default::default()
-    };
+    }
+}
+
+/// `evaluate --queries LOG --corpus CORPUS`: the models on the questions people asked.
+async fn run_on_query_log(args: &EvaluateArgs, queries: &Path, corpus: &Path) -> Result<ExitCode> {
+    let chunking = embedfleet_core::ChunkConfig { size: args.chunk_size, overlap: args.chunk_overlap };
+    let log = load_query_log(queries, corpus, chunking, args.text_field.clone())?;
+    let models = named_models(args);
+    let options = eval_options(args);
     let title =
         format!("{} on the query log {}", models.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" vs "), queries.display());
     let eval = QueryLogEvaluation {
